@@ -1,0 +1,39 @@
+"""fastguard: rate limiting and request guarding for API gateways, with a compiled core.
+
+    import fastguard as fg
+    lim = fg.RateLimiter("100/minute; 10/second")
+    d = lim.hit("consumer-42")
+    if not d.allowed: ...  # d.headers() for the response
+
+`FASTGUARD_NO_EXTENSIONS=1` selects the pure-Python core (with a warning); `fastguard.COMPILED` tells which is live.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+if os.environ.get("FASTGUARD_NO_EXTENSIONS", "").strip() not in ("", "0"):
+    warnings.warn("FASTGUARD_NO_EXTENSIONS is set: fastguard runs its pure-Python core (correct but slow)",
+                  RuntimeWarning, stacklevel=2)
+    from fastguard import _pure as _impl
+
+    COMPILED = False
+else:
+    try:
+        from fastguard import _core as _impl
+    except ImportError as exc:  # a broken build must be loud, never a silent slow path
+        raise ImportError(
+            "fastguard's compiled core (fastguard._core) is not built or failed to load: reinstall with "
+            "`pip install .` (needs a C compiler and the Python headers), or set FASTGUARD_NO_EXTENSIONS=1 "
+            f"to run the pure-Python core. Cause: {exc}") from exc
+    COMPILED = True
+
+from fastguard.limits import BatchDecision, Limit, parse_limits  # noqa: E402
+from fastguard.ratelimit import ALGORITHMS, RateLimiter  # noqa: E402
+
+Decision = _impl.Decision
+
+__version__ = "0.1.0"
+__all__ = ["ALGORITHMS", "COMPILED", "BatchDecision", "Decision", "Limit", "RateLimiter", "parse_limits",
+           "__version__"]

@@ -1,0 +1,291 @@
+# cython: language_level=3
+# Declarations of the compiled core: C structs and the inline helpers that hold the math.
+#   fg_window_*  fixed and sliding windows        fg_bucket_*  token bucket and GCRA
+#   fg_table_*   the sharded open-addressing key table
+# The rules are defined (and documented) by fastguard/_pure.py; every helper here mirrors one method there.
+# All helpers run without the GIL and never touch Python objects.
+
+from libc.stdint cimport int64_t, uint64_t, uint32_t
+
+cdef extern from *:
+    """
+    #include <sched.h>
+    #include <string.h>
+    #include <stdint.h>
+    typedef __int128 fg_i128;
+
+    /* Spin lock: a shard's critical section is a few dozen nanoseconds (one decision) or one batch group,
+       and the holder never blocks, so spinning (then yielding) beats a futex round trip. */
+    static inline void fg_spin_lock(int *l) {
+        unsigned spins = 0;
+        while (__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE)) {
+            while (__atomic_load_n(l, __ATOMIC_RELAXED)) {
+                if (++spins >= 128) { sched_yield(); spins = 0; }
+            }
+        }
+    }
+    static inline int fg_spin_trylock(int *l) {
+        return !__atomic_load_n(l, __ATOMIC_RELAXED) && !__atomic_exchange_n(l, 1, __ATOMIC_ACQUIRE);
+    }
+    static inline void fg_spin_unlock(int *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
+    static inline int64_t fg_atomic_add(int64_t *p, int64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
+    static inline int64_t fg_atomic_load(int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
+    /* SipHash-1-3 (Aumasson & Bernstein), 64-bit output, written from the paper's description:
+       a keyed PRF, so callers who choose keys cannot choose their table positions. */
+    #define FG_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+    #define FG_SIPROUND do { \
+        v0 += v1; v1 = FG_ROTL(v1, 13); v1 ^= v0; v0 = FG_ROTL(v0, 32); \
+        v2 += v3; v3 = FG_ROTL(v3, 16); v3 ^= v2; \
+        v0 += v3; v3 = FG_ROTL(v3, 21); v3 ^= v0; \
+        v2 += v1; v1 = FG_ROTL(v1, 17); v1 ^= v2; v2 = FG_ROTL(v2, 32); } while (0)
+    static inline uint64_t fg_load_le64(const unsigned char *p) {
+        uint64_t m; memcpy(&m, p, 8);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        m = __builtin_bswap64(m);
+    #endif
+        return m;
+    }
+    static inline uint64_t fg_siphash13(const unsigned char *p, size_t n, uint64_t k0, uint64_t k1) {
+        uint64_t v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;
+        uint64_t v2 = k0 ^ 0x6c7967656e657261ULL, v3 = k1 ^ 0x7465646279746573ULL;
+        uint64_t b = ((uint64_t)n) << 56, m;
+        size_t whole = n & ~(size_t)7, i;
+        for (i = 0; i < whole; i += 8) { m = fg_load_le64(p + i); v3 ^= m; FG_SIPROUND; v0 ^= m; }
+        for (i = 0; i < (n & 7); i++) b |= ((uint64_t)p[whole + i]) << (8 * i);
+        v3 ^= b; FG_SIPROUND; v0 ^= b;
+        v2 ^= 0xff; FG_SIPROUND; FG_SIPROUND; FG_SIPROUND;
+        return v0 ^ v1 ^ v2 ^ v3;
+    }
+    /* A bijective 64-bit mixer (the murmur3 finalizer): spreads ids, keyed by xor-ing a secret first. */
+    static inline uint64_t fg_mix(uint64_t x) {
+        x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
+        return x;
+    }
+    """
+    ctypedef long long fg_i128   # really __int128; only C arithmetic ever touches it
+    void fg_spin_lock(int *l) noexcept nogil
+    bint fg_spin_trylock(int *l) noexcept nogil
+    void fg_spin_unlock(int *l) noexcept nogil
+    int64_t fg_atomic_add(int64_t *p, int64_t v) noexcept nogil
+    int64_t fg_atomic_load(int64_t *p) noexcept nogil
+    uint64_t fg_siphash13(const unsigned char *p, size_t n, uint64_t k0, uint64_t k1) noexcept nogil
+    uint64_t fg_mix(uint64_t x) noexcept nogil
+
+cdef enum:
+    FG_MAX_LIMITS = 8
+    FG_MAX_WORDS = 3              # words of state per limit (sliding window)
+    FG_HEADER_WORDS = 2           # entry header: key id, touched (latest time seen, ns)
+    FG_EVICTION_SAMPLE = 8
+    FG_SLOT_BITS = 24             # an index slot: 8-bit tag | 24-bit (entry index + 1)
+    FG_SHARD_MAX_ENTRIES = (1 << 24) - 2
+
+cdef enum fg_algorithm:
+    FG_FIXED_WINDOW = 0
+    FG_SLIDING_WINDOW = 1
+    FG_TOKEN_BUCKET = 2
+    FG_GCRA = 3
+
+cdef extern from *:
+    """
+    #define FG_NEVER ((int64_t)-1)
+    #define FG_MAX_COST ((int64_t)1 << 62)
+    """
+    int64_t FG_NEVER            # a retry time meaning "never admissible" (cost above the count)
+    int64_t FG_MAX_COST
+
+ctypedef struct fg_limit:
+    int64_t count               # C
+    int64_t period              # P, ns
+    int64_t interval            # GCRA emission interval T = ceil(P / C), ns
+
+ctypedef struct fg_params:
+    int algorithm
+    int nlimits
+    int words                   # state words per limit
+    int stride                  # words per entry: FG_HEADER_WORDS + nlimits * words
+    uint64_t seed               # secret xor-ed into ids before mixing
+    int64_t max_keys
+    int64_t total               # keys held in all shards (atomic)
+    fg_limit lim[FG_MAX_LIMITS]
+
+ctypedef struct fg_shard:
+    int lock
+    int64_t n                   # entries in use (dense: arena[0 .. n))
+    int64_t cap                 # entries allocated
+    int64_t hand                # eviction clock hand
+    uint64_t mask               # index slots - 1 (a power of two minus one)
+    uint32_t *index
+    int64_t *arena
+    int64_t hits
+    int64_t denials
+    int64_t evictions
+    char pad[64]                # keeps the next shard's lock off this shard's cache lines
+
+ctypedef struct fg_verdict:
+    bint allowed
+    int best                    # the limit the decision describes
+    int64_t reset_ns            # of the best limit
+    int64_t retry_ns            # 0 when allowed, FG_NEVER when never
+    int64_t remaining[FG_MAX_LIMITS]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixed window. Words: [window index, count]. See _pure.FixedWindow.
+# ----------------------------------------------------------------------------------------------------------
+cdef inline void fg_window_fixed_roll(int64_t *w, int64_t now, int64_t P) noexcept nogil:
+    cdef int64_t win = now // P
+    if win != w[0]:
+        w[0] = win
+        w[1] = 0
+
+cdef inline bint fg_window_fixed_admits(const int64_t *w, int64_t C, int64_t k) noexcept nogil:
+    return w[1] + k <= C
+
+cdef inline int64_t fg_window_fixed_reset(const int64_t *w, int64_t now, int64_t P) noexcept nogil:
+    # (win + 1) * P - now, written so that it cannot overflow
+    return P - (now - w[0] * P) if w[1] > 0 else 0
+
+cdef inline int64_t fg_window_fixed_retry(const int64_t *w, int64_t now, int64_t C, int64_t P,
+                                          int64_t k) noexcept nogil:
+    return FG_NEVER if k > C else P - (now - w[0] * P)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sliding window (two-window counter). Words: [window index, cur, prev]. See _pure.SlidingWindow.
+# ----------------------------------------------------------------------------------------------------------
+cdef inline void fg_window_sliding_roll(int64_t *w, int64_t now, int64_t P) noexcept nogil:
+    cdef int64_t win = now // P
+    if win == w[0]:
+        return
+    if win == w[0] + 1:
+        w[2] = w[1]
+    else:
+        w[2] = 0
+    w[0] = win
+    w[1] = 0
+
+cdef inline fg_i128 fg_window_sliding_weighted_prev(const int64_t *w, int64_t now, int64_t P) noexcept nogil:
+    return <fg_i128>w[2] * (P - (now - w[0] * P))
+
+cdef inline bint fg_window_sliding_admits(const int64_t *w, int64_t now, int64_t C, int64_t P,
+                                          int64_t k) noexcept nogil:
+    return (fg_window_sliding_weighted_prev(w, now, P) + <fg_i128>(w[1] + k) * P) <= <fg_i128>C * P
+
+cdef inline int64_t fg_window_sliding_remaining(const int64_t *w, int64_t now, int64_t C,
+                                                int64_t P) noexcept nogil:
+    cdef fg_i128 room = <fg_i128>C * P - fg_window_sliding_weighted_prev(w, now, P) - <fg_i128>w[1] * P
+    return <int64_t>(room // P) if room > 0 else 0
+
+cdef inline int64_t fg_window_sliding_reset(const int64_t *w, int64_t now, int64_t P) noexcept nogil:
+    cdef int64_t left = P - (now - w[0] * P)
+    if w[1] > 0:
+        return left + P
+    if w[2] > 0:
+        return left
+    return 0
+
+cdef inline int64_t fg_window_sliding_retry(const int64_t *w, int64_t now, int64_t C, int64_t P,
+                                            int64_t k) noexcept nogil:
+    cdef int64_t cur = w[1], prev = w[2]
+    cdef int64_t left = P - (now - w[0] * P)
+    cdef int64_t later
+    if k > C:
+        return FG_NEVER
+    if cur + k <= C:
+        return left - <int64_t>((<fg_i128>(C - cur - k) * P) // prev)
+    later = P - <int64_t>((<fg_i128>(C - k) * P) // cur)
+    return left + (later if later > 0 else 0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Token bucket, exact. Words: [full_at, frac]: full at full_at + frac / C ns. See _pure.TokenBucket.
+# GCRA. Words: [tat]. See _pure.GCRA.
+# ----------------------------------------------------------------------------------------------------------
+cdef inline fg_i128 fg_bucket_deficit(const int64_t *w, int64_t now, int64_t C) noexcept nogil:
+    cdef fg_i128 d = <fg_i128>(w[0] - now) * C + w[1]
+    return d if d > 0 else 0
+
+cdef inline bint fg_bucket_admits(fg_i128 d, int64_t C, int64_t P, int64_t k) noexcept nogil:
+    return d + <fg_i128>k * P <= <fg_i128>C * P
+
+cdef inline void fg_bucket_consume(int64_t *w, fg_i128 d, int64_t now, int64_t C, int64_t P,
+                                   int64_t k) noexcept nogil:
+    d += <fg_i128>k * P
+    w[0] = now + <int64_t>(d // C)
+    w[1] = <int64_t>(d % C)
+
+cdef inline int64_t fg_bucket_retry(fg_i128 d, int64_t C, int64_t P, int64_t k) noexcept nogil:
+    if k > C:
+        return FG_NEVER
+    return <int64_t>((d + <fg_i128>(k - C) * P + C - 1) // C)
+
+cdef inline int64_t fg_bucket_gcra_delay(const int64_t *w, int64_t now) noexcept nogil:
+    return w[0] - now if w[0] > now else 0
+
+cdef inline bint fg_bucket_gcra_admits(int64_t d, int64_t C, int64_t T, int64_t k) noexcept nogil:
+    return <fg_i128>d + <fg_i128>k * T <= <fg_i128>C * T
+
+cdef inline int64_t fg_bucket_gcra_retry(int64_t d, int64_t C, int64_t T, int64_t k) noexcept nogil:
+    if k > C:
+        return FG_NEVER
+    return <int64_t>(<fg_i128>d + <fg_i128>k * T - <fg_i128>C * T)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The table: shards of (open-addressing index of uint32 slots, dense arena of int64 entries).
+# ----------------------------------------------------------------------------------------------------------
+cdef inline uint64_t fg_table_hash(const fg_params *p, uint64_t kid) noexcept nogil:
+    return fg_mix(kid ^ p.seed)
+
+cdef inline uint32_t fg_table_tag(uint64_t h) noexcept nogil:
+    return <uint32_t>((h >> 50) & 0xFF)
+
+cdef inline int64_t *fg_table_entry(const fg_params *p, const fg_shard *s, int64_t i) noexcept nogil:
+    return s.arena + i * p.stride
+
+cdef inline int64_t fg_table_find(const fg_params *p, const fg_shard *s, uint64_t kid, uint64_t h,
+                                  uint64_t *slot_out) noexcept nogil:
+    """Entry index of `kid` in shard `s`, or -1; `slot_out` gets its slot (or the empty slot ending the probe)."""
+    cdef uint64_t pos = h & s.mask
+    cdef uint32_t tag = fg_table_tag(h), sl
+    cdef int64_t i
+    while True:
+        sl = s.index[pos]
+        if sl == 0:
+            slot_out[0] = pos
+            return -1
+        if (sl >> FG_SLOT_BITS) == tag:
+            i = <int64_t>(sl & ((1 << FG_SLOT_BITS) - 1)) - 1
+            if <uint64_t>s.arena[i * p.stride] == kid:
+                slot_out[0] = pos
+                return i
+        pos = (pos + 1) & s.mask
+
+cdef inline void fg_table_place(fg_shard *s, uint64_t h, int64_t i) noexcept nogil:
+    """Put entry `i` (hash `h`) in the first empty slot of its probe sequence."""
+    cdef uint64_t pos = h & s.mask
+    while s.index[pos] != 0:
+        pos = (pos + 1) & s.mask
+    s.index[pos] = (fg_table_tag(h) << FG_SLOT_BITS) | <uint32_t>(i + 1)
+
+cdef inline void fg_table_unslot(const fg_params *p, fg_shard *s, uint64_t hole) noexcept nogil:
+    """Empty slot `hole` by backward-shift deletion (linear probing needs no tombstones)."""
+    cdef uint64_t j = hole, home
+    cdef uint32_t sl
+    while True:
+        j = (j + 1) & s.mask
+        sl = s.index[j]
+        if sl == 0:
+            break
+        home = fg_table_hash(p, <uint64_t>s.arena[(<int64_t>(sl & ((1 << FG_SLOT_BITS) - 1)) - 1) * p.stride]) \
+            & s.mask
+        # The entry at j may move back to the hole unless its home lies cyclically in (hole, j].
+        if hole <= j:
+            if hole < home <= j:
+                continue
+        elif home > hole or home <= j:
+            continue
+        s.index[hole] = sl
+        hole = j
+    s.index[hole] = 0

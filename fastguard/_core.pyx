@@ -1,0 +1,627 @@
+# cython: language_level=3
+"""Compiled core of fastguard: the sharded key table and the four rate-limit algorithms.
+
+The rules are those of fastguard/_pure.py (its docstrings are the definition); this module implements them in
+int64/int128 C arithmetic over a bounded table. Directives live in setup.py (cdivision is on: every division
+here has non-negative operands, and the divisors are positive counts or periods).
+
+Threads: each shard has a spin lock; a single `hit` keeps the GIL (releasing it would cost more than the whole
+decision) and holds its shard's lock for one decision; `hit_many` releases the GIL once for its whole loop and
+takes each shard's lock once per batch. A lock holder never blocks or calls Python, so GIL holders and
+GIL-free batch loops cannot deadlock.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
+from libc.math cimport floor, isfinite
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
+import os
+
+import numpy as np
+
+from fastguard.limits import decision_headers
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+
+ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
+EVICTION_SAMPLE = FG_EVICTION_SAMPLE
+
+# Per-process secrets: key bytes -> SipHash-1-3 id; id -> position. Fresh at every import.
+cdef uint64_t _sip_k0, _sip_k1, _mix_seed
+_sip_k0, _sip_k1, _mix_seed = [int.from_bytes(os.urandom(8), "little") for _ in range(3)]
+
+cdef double _INF = float("inf")
+cdef int64_t _MAX_NOW_NS = (<int64_t>1) << 62
+cdef int64_t _SMALL_TABLE = 4096        # below this many keys one shard (exact LRU-sample, same as _pure)
+cdef int _SHARDS = 64
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Argument conversion (GIL held). Same rules and messages as _pure.
+# ---------------------------------------------------------------------------------------------------------------
+cdef inline uint64_t _key_id(object key) except? 0:
+    """SipHash-1-3 of the key's bytes (a str's UTF-8)."""
+    cdef const char *buf
+    cdef Py_ssize_t n
+    if type(key) is str:
+        buf = PyUnicode_AsUTF8AndSize(key, &n)
+    elif type(key) is bytes:
+        buf = PyBytes_AS_STRING(key)
+        n = PyBytes_GET_SIZE(key)
+    elif isinstance(key, str):
+        buf = PyUnicode_AsUTF8AndSize(key, &n)
+    elif isinstance(key, bytes):
+        buf = PyBytes_AS_STRING(key)
+        n = PyBytes_GET_SIZE(key)
+    else:
+        raise TypeError(f"rate-limit key must be str or bytes, not {type(key).__name__}")
+    return fg_siphash13(<const unsigned char *>buf, <size_t>n, _sip_k0, _sip_k1)
+
+
+cdef inline int64_t _cost(object cost) except -1:
+    cdef int overflow = 0
+    cdef long long v
+    if type(cost) is not int and (isinstance(cost, bool) or not isinstance(cost, int)):
+        raise TypeError(f"cost must be an int, not {type(cost).__name__}")
+    v = PyLong_AsLongLongAndOverflow(cost, &overflow)
+    if overflow < 0 or (overflow == 0 and v < 0):
+        raise ValueError(f"cost must not be negative, got {cost}")
+    if overflow > 0 or v > FG_MAX_COST:
+        return FG_MAX_COST   # above every count: the answer is the same
+    return v
+
+
+cdef inline int64_t _now_ns(object now) except -1:
+    cdef timespec ts
+    cdef double ns
+    if now is None:
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+    if type(now) is float:
+        ns = PyFloat_AS_DOUBLE(now) * 1e9
+    elif isinstance(now, bool) or not isinstance(now, (int, float)):
+        raise TypeError(f"now must be epoch seconds as a float, not {type(now).__name__}")
+    else:
+        try:
+            ns = float(now) * 1e9
+        except OverflowError:
+            ns = _INF
+    if not isfinite(ns) or ns < 0 or ns >= <double>_MAX_NOW_NS:
+        raise ValueError(f"now must be epoch seconds between 0 and 2**62 ns, got {now!r}")
+    return <int64_t>floor(ns)
+
+
+cdef inline double _seconds(int64_t ns) noexcept nogil:
+    return _INF if ns == FG_NEVER else <double>ns / 1e9
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The decision (no GIL; caller holds the shard lock). Mirrors _pure.Table._decide.
+# ---------------------------------------------------------------------------------------------------------------
+cdef inline void _fresh_words(const fg_params *p, int64_t *w) noexcept nogil:
+    cdef int i
+    for i in range(p.nlimits):
+        if p.algorithm == FG_FIXED_WINDOW:
+            w[0] = -1
+            w[1] = 0
+        elif p.algorithm == FG_SLIDING_WINDOW:
+            w[0] = -2
+            w[1] = 0
+            w[2] = 0
+        elif p.algorithm == FG_TOKEN_BUCKET:
+            w[0] = 0
+            w[1] = 0
+        else:
+            w[0] = 0
+        w += p.words
+
+
+cdef void _decide(const fg_params *p, int64_t *w, int64_t now, int64_t k, bint commit,
+                  fg_verdict *v) noexcept nogil:
+    """Decide a hit of cost `k` at `now` on state `w` (rolled and, when admitted and `commit`, consumed in place)."""
+    cdef int i, best = 0
+    cdef int64_t C, P, r, retry = 0
+    cdef int64_t *x
+    cdef fg_i128 dbig
+    cdef bint ok, allowed = True
+    # Pass 1: roll every limit to `now`, test admission, and collect the retry time of those that refuse.
+    for i in range(p.nlimits):
+        x = w + i * p.words
+        C = p.lim[i].count
+        P = p.lim[i].period
+        if p.algorithm == FG_FIXED_WINDOW:
+            fg_window_fixed_roll(x, now, P)
+            ok = fg_window_fixed_admits(x, C, k)
+            r = 0 if ok else fg_window_fixed_retry(x, now, C, P, k)
+        elif p.algorithm == FG_SLIDING_WINDOW:
+            fg_window_sliding_roll(x, now, P)
+            ok = fg_window_sliding_admits(x, now, C, P, k)
+            r = 0 if ok else fg_window_sliding_retry(x, now, C, P, k)
+        elif p.algorithm == FG_TOKEN_BUCKET:
+            dbig = fg_bucket_deficit(x, now, C)
+            ok = fg_bucket_admits(dbig, C, P, k)
+            r = 0 if ok else fg_bucket_retry(dbig, C, P, k)
+        else:
+            ok = fg_bucket_gcra_admits(fg_bucket_gcra_delay(x, now), C, p.lim[i].interval, k)
+            r = 0 if ok else fg_bucket_gcra_retry(fg_bucket_gcra_delay(x, now), C, p.lim[i].interval, k)
+        if not ok:
+            allowed = False
+            if r == FG_NEVER or retry == FG_NEVER:
+                retry = FG_NEVER
+            elif r > retry:
+                retry = r
+    # Pass 2: count the hit in every limit (only when all admitted), then read what remains.
+    for i in range(p.nlimits):
+        x = w + i * p.words
+        C = p.lim[i].count
+        P = p.lim[i].period
+        if p.algorithm == FG_FIXED_WINDOW:
+            if allowed and commit:
+                x[1] += k
+            v.remaining[i] = C - x[1]
+        elif p.algorithm == FG_SLIDING_WINDOW:
+            if allowed and commit:
+                x[1] += k
+            v.remaining[i] = fg_window_sliding_remaining(x, now, C, P)
+        elif p.algorithm == FG_TOKEN_BUCKET:
+            if allowed and commit:
+                fg_bucket_consume(x, fg_bucket_deficit(x, now, C), now, C, P, k)
+            v.remaining[i] = <int64_t>((<fg_i128>C * P - fg_bucket_deficit(x, now, C)) // P)
+        else:
+            if allowed and commit:
+                x[0] = now + fg_bucket_gcra_delay(x, now) + k * p.lim[i].interval
+            v.remaining[i] = (C * p.lim[i].interval - fg_bucket_gcra_delay(x, now)) // p.lim[i].interval
+        if i > 0 and (v.remaining[i] < v.remaining[best] or
+                      (v.remaining[i] == v.remaining[best] and P > p.lim[best].period)):
+            best = i
+    x = w + best * p.words
+    C = p.lim[best].count
+    P = p.lim[best].period
+    if p.algorithm == FG_FIXED_WINDOW:
+        v.reset_ns = fg_window_fixed_reset(x, now, P)
+    elif p.algorithm == FG_SLIDING_WINDOW:
+        v.reset_ns = fg_window_sliding_reset(x, now, P)
+    elif p.algorithm == FG_TOKEN_BUCKET:
+        v.reset_ns = <int64_t>((fg_bucket_deficit(x, now, C) + C - 1) // C)
+    else:
+        v.reset_ns = fg_bucket_gcra_delay(x, now)
+    v.allowed = allowed
+    v.best = best
+    v.retry_ns = retry
+
+
+cdef bint _fresh(const fg_params *p, const int64_t *entry, int64_t now) noexcept nogil:
+    """True when the entry would decide exactly like a new key at `now` (its state has fully expired)."""
+    cdef int64_t w[FG_MAX_LIMITS * FG_MAX_WORDS]
+    cdef int i
+    cdef int64_t *x
+    if entry[1] > now:
+        now = entry[1]
+    memcpy(w, entry + FG_HEADER_WORDS, p.nlimits * p.words * sizeof(int64_t))
+    for i in range(p.nlimits):
+        x = w + i * p.words
+        if p.algorithm == FG_FIXED_WINDOW:
+            fg_window_fixed_roll(x, now, p.lim[i].period)
+            if x[1] != 0:
+                return False
+        elif p.algorithm == FG_SLIDING_WINDOW:
+            fg_window_sliding_roll(x, now, p.lim[i].period)
+            if x[1] != 0 or x[2] != 0:
+                return False
+        elif p.algorithm == FG_TOKEN_BUCKET:
+            if fg_bucket_deficit(x, now, p.lim[i].count) != 0:
+                return False
+        elif fg_bucket_gcra_delay(x, now) != 0:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Table maintenance (no GIL; caller holds the shard lock).
+# ---------------------------------------------------------------------------------------------------------------
+cdef int _grow(const fg_params *p, fg_shard *s) noexcept nogil:
+    """Make room for one more entry: arena by 1.25x, index doubled to stay at most 3/4 full. -1 when out of memory."""
+    cdef int64_t cap, i
+    cdef int64_t *arena
+    cdef uint32_t *index
+    cdef uint64_t slots
+    if s.n >= s.cap:
+        cap = s.cap + s.cap // 4 + 8
+        if cap > FG_SHARD_MAX_ENTRIES:
+            cap = FG_SHARD_MAX_ENTRIES
+        arena = <int64_t *>PyMem_RawRealloc(s.arena, <size_t>cap * p.stride * sizeof(int64_t))
+        if arena == NULL:
+            return -1
+        s.arena = arena
+        s.cap = cap
+    if <uint64_t>(s.n + 1) * 4 > (s.mask + 1) * 3:
+        slots = (s.mask + 1) * 2
+        index = <uint32_t *>PyMem_RawCalloc(slots, sizeof(uint32_t))
+        if index == NULL:
+            return -1
+        PyMem_RawFree(s.index)
+        s.index = index
+        s.mask = slots - 1
+        for i in range(s.n):
+            fg_table_place(s, fg_table_hash(p, <uint64_t>s.arena[i * p.stride]), i)
+    return 0
+
+
+cdef int64_t _victim(const fg_params *p, fg_shard *s, int64_t now) noexcept nogil:
+    """The entry to evict: among the next EVICTION_SAMPLE after the clock hand, the first fresh one, else the oldest."""
+    cdef int64_t sample = FG_EVICTION_SAMPLE if s.n > FG_EVICTION_SAMPLE else s.n
+    cdef int64_t j, pos, oldest = -1
+    cdef int64_t victim = -1
+    for j in range(sample):
+        pos = (s.hand + j) % s.n
+        if _fresh(p, fg_table_entry(p, s, pos), now):
+            victim = pos
+            break
+        if oldest < 0 or fg_table_entry(p, s, pos)[1] < fg_table_entry(p, s, oldest)[1]:
+            oldest = pos
+    s.hand = (s.hand + sample) % s.n
+    return victim if victim >= 0 else oldest
+
+
+cdef int _insert(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_t now,
+                 const int64_t *words) noexcept nogil:
+    """Store a new key (not present). Evicts when the table (or, rarely, memory) is full. -1 if nothing fits."""
+    cdef int64_t i
+    cdef uint64_t slot
+    cdef bint full = s.n >= FG_SHARD_MAX_ENTRIES
+    if not full:
+        if fg_atomic_add(&p.total, 1) > p.max_keys and s.n > 0:
+            fg_atomic_add(&p.total, -1)
+            full = True
+        elif _grow(p, s) < 0:
+            fg_atomic_add(&p.total, -1)
+            if s.n == 0:
+                return -1
+            full = True
+    if full:
+        i = _victim(p, s, now)
+        fg_table_find(p, s, <uint64_t>fg_table_entry(p, s, i)[0], fg_table_hash(p, <uint64_t>fg_table_entry(p, s, i)[0]),
+                      &slot)
+        fg_table_unslot(p, s, slot)
+        s.evictions += 1
+    else:
+        i = s.n
+        s.n += 1
+    fg_table_entry(p, s, i)[0] = <int64_t>kid
+    fg_table_entry(p, s, i)[1] = now
+    memcpy(fg_table_entry(p, s, i) + FG_HEADER_WORDS, words, p.nlimits * p.words * sizeof(int64_t))
+    fg_table_place(s, h, i)
+    return 0
+
+
+cdef void _remove(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h) noexcept nogil:
+    """Forget `kid`: empty its slot and move the last entry into its place (the arena stays dense)."""
+    cdef uint64_t slot
+    cdef int64_t i = fg_table_find(p, s, kid, h, &slot), last
+    cdef uint64_t moved
+    if i < 0:
+        return
+    fg_table_unslot(p, s, slot)
+    last = s.n - 1
+    if i != last:
+        moved = <uint64_t>fg_table_entry(p, s, last)[0]
+        fg_table_find(p, s, moved, fg_table_hash(p, moved), &slot)
+        s.index[slot] = (s.index[slot] & ~(<uint32_t>((1 << FG_SLOT_BITS) - 1))) | <uint32_t>(i + 1)
+        memcpy(fg_table_entry(p, s, i), fg_table_entry(p, s, last), p.stride * sizeof(int64_t))
+    s.n = last
+    if s.hand >= s.n:
+        s.hand = 0
+    fg_atomic_add(&p.total, -1)
+
+
+cdef int _hit_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_t k, int64_t now, bint commit,
+                     fg_verdict *v) noexcept nogil:
+    """One decision with the shard lock held. -1 only when a new key cannot be stored at all (no memory)."""
+    cdef int64_t w[FG_MAX_LIMITS * FG_MAX_WORDS]
+    cdef uint64_t slot
+    cdef int64_t i = fg_table_find(p, s, kid, h, &slot)
+    cdef int64_t *entry
+    cdef size_t nbytes = p.nlimits * p.words * sizeof(int64_t)
+    if i >= 0:
+        entry = fg_table_entry(p, s, i)
+        if entry[1] > now:
+            now = entry[1]      # time went backwards for this key: decide as if no time had passed
+        memcpy(w, entry + FG_HEADER_WORDS, nbytes)
+    else:
+        _fresh_words(p, w)
+    _decide(p, w, now, k, commit, v)
+    if not commit:
+        return 0
+    s.hits += 1
+    if not v.allowed:
+        s.denials += 1
+        if i >= 0:
+            entry[1] = now
+        return 0
+    if i >= 0:
+        entry[1] = now
+        memcpy(entry + FG_HEADER_WORDS, w, nbytes)
+        return 0
+    return _insert(p, s, kid, h, now, w)
+
+
+@cython.freelist(256)
+cdef class Decision:
+    """One rate-limit decision. Times in float seconds; `retry_after` is 0.0 when allowed, inf when never."""
+
+    cdef readonly bint allowed
+    cdef readonly int64_t limit
+    cdef readonly int64_t remaining
+    cdef readonly double reset_after
+    cdef readonly double retry_after
+    cdef readonly double period
+    cdef readonly tuple limits
+    cdef int64_t _remaining[FG_MAX_LIMITS]
+
+    @property
+    def remainings(self):
+        """Remaining of every limit, in the limiter's order."""
+        return tuple([self._remaining[i] for i in range(len(self.limits))])
+
+    def headers(self, style="ietf"):
+        """Response headers: "ietf" (RateLimit-*) or "kong" (X-RateLimit-*-<Window> plus RateLimit-*)."""
+        return decision_headers(self, style)
+
+    def __bool__(self):
+        return self.allowed
+
+    def __repr__(self):
+        return (f"Decision(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
+                f"reset_after={self.reset_after:.3f}, retry_after={self.retry_after:.3f})")
+
+
+cdef class Table:
+    """The key table and the decision rules. Same methods and results as fastguard._pure.Table."""
+
+    cdef fg_params p
+    cdef fg_shard *shards
+    cdef int nshards
+    cdef uint64_t rotor
+    cdef readonly str algorithm
+    cdef readonly tuple limits
+    cdef readonly int64_t max_keys
+
+    def __cinit__(self, str algorithm, limits, max_keys):
+        cdef int i
+        self.shards = NULL
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
+            raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        if max_keys > <int64_t>_SHARDS * FG_SHARD_MAX_ENTRIES:
+            raise ValueError(f"max_keys {max_keys} is above the table's maximum {_SHARDS * FG_SHARD_MAX_ENTRIES}")
+        limits = tuple(limits)
+        if not 1 <= len(limits) <= FG_MAX_LIMITS:
+            raise ValueError(f"a table decides 1 to {FG_MAX_LIMITS} limits, got {len(limits)}")
+        self.algorithm = algorithm
+        self.limits = limits
+        self.max_keys = max_keys
+        self.p.algorithm = ALGORITHMS.index(algorithm)
+        self.p.nlimits = len(limits)
+        self.p.words = (2, 3, 2, 1)[self.p.algorithm]
+        self.p.stride = FG_HEADER_WORDS + self.p.nlimits * self.p.words
+        self.p.seed = _mix_seed
+        self.p.max_keys = max_keys
+        self.p.total = 0
+        for i, lim in enumerate(limits):
+            self.p.lim[i].count = lim.count
+            self.p.lim[i].period = lim.period_ns
+            self.p.lim[i].interval = (lim.period_ns + lim.count - 1) // lim.count
+        self.nshards = 1 if max_keys < _SMALL_TABLE else _SHARDS
+        self.shards = <fg_shard *>PyMem_RawCalloc(self.nshards, sizeof(fg_shard))
+        if self.shards == NULL:
+            raise MemoryError()
+        for i in range(self.nshards):
+            self.shards[i].mask = 7
+            self.shards[i].index = <uint32_t *>PyMem_RawCalloc(8, sizeof(uint32_t))
+            if self.shards[i].index == NULL:
+                raise MemoryError()
+
+    def __dealloc__(self):
+        cdef int i
+        if self.shards != NULL:
+            for i in range(self.nshards):
+                PyMem_RawFree(self.shards[i].index)
+                PyMem_RawFree(self.shards[i].arena)
+            PyMem_RawFree(self.shards)
+
+    cdef inline fg_shard *_shard(self, uint64_t h) noexcept nogil:
+        return &self.shards[(h >> 58) & <uint64_t>(self.nshards - 1)]
+
+    cdef Decision _decision(self, const fg_verdict *v):
+        cdef Decision d = Decision.__new__(Decision)
+        d.allowed = v.allowed
+        d.limit = self.p.lim[v.best].count
+        d.remaining = v.remaining[v.best]
+        d.reset_after = <double>v.reset_ns / 1e9
+        d.retry_after = _seconds(v.retry_ns)
+        d.period = <double>self.p.lim[v.best].period / 1e9
+        d.limits = self.limits
+        memcpy(d._remaining, v.remaining, self.p.nlimits * sizeof(int64_t))
+        return d
+
+    cdef Decision _one(self, uint64_t kid, int64_t k, int64_t now, bint commit):
+        cdef fg_verdict v
+        cdef uint64_t h = fg_table_hash(&self.p, kid)
+        cdef fg_shard *s = self._shard(h)
+        cdef int rc
+        fg_spin_lock(&s.lock)
+        rc = _hit_locked(&self.p, s, kid, h, k, now, commit, &v)
+        fg_spin_unlock(&s.lock)
+        if rc < 0:
+            raise MemoryError("rate-limit table: out of memory for a new key")
+        return self._decision(&v)
+
+    def hit(self, key, cost=1, now=None):
+        """Count a hit of `cost` against `key` if every limit admits it -> Decision.
+
+        key: str or bytes (TypeError otherwise); cost: int >= 0 (ValueError if negative);
+        now: float epoch seconds, or None for the wall clock.
+        """
+        return self._one(_key_id(key), _cost(cost), _now_ns(now), True)
+
+    def peek(self, key, now=None):
+        """The decision a hit of cost 1 would get now, recording nothing."""
+        return self._one(_key_id(key), 1, _now_ns(now), False)
+
+    def reset(self, key):
+        """Forget `key` (its next hit starts fresh)."""
+        cdef uint64_t kid = _key_id(key)
+        cdef uint64_t h = fg_table_hash(&self.p, kid)
+        cdef fg_shard *s = self._shard(h)
+        fg_spin_lock(&s.lock)
+        _remove(&self.p, s, kid, h)
+        fg_spin_unlock(&s.lock)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def hit_many(self, keys, costs, now):
+        """Decide keys in order: a numpy uint64 array of ids (used as they are) or a list of str/bytes (hashed).
+
+        costs: contiguous int64 array of the same length (>= 0, checked by the caller) or None.
+        Returns numpy arrays (allowed bool, remaining int64, retry_after float64 s, reset_after float64 s).
+        The GIL is released for the whole decision loop; each shard is locked once per call.
+        """
+        cdef int64_t t = _now_ns(now)
+        cdef Py_ssize_t n = len(keys), i
+        cdef const uint64_t[::1] ids
+        cdef uint64_t[::1] hashed
+        cdef const int64_t[::1] cost_view
+        cdef bint has_costs = costs is not None
+        if isinstance(keys, np.ndarray):
+            ids = keys
+        else:
+            hashed = np.empty(n, dtype=np.uint64)
+            for i in range(n):
+                hashed[i] = _key_id(keys[i])
+            ids = hashed
+        if has_costs:
+            cost_view = costs
+            if cost_view.shape[0] != n:
+                raise ValueError(f"costs has {cost_view.shape[0]} entries for {n} keys")
+        allowed = np.empty(n, dtype=np.bool_)
+        remaining = np.empty(n, dtype=np.int64)
+        retry = np.empty(n, dtype=np.float64)
+        reset = np.empty(n, dtype=np.float64)
+        cdef uint8_t[::1] out_allowed = allowed.view(np.uint8)
+        cdef int64_t[::1] out_remaining = remaining
+        cdef double[::1] out_retry = retry
+        cdef double[::1] out_reset = reset
+        cdef int rc = 0
+        cdef uint64_t start = self.rotor
+        self.rotor += 1
+        if n == 0:
+            return allowed, remaining, retry, reset
+        with nogil:
+            rc = self._batch(&ids[0], &cost_view[0] if has_costs else NULL, n, t, start,
+                             &out_allowed[0], &out_remaining[0], &out_retry[0], &out_reset[0])
+        if rc == -2:
+            raise MemoryError("hit_many: out of memory for its work arrays")
+        if rc < 0:
+            raise MemoryError("rate-limit table: out of memory for a new key")
+        return allowed, remaining, retry, reset
+
+    cdef int _batch(self, const uint64_t *ids, const int64_t *costs, Py_ssize_t n, int64_t now, uint64_t start,
+                    uint8_t *out_allowed, int64_t *out_remaining, double *out_retry,
+                    double *out_reset) noexcept nogil:
+        """Group the keys by shard (a counting sort keeps each shard's keys in their original order, so the result
+        equals deciding them one by one), then decide each group under one lock. Shards busy in another thread are
+        skipped and done after the others. -2: no memory for the work arrays; -1: no memory for a new key."""
+        cdef uint64_t *hashes = <uint64_t *>PyMem_RawMalloc(n * sizeof(uint64_t))
+        cdef int64_t *order = <int64_t *>PyMem_RawMalloc(n * sizeof(int64_t))
+        cdef int64_t first[65]
+        cdef int64_t fill[64]
+        cdef bint pending[64]
+        cdef Py_ssize_t i, j, ix
+        cdef int sh, step, left, rc = 0
+        cdef int shift = 58
+        cdef int64_t k
+        cdef fg_shard *s
+        cdef fg_verdict v
+        if hashes == NULL or order == NULL:
+            PyMem_RawFree(hashes)
+            PyMem_RawFree(order)
+            return -2
+        for sh in range(65):
+            first[sh] = 0
+        for i in range(n):
+            hashes[i] = fg_table_hash(&self.p, ids[i])
+            first[((hashes[i] >> shift) & <uint64_t>(self.nshards - 1)) + 1] += 1
+        for sh in range(self.nshards):
+            first[sh + 1] += first[sh]
+            fill[sh] = first[sh]
+            pending[sh] = first[sh + 1] > first[sh]
+        for i in range(n):
+            sh = <int>((hashes[i] >> shift) & <uint64_t>(self.nshards - 1))
+            order[fill[sh]] = i
+            fill[sh] += 1
+        left = self.nshards
+        step = 0
+        while left > 0 and rc == 0:
+            for j in range(self.nshards):
+                sh = <int>((start + <uint64_t>j) % <uint64_t>self.nshards)
+                if not pending[sh]:
+                    continue
+                s = &self.shards[sh]
+                # First pass: only free shards; later passes wait for the busy ones.
+                if step == 0:
+                    if not fg_spin_trylock(&s.lock):
+                        continue
+                else:
+                    fg_spin_lock(&s.lock)
+                for i in range(first[sh], first[sh + 1]):
+                    ix = order[i]
+                    k = costs[ix] if costs != NULL else 1
+                    if k > FG_MAX_COST:
+                        k = FG_MAX_COST
+                    if _hit_locked(&self.p, s, ids[ix], hashes[ix], k, now, True, &v) < 0:
+                        rc = -1
+                        break
+                    out_allowed[ix] = v.allowed
+                    out_remaining[ix] = v.remaining[v.best]
+                    out_retry[ix] = _seconds(v.retry_ns)
+                    out_reset[ix] = <double>v.reset_ns / 1e9
+                fg_spin_unlock(&s.lock)
+                pending[sh] = False
+                left -= 1
+                if rc != 0:
+                    break
+            step += 1
+        PyMem_RawFree(hashes)
+        PyMem_RawFree(order)
+        return rc
+
+    def stats(self):
+        """Counters and sizes: keys, capacity, evictions, hits (decisions), denials, shards, bytes (allocated for
+        the table), entry_bytes, bytes_per_key (bytes / keys), algorithm, compiled."""
+        cdef int64_t keys = 0, hits = 0, denials = 0, evictions = 0, nbytes = self.nshards * sizeof(fg_shard)
+        cdef int i
+        cdef fg_shard *s
+        for i in range(self.nshards):
+            s = &self.shards[i]
+            fg_spin_lock(&s.lock)
+            keys += s.n
+            hits += s.hits
+            denials += s.denials
+            evictions += s.evictions
+            nbytes += s.cap * self.p.stride * sizeof(int64_t) + (s.mask + 1) * sizeof(uint32_t)
+            fg_spin_unlock(&s.lock)
+        return {
+            "keys": keys, "capacity": self.max_keys, "evictions": evictions, "hits": hits, "denials": denials,
+            "shards": self.nshards, "bytes": nbytes, "entry_bytes": self.p.stride * 8,
+            "algorithm": self.algorithm, "compiled": True,
+        }

@@ -1,0 +1,204 @@
+"""Limit strings ("100/minute; 10/second") -> Limit objects, and the response headers of a Decision.
+
+This module is pure Python and imports neither core: both `_core` and `_pure` import it for `Limit`
+and for `decision_headers`, so the header rules exist once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+__all__ = ["Limit", "parse_limits", "decision_headers", "BatchDecision", "MAX_LIMITS"]
+
+#: A limiter decides at most this many limits per key (the core keeps them in a fixed C array).
+MAX_LIMITS = 8
+#: Counts above 2**53 are refused: they would no longer be exact as floats in headers and stats.
+MAX_COUNT = 2**53
+#: Periods are int64 nanoseconds inside the core; 100 years leaves room for every sum it makes.
+MAX_PERIOD_NS = 100 * 365 * 86_400 * 10**9
+
+_UNITS = {
+    "second": 1, "seconds": 1, "sec": 1, "secs": 1, "s": 1,
+    "minute": 60, "minutes": 60, "min": 60, "mins": 60, "m": 60,
+    "hour": 3600, "hours": 3600, "hr": 3600, "hrs": 3600, "h": 3600,
+    "day": 86_400, "days": 86_400, "d": 86_400,
+    # Months and years are fixed lengths (30 and 365 days), so windows stay multiples of the period since the epoch.
+    "month": 30 * 86_400, "months": 30 * 86_400,
+    "year": 365 * 86_400, "years": 365 * 86_400,
+}
+# Kong names its per-window headers after these units (X-RateLimit-Limit-Minute).
+_WINDOW_NAMES = [(365 * 86_400, "Year"), (30 * 86_400, "Month"), (86_400, "Day"), (3600, "Hour"),
+                 (60, "Minute"), (1, "Second")]
+
+_LIMIT_RE = re.compile(r"^(\d+)\s*(?:/|\s+per\s+)\s*(\d+)?\s*([A-Za-z]+)$", re.IGNORECASE)
+
+
+class Limit:
+    """`count` admissions per `period` seconds.
+
+    `period_seconds` may be fractional; the core works in whole nanoseconds (`period_ns`).
+    Raises ValueError for a count < 1 or > 2**53, or a period that is not positive or longer than 100 years,
+    and TypeError for a count that is not an int.
+    """
+
+    __slots__ = ("count", "period", "period_ns")
+    count: int
+    period: float
+    period_ns: int
+
+    def __init__(self, count: int, period_seconds: float) -> None:
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"limit count must be an int, not {type(count).__name__}")
+        if count < 1:
+            raise ValueError(f"limit count must be at least 1, got {count}")
+        if count > MAX_COUNT:
+            raise ValueError(f"limit count {count} is above the maximum 2**53")
+        if isinstance(period_seconds, bool) or not isinstance(period_seconds, (int, float)):
+            raise TypeError(f"limit period must be a number of seconds, not {type(period_seconds).__name__}")
+        if not math.isfinite(period_seconds) or period_seconds <= 0:
+            raise ValueError(f"limit period must be a positive number of seconds, got {period_seconds!r}")
+        period_ns = round(period_seconds * 1_000_000_000) if isinstance(period_seconds, float) \
+            else period_seconds * 1_000_000_000
+        if period_ns < 1:
+            raise ValueError(f"limit period {period_seconds!r} s is shorter than one nanosecond")
+        if period_ns > MAX_PERIOD_NS:
+            raise ValueError(f"limit period {period_seconds!r} s is longer than 100 years")
+        object.__setattr__(self, "count", count)
+        object.__setattr__(self, "period_ns", period_ns)
+        object.__setattr__(self, "period", period_ns / 1e9)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Limit is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Limit):
+            return NotImplemented
+        return self.count == other.count and self.period_ns == other.period_ns
+
+    def __hash__(self) -> int:
+        return hash((self.count, self.period_ns))
+
+    def __repr__(self) -> str:
+        return f"Limit({self.count}, {self.period:g})"
+
+    def __str__(self) -> str:
+        return f"{self.count}/{window_name(self.period).lower()}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Limit, (self.count, self.period_ns / 1e9))
+
+
+def window_name(period_seconds: float) -> str:
+    """Kong-style name of a window: "Minute" for 60 s, "5Minutes" for 300 s, "1.5Seconds" otherwise."""
+    for unit_seconds, name in _WINDOW_NAMES:
+        if period_seconds >= unit_seconds and period_seconds % unit_seconds == 0:
+            n = int(period_seconds // unit_seconds)
+            return name if n == 1 else f"{n}{name}s"
+    return f"{period_seconds:g}Seconds"
+
+
+def parse_limits(text: str | Limit | list[Limit] | tuple[Limit, ...]) -> list[Limit]:
+    """Parse `"100/minute; 10/second"` into Limits.
+
+    Grammar per part: `N/unit`, `N/Munit` (`100/5m`), `N per unit`, `N per M units` (`10 per 2 seconds`);
+    units second minute hour day month year (and s m h d); parts joined by `;` or `,`.
+    Month = 30 days and year = 365 days. Raises ValueError naming the part that is wrong.
+    A Limit or a list of Limits is returned as a list unchanged (after checks).
+    """
+    if isinstance(text, Limit):
+        limits = [text]
+    elif isinstance(text, (list, tuple)):
+        limits = list(text)
+        for item in limits:
+            if not isinstance(item, Limit):
+                raise TypeError(f"expected Limit objects, got {type(item).__name__}")
+    elif isinstance(text, str):
+        if not text.strip():
+            raise ValueError("no limit given: write e.g. '100/minute; 10/second'")
+        parts = [p.strip() for p in re.split(r"[;,]", text)]
+        if len(parts) > 1 and not parts[-1]:
+            parts.pop()  # one trailing separator is harmless
+        limits = []
+        for part in parts:
+            if not part:
+                raise ValueError(f"empty limit in {text!r} (two separators in a row?)")
+            limits.append(_parse_one(part, text))
+    else:
+        raise TypeError(f"limits must be a string like '100/minute', not {type(text).__name__}")
+    if not limits:
+        raise ValueError("at least one limit is required")
+    if len(limits) > MAX_LIMITS:
+        raise ValueError(f"{len(limits)} limits given; a limiter decides at most {MAX_LIMITS} per key")
+    return limits
+
+
+def _parse_one(part: str, whole: str) -> Limit:
+    m = _LIMIT_RE.match(part)
+    if m is None:
+        raise ValueError(f"malformed limit {part!r} in {whole!r}: expected 'N/unit', 'N/Munit' or 'N per M units'")
+    count_text, mult_text, unit_text = m.groups()
+    unit = _UNITS.get(unit_text.lower())
+    if unit is None:
+        raise ValueError(f"unknown unit {unit_text!r} in limit {part!r}: use second, minute, hour, day, month, "
+                         "year (or s, m, h, d)")
+    count = int(count_text)
+    if count < 1:
+        raise ValueError(f"limit {part!r}: the count must be at least 1")
+    mult = int(mult_text) if mult_text is not None else 1
+    if mult < 1:
+        raise ValueError(f"limit {part!r}: the period multiplier must be at least 1")
+    try:
+        return Limit(count, mult * unit)
+    except ValueError as exc:
+        raise ValueError(f"limit {part!r}: {exc}") from None
+
+
+def _ceil_seconds(seconds: float) -> int:
+    return int(math.ceil(seconds)) if seconds > 0 else 0
+
+
+def decision_headers(decision: Any, style: str = "ietf") -> dict[str, str]:
+    """Response headers for a Decision.
+
+    "ietf": RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset (whole seconds, rounded up), plus Retry-After
+    when denied (at least 1 s; left out when the hit can never be admitted, its cost exceeding the limit).
+    "kong": X-RateLimit-Limit-<Window> and X-RateLimit-Remaining-<Window> for every limit, plus the IETF ones.
+    """
+    if style not in ("ietf", "kong"):
+        raise ValueError(f"unknown header style {style!r}: use 'ietf' or 'kong'")
+    headers: dict[str, str] = {}
+    if style == "kong":
+        for limit, remaining in zip(decision.limits, decision.remainings):
+            name = window_name(limit.period)
+            headers[f"X-RateLimit-Limit-{name}"] = str(limit.count)
+            headers[f"X-RateLimit-Remaining-{name}"] = str(remaining)
+    headers["RateLimit-Limit"] = str(decision.limit)
+    headers["RateLimit-Remaining"] = str(decision.remaining)
+    headers["RateLimit-Reset"] = str(_ceil_seconds(decision.reset_after))
+    if not decision.allowed and math.isfinite(decision.retry_after):
+        headers["Retry-After"] = str(max(1, _ceil_seconds(decision.retry_after)))
+    return headers
+
+
+class BatchDecision:
+    """The decisions of `hit_many`, one entry per key, in order.
+
+    allowed: numpy bool; remaining: int64; retry_after and reset_after: float64 seconds (inf: never admissible).
+    """
+
+    __slots__ = ("allowed", "remaining", "retry_after", "reset_after")
+
+    def __init__(self, allowed: Any, remaining: Any, retry_after: Any, reset_after: Any) -> None:
+        self.allowed = allowed
+        self.remaining = remaining
+        self.retry_after = retry_after
+        self.reset_after = reset_after
+
+    def __len__(self) -> int:
+        return len(self.allowed)
+
+    def __repr__(self) -> str:
+        n = len(self.allowed)
+        return f"<BatchDecision {n} keys, {int(self.allowed.sum())} allowed>"

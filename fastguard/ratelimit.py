@@ -1,0 +1,111 @@
+"""RateLimiter: a set of limits, an algorithm, and a table that keeps the counters.
+
+The table is the compiled core's (`fastguard._core.Table`) unless a store is given. `hit`, `peek` and `reset`
+are the table's own methods bound onto the limiter, so a call costs no Python frame of ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from fastguard.limits import BatchDecision, Limit, parse_limits
+
+__all__ = ["RateLimiter", "ALGORITHMS"]
+
+ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
+_MAX_COST = 2**62
+
+
+class Store(Protocol):
+    """What `RateLimiter(store=...)` needs: a factory of tables with the methods of `fastguard._core.Table`."""
+
+    def table(self, algorithm: str, limits: Sequence[Limit], max_keys: int) -> Any: ...
+
+
+class RateLimiter:
+    """Decide hits against one or more limits per key, atomically.
+
+    limits: "100/minute; 10/second", a Limit, or a list of Limits (at most 8).
+    algorithm: "fixed_window" | "sliding_window" | "token_bucket" | "gcra" (see fastguard._pure for each rule).
+    max_keys: the most keys held at once; a new key in a full table evicts an expired or long-unused one.
+    store: None for the in-process compiled table, or an object with `table(algorithm, limits, max_keys)`.
+
+    hit(key, cost=1, now=None) -> Decision        key: str or bytes; cost: int >= 0; now: epoch seconds
+    peek(key, now=None) -> Decision               what a hit of cost 1 would get, recording nothing
+    reset(key) -> None                            forget the key
+    Raises ValueError / TypeError naming the problem for bad limits, algorithm, max_keys, key, cost or now.
+    """
+
+    __slots__ = ("limits", "algorithm", "max_keys", "store", "_table", "hit", "peek", "reset")
+
+    def __init__(self, limits: str | Limit | Sequence[Limit], algorithm: str = "sliding_window",
+                 max_keys: int = 1_000_000, store: Store | None = None, *, _core: Any = None) -> None:
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
+            raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        self.limits: list[Limit] = parse_limits(limits)
+        self.algorithm = algorithm
+        self.max_keys = max_keys
+        self.store = store
+        if store is not None:
+            if not callable(getattr(store, "table", None)):
+                raise TypeError(f"store must provide table(algorithm, limits, max_keys); got {type(store).__name__}")
+            self._table = store.table(algorithm, tuple(self.limits), max_keys)
+        else:
+            if _core is None:
+                from fastguard import _impl as _core
+            self._table = _core.Table(algorithm, tuple(self.limits), max_keys)
+        self.hit = self._table.hit
+        self.peek = self._table.peek
+        self.reset = self._table.reset
+
+    def hit_many(self, keys: Any, costs: Any = None, now: float | None = None) -> BatchDecision:
+        """Decide many hits, in order, all at time `now` -> BatchDecision of numpy arrays.
+
+        keys: a 1-D numpy array of unsigned (or non-negative signed) integer ids, used as they are, or a sequence
+        of str/bytes keys (hashed like `hit`'s). An id and a key never share state except by a 2**-64 chance.
+        costs: None (all 1) or integers >= 0, one per key.
+        """
+        if isinstance(keys, np.ndarray):
+            if keys.ndim != 1:
+                raise ValueError(f"keys must be 1-D, got an array of shape {keys.shape}")
+            if keys.dtype.kind == "u":
+                keys = np.ascontiguousarray(keys, dtype=np.uint64)
+            elif keys.dtype.kind == "i":
+                if keys.size and keys.min() < 0:
+                    raise ValueError("integer key ids must not be negative")
+                keys = np.ascontiguousarray(keys, dtype=np.uint64)
+            elif keys.dtype.kind in "OSU":
+                keys = keys.tolist()
+            else:
+                raise TypeError(f"keys must be integer ids or str/bytes, not an array of {keys.dtype}")
+        elif isinstance(keys, (str, bytes)) or not hasattr(keys, "__len__"):
+            raise TypeError(f"keys must be a list of str/bytes or a numpy array of ids, not {type(keys).__name__}")
+        if costs is not None:
+            arr = np.asarray(costs)
+            if arr.ndim != 1 or len(arr) != len(keys):
+                raise ValueError(f"costs must be 1-D with one entry per key ({len(keys)}), got shape {arr.shape}")
+            if arr.size and arr.dtype.kind not in "iu":
+                raise TypeError(f"costs must be integers, not {arr.dtype}")
+            if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
+                raise ValueError("cost must not be negative")
+            if arr.dtype.kind == "u" and arr.size and arr.max() > _MAX_COST:
+                arr = np.minimum(arr, _MAX_COST)
+            costs = np.ascontiguousarray(arr, dtype=np.int64)
+        return BatchDecision(*self._table.hit_many(keys, costs, now))
+
+    def stats(self) -> dict[str, Any]:
+        """keys, capacity, evictions, hits (decisions made), denials, shards, bytes (table memory),
+        entry_bytes, bytes_per_key (bytes / max(keys, 1)), algorithm, compiled."""
+        st = dict(self._table.stats())
+        st["bytes_per_key"] = st["bytes"] / max(st["keys"], 1)
+        return st
+
+    def __repr__(self) -> str:
+        text = "; ".join(str(lim) for lim in self.limits)
+        return f"RateLimiter({text!r}, algorithm={self.algorithm!r}, max_keys={self.max_keys})"

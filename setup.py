@@ -1,0 +1,35 @@
+"""Build of the compiled core. All Cython directives live here (one place), as DESIGN §4 asks.
+
+A missing compiler or a failed compile fails the install: there is no silent pure-Python fallback
+(FASTGUARD_NO_EXTENSIONS=1 selects the pure core explicitly at run time).
+"""
+
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DIRECTIVES = {
+    "language_level": 3,
+    "embedsignature": True,
+    # Every division in the core has non-negative operands and a positive divisor (counts, periods):
+    # C division is exact there and needs no Python-semantics fix-ups.
+    "cdivision": True,
+    "initializedcheck": False,
+}
+
+extensions = [
+    Extension(
+        "fastguard._core",
+        ["fastguard/_core.pyx"],
+        extra_compile_args=["-O3", "-fno-strict-aliasing"],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=DIRECTIVES,
+        annotate=os.environ.get("FASTGUARD_ANNOTATE") == "1",
+    ),
+)
