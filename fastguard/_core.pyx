@@ -556,6 +556,7 @@ cdef class Table:
             PyMem_RawFree(hashes)
             PyMem_RawFree(order)
             return -2
+        left = 0
         for sh in range(65):
             first[sh] = 0
         for i in range(n):
@@ -565,11 +566,11 @@ cdef class Table:
             first[sh + 1] += first[sh]
             fill[sh] = first[sh]
             pending[sh] = first[sh + 1] > first[sh]
+            left += pending[sh]
         for i in range(n):
             sh = <int>((hashes[i] >> shift) & <uint64_t>(self.nshards - 1))
             order[fill[sh]] = i
             fill[sh] += 1
-        left = self.nshards
         step = 0
         while left > 0 and rc == 0:
             for j in range(self.nshards):

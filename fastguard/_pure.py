@@ -27,8 +27,10 @@ single shard below 4096 keys, so for small tables the two evict the same keys.
 from __future__ import annotations
 
 import math
+import threading
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from fastguard.limits import Limit, decision_headers
 
@@ -51,7 +53,10 @@ def now_ns_from(now: Any) -> int:
         return time.time_ns()
     if isinstance(now, bool) or not isinstance(now, (int, float)):
         raise TypeError(f"now must be epoch seconds as a float, not {type(now).__name__}")
-    ns = float(now) * 1e9
+    try:
+        ns = float(now) * 1e9
+    except OverflowError:
+        ns = INF
     if not math.isfinite(ns) or ns < 0 or ns >= MAX_NOW_NS:
         raise ValueError(f"now must be epoch seconds between 0 and 2**62 ns, got {now!r}")
     return math.floor(ns)
@@ -319,21 +324,23 @@ class Table:
         self._arena: list[list[int]] = []   # entry: [id, touched, words of limit 0, words of limit 1, ...]
         self._hand = 0
         self._hits = self._denials = self._evictions = 0
+        self._lock = threading.Lock()  # one decision at a time, like a shard lock of the core
 
     # -- the decision ---------------------------------------------------------------------------------------
-    def _decide(self, entry: list[Any] | None, now: int, k: int, commit: bool) -> Decision:
+    def _decide(self, entry: list[Any] | None, now: int, k: int,
+                commit: bool) -> tuple[Decision, bool, list[list[int]]]:
         if entry is not None and entry[1] > now:
             now = entry[1]  # time went backwards for this key: decide as if no time had passed
         words = self._words
         stored = entry[2:] if entry is not None else self._new_words
         rolled = [alg.roll(stored[i * words:(i + 1) * words], now) for i, alg in enumerate(self._algs)]
-        admits = [alg.admits(w, now, k) for alg, w in zip(self._algs, rolled)]
+        admits = [alg.admits(w, now, k) for alg, w in zip(self._algs, rolled, strict=True)]
         allowed = all(admits)
         if allowed and commit:
-            after = [alg.consume(w, now, k) for alg, w in zip(self._algs, rolled)]
+            after = [alg.consume(w, now, k) for alg, w in zip(self._algs, rolled, strict=True)]
         else:
             after = rolled
-        remainings = [alg.remaining(w, now) for alg, w in zip(self._algs, after)]
+        remainings = [alg.remaining(w, now) for alg, w in zip(self._algs, after, strict=True)]
         best = 0
         for i in range(1, len(remainings)):
             if remainings[i] < remainings[best] or (remainings[i] == remainings[best]
@@ -341,7 +348,7 @@ class Table:
                 best = i
         retry = 0
         if not allowed:
-            for alg, w, ok in zip(self._algs, rolled, admits):
+            for alg, w, ok in zip(self._algs, rolled, admits, strict=True):
                 if not ok:
                     r = alg.retry_after(w, now, k)
                     if r == NEVER or retry == NEVER:
@@ -378,21 +385,26 @@ class Table:
     # -- public methods, same signatures as the compiled core ------------------------------------------------
     def hit(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision:
         """Count a hit of `cost` against `key` if every limit admits it. Raises TypeError/ValueError on bad input."""
-        return self._hit_id(key_id(key), cost_from(cost), now_ns_from(now))
+        kid, k, t = key_id(key), cost_from(cost), now_ns_from(now)
+        with self._lock:
+            return self._hit_id(kid, k, t)
 
     def peek(self, key: str | bytes, now: float | None = None) -> Decision:
         """The decision a hit of cost 1 would get now, recording nothing."""
         kid = key_id(key)
         t = now_ns_from(now)
-        pos = self._index.get(kid)
-        d, _, _ = self._decide(self._arena[pos] if pos is not None else None, t, 1, False)
+        with self._lock:
+            pos = self._index.get(kid)
+            d, _, _ = self._decide(self._arena[pos] if pos is not None else None, t, 1, False)
         return d
 
     def reset(self, key: str | bytes) -> None:
         """Forget `key` (its next hit starts fresh)."""
-        pos = self._index.pop(key_id(key), None)
-        if pos is not None:
-            self._remove_at(pos)
+        kid = key_id(key)
+        with self._lock:
+            pos = self._index.pop(kid, None)
+            if pos is not None:
+                self._remove_at(pos)
 
     def hit_many(self, keys: Any, costs: Any, now: float | None) -> tuple[Any, Any, Any, Any]:
         """Decide keys in order: numpy uint64 ids or a list of str/bytes; costs an int64 array or None.
@@ -413,7 +425,8 @@ class Table:
             ids = [key_id(key) for key in keys]
         cost_list = [1] * n if costs is None else [min(int(c), MAX_COST) for c in costs]
         for i in range(n):
-            d = self._hit_id(ids[i], cost_list[i], t)
+            with self._lock:
+                d = self._hit_id(ids[i], cost_list[i], t)
             allowed[i], remaining[i], retry[i], reset[i] = d.allowed, d.remaining, d.retry_after, d.reset_after
         return allowed, remaining, retry, reset
 

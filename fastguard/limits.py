@@ -170,7 +170,7 @@ def decision_headers(decision: Any, style: str = "ietf") -> dict[str, str]:
         raise ValueError(f"unknown header style {style!r}: use 'ietf' or 'kong'")
     headers: dict[str, str] = {}
     if style == "kong":
-        for limit, remaining in zip(decision.limits, decision.remainings):
+        for limit, remaining in zip(decision.limits, decision.remainings, strict=True):
             name = window_name(limit.period)
             headers[f"X-RateLimit-Limit-{name}"] = str(limit.count)
             headers[f"X-RateLimit-Remaining-{name}"] = str(remaining)

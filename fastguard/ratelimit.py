@@ -6,7 +6,8 @@ are the table's own methods bound onto the limiter, so a call costs no Python fr
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -1,0 +1,335 @@
+"""Behaviour of RateLimiter, run against the compiled core and the pure twin (fixture `make`)."""
+
+import math
+
+import numpy as np
+import pytest
+
+import fastguard as fg
+
+ALGS = fg.ALGORITHMS
+T0 = 864_000.0  # ten days after the epoch: whole days, and floats still resolve nanoseconds here
+
+
+def allowed_count(lim, key, times, cost=1):
+    return sum(lim.hit(key, cost=cost, now=t).allowed for t in times)
+
+
+# -- each algorithm's rule ----------------------------------------------------------------------------------------
+
+def test_fixed_window_boundaries(make):
+    lim = make("3/second", "fixed_window")
+    assert [lim.hit("k", now=T0 + 0.999).allowed for _ in range(4)] == [True, True, True, False]
+    d = lim.hit("k", now=T0 + 0.999)
+    assert d.retry_after == pytest.approx(0.001) and d.reset_after == pytest.approx(0.001)
+    assert lim.hit("k", now=T0 + 1.0).allowed  # the next window starts exactly at the boundary
+    assert lim.hit("k", now=T0 + 1.0).remaining == 1
+
+
+def test_sliding_window_estimate(make):
+    lim = make("10/second", "sliding_window")
+    assert allowed_count(lim, "k", [T0 + 0.5] * 12) == 10
+    # At T0+1.25 the previous window weighs 0.75: estimate 7.5, so 2 more fit (9.5 + 1 > 10 refuses the third).
+    d = lim.peek("k", now=T0 + 1.25)
+    assert d.remaining == 2
+    assert allowed_count(lim, "k", [T0 + 1.25] * 3) == 2
+    # Denied at 1.25 with cur=2, prev=10: wait until prev*(1-e) <= 10-2-1 => e >= 0.3, i.e. 0.05 s.
+    assert lim.hit("k", now=T0 + 1.25).retry_after == pytest.approx(0.05)
+    # Two windows later everything is gone.
+    assert lim.peek("k", now=T0 + 3.0).remaining == 10
+
+
+def test_token_bucket_keeps_fractions_exactly(make):
+    lim = make("3/second", "token_bucket")  # one token per 333_333_333.33 ns
+    assert allowed_count(lim, "k", [T0] * 4) == 3
+    d = lim.hit("k", now=T0)
+    assert not d.allowed and d.retry_after == pytest.approx(1 / 3, abs=1e-9)
+    # 1/3 s minus one nanosecond is not enough, 1/3 s rounded up is.
+    assert not lim.hit("k", now=T0 + 0.333333332).allowed
+    assert lim.hit("k", now=T0 + 0.333333334).allowed
+    # 3 x 1/3 s refill exactly 3 tokens although 1/3 s is not a whole number of ns: no drift after 3000 cycles.
+    lim2 = make("3/second", "token_bucket")
+    t = T0
+    admitted = 0
+    for _ in range(3000):
+        admitted += allowed_count(lim2, "k", [t] * 3)
+        t += 1.0
+    assert admitted == 9000
+
+
+def test_gcra_paces_at_the_emission_interval(make):
+    lim = make("4/second", "gcra")  # T = 250 ms, burst 4
+    assert allowed_count(lim, "k", [T0] * 5) == 4
+    assert lim.hit("k", now=T0).retry_after == pytest.approx(0.25)
+    assert not lim.hit("k", now=T0 + 0.2499).allowed
+    assert lim.hit("k", now=T0 + 0.25).allowed
+
+
+def test_bucket_and_gcra_agree_when_the_interval_is_whole(make):
+    a, b = make("5/second", "token_bucket"), make("5/second", "gcra")
+    for i in range(200):
+        t = T0 + (i * 37 % 101) / 100 + i * 0.05
+        da, db = a.hit("k", now=t), b.hit("k", now=t)
+        assert (da.allowed, da.remaining, da.retry_after) == (db.allowed, db.remaining, db.retry_after)
+
+
+# -- several limits, cost, peek, reset ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_several_limits_are_atomic(make, alg):
+    lim = make("2/second; 3/minute", alg)
+    times = [T0, T0, T0 + 1, T0 + 1, T0 + 2]
+    got = [lim.hit("k", now=t).allowed for t in times]
+    if alg == "fixed_window":
+        assert got == [True, True, True, False, False]
+    # A hit refused by one limit is counted in none: the per-second limit still shows its room.
+    d = lim.hit("k", now=T0 + 2.5)
+    assert not d.allowed and d.limit == 3
+    assert sum(got) <= 3
+
+
+def test_decision_describes_the_most_restrictive_limit(make):
+    lim = make("10/second; 12/minute")
+    d = lim.hit("k", cost=5, now=T0)
+    assert (d.limit, d.remaining, d.remainings) == (10, 5, (5, 7))
+    d = lim.hit("k", cost=2, now=T0 + 1)
+    assert (d.limit, d.remaining) == (12, 5)  # the minute limit now has the least room
+    # A tie on remaining picks the longer period.
+    lim = make("5/second; 5/minute")
+    d = lim.hit("k", now=T0)
+    assert d.remaining == 4 and d.limit == 5 and d.period == 60
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_cost_above_the_limit_is_never_admitted(make, alg):
+    lim = make("5/second", alg)
+    d = lim.hit("k", cost=6, now=T0)
+    assert not d.allowed and math.isinf(d.retry_after) and d.remaining == 5
+    assert "Retry-After" not in d.headers()
+    assert lim.hit("k", cost=2**80, now=T0).allowed is False  # huge costs are fine, and refused
+    assert lim.hit("k", cost=5, now=T0).allowed  # nothing was counted by the refusals
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_cost_zero_is_admitted_and_counts_nothing(make, alg):
+    lim = make("2/second", alg)
+    for _ in range(5):
+        assert lim.hit("k", cost=0, now=T0).allowed
+    assert allowed_count(lim, "k", [T0] * 3) == 2
+    assert lim.hit("k", cost=0, now=T0).allowed
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_peek_records_nothing(make, alg):
+    lim = make("2/second", alg)
+    for _ in range(5):
+        d = lim.peek("k", now=T0)
+        assert d.allowed and d.remaining == 2
+    lim.hit("k", now=T0)
+    lim.hit("k", now=T0)
+    d = lim.peek("k", now=T0)
+    assert not d.allowed and d.remaining == 0 and d.retry_after > 0
+    assert lim.stats()["keys"] == 1
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_reset_forgets_a_key(make, alg):
+    lim = make("1/hour", alg)
+    assert lim.hit("a", now=T0).allowed and lim.hit("b", now=T0).allowed
+    assert not lim.hit("a", now=T0).allowed
+    lim.reset("a")
+    lim.reset("never-seen")
+    assert lim.hit("a", now=T0).allowed
+    assert not lim.hit("b", now=T0).allowed
+    assert lim.stats()["keys"] == 2
+
+
+# -- time --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_time_going_backwards_never_refills(make, alg):
+    lim = make("5/minute", alg)
+    admitted = allowed_count(lim, "k", [T0 + 30] * 10)
+    # The clock jumps back across a window boundary and wobbles: no second burst.
+    admitted += allowed_count(lim, "k", [T0 - 3600, T0 + 5, T0 - 1, T0 + 29, T0 + 30, 0.0])
+    assert admitted == 5
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_very_long_idle_is_fresh(make, alg):
+    lim = make("3/second; 10/day", alg)
+    assert allowed_count(lim, "k", [T0] * 5) == 3
+    later = T0 + 50 * 365 * 86400
+    d = lim.hit("k", now=later)
+    assert d.allowed and d.remainings == (2, 9)
+
+
+def test_wall_clock_is_used_without_now(make):
+    lim = make("2/hour")
+    assert lim.hit("k").allowed and lim.hit("k").allowed
+    d = lim.hit("k")
+    assert not d.allowed and 0 < d.retry_after <= 3600
+
+
+# -- keys and the table ------------------------------------------------------------------------------------------
+
+def test_non_ascii_keys(make):
+    lim = make("1/minute")
+    assert lim.hit("ключ-🔑", now=T0).allowed
+    assert not lim.hit("ключ-🔑".encode(), now=T0).allowed  # a str is its UTF-8 bytes
+    assert lim.hit("ключ-🔐", now=T0).allowed
+    assert lim.hit("", now=T0).allowed and lim.hit(b"\x00\xff", now=T0).allowed
+    assert lim.hit("x" * 10_000, now=T0).allowed and not lim.hit("x" * 10_000, now=T0).allowed
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_eviction_at_max_keys_prefers_expired_then_oldest(make, alg):
+    lim = make("1/second", alg, max_keys=4)
+    for i, key in enumerate("abcd"):
+        assert lim.hit(key, now=T0 + i * 0.1).allowed
+    # Nothing expired yet: the least recently touched key ("a") goes.
+    assert lim.hit("e", now=T0 + 0.5).allowed
+    st = lim.stats()
+    assert st["keys"] == 4 and st["evictions"] == 1
+    assert lim.hit("a", now=T0 + 0.6).allowed  # "a" was forgotten (and now evicts "b")
+    assert not lim.hit("c", now=T0 + 0.6).allowed  # "c" was kept
+    # Ten seconds later every state has expired: new keys take their places, nothing of value lost.
+    for i in range(20):
+        lim.hit(f"new{i}", now=T0 + 10)
+    st = lim.stats()
+    assert st["keys"] == 4 and st["evictions"] == 22
+
+
+def test_denied_newcomer_takes_no_room(make):
+    lim = make("5/second", max_keys=10)
+    for i in range(100):
+        assert not lim.hit(f"k{i}", cost=6, now=T0).allowed
+    assert lim.stats()["keys"] == 0
+
+
+def test_stats_count_decisions(make):
+    lim = make("1/minute", max_keys=100)
+    lim.hit("a", now=T0)
+    lim.hit("a", now=T0)
+    lim.peek("a", now=T0)
+    st = lim.stats()
+    assert (st["hits"], st["denials"], st["keys"], st["capacity"]) == (2, 1, 1, 100)
+    assert st["entry_bytes"] == 32 and st["algorithm"] == "fixed_window"
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------
+
+def test_bad_input_is_refused_clearly(make):
+    lim = make("5/second")
+    with pytest.raises(ValueError, match="cost must not be negative"):
+        lim.hit("k", cost=-1)
+    with pytest.raises(TypeError, match="cost must be an int"):
+        lim.hit("k", cost=1.5)
+    with pytest.raises(TypeError, match="cost must be an int"):
+        lim.hit("k", cost=True)
+    with pytest.raises(TypeError, match="key must be str or bytes, not int"):
+        lim.hit(42)
+    with pytest.raises(TypeError, match="key must be str or bytes, not NoneType"):
+        lim.peek(None)
+    with pytest.raises(TypeError, match="key must be str or bytes"):
+        lim.reset(3.0)
+    with pytest.raises(ValueError, match="now must be epoch seconds"):
+        lim.hit("k", now=-1.0)
+    with pytest.raises(ValueError, match="now must be epoch seconds"):
+        lim.hit("k", now=math.nan)
+    with pytest.raises(ValueError, match="now must be epoch seconds"):
+        lim.hit("k", now=10**400)
+    with pytest.raises(TypeError, match="now must be epoch seconds"):
+        lim.hit("k", now="soon")
+    with pytest.raises(UnicodeEncodeError):
+        lim.hit("\ud800")  # a lone surrogate has no UTF-8 bytes
+    assert lim.stats()["hits"] == 0
+
+
+def test_bad_configuration_is_refused_clearly(make, impl):
+    with pytest.raises(ValueError, match="unknown algorithm 'leaky'"):
+        make("1/s", "leaky")
+    with pytest.raises(ValueError, match="count must be at least 1"):
+        make("0/s")
+    with pytest.raises(ValueError, match="malformed limit"):
+        make("ten/s")
+    with pytest.raises(ValueError, match="max_keys must be at least 1"):
+        make("1/s", max_keys=0)
+    with pytest.raises(TypeError, match="max_keys must be an int"):
+        make("1/s", max_keys=10.0)
+    with pytest.raises(TypeError, match="store must provide table"):
+        fg.RateLimiter("1/s", store=object())
+
+
+# -- hit_many ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_hit_many_equals_hits_in_order(make, alg):
+    keys = [f"user{i % 7}" for i in range(60)]
+    costs = np.array([i % 3 for i in range(60)], dtype=np.int64)
+    one, many = make("5/second; 8/minute", alg), make("5/second; 8/minute", alg)
+    b = many.hit_many(keys, costs, now=T0)
+    singles = [one.hit(k, cost=int(c), now=T0) for k, c in zip(keys, costs, strict=True)]
+    assert b.allowed.tolist() == [d.allowed for d in singles]
+    assert b.remaining.tolist() == [d.remaining for d in singles]
+    assert b.retry_after.tolist() == [d.retry_after for d in singles]
+    assert b.reset_after.tolist() == [d.reset_after for d in singles]
+    assert b.allowed.dtype == bool and b.remaining.dtype == np.int64 and b.retry_after.dtype == np.float64
+
+
+def test_hit_many_numpy_ids(make):
+    lim = make("3/minute", max_keys=10_000)
+    ids = np.repeat(np.arange(1000, dtype=np.uint64), 5)
+    b = lim.hit_many(ids, now=T0)
+    assert b.allowed.reshape(1000, 5).sum(axis=1).tolist() == [3] * 1000
+    assert lim.stats()["keys"] == 1000
+    signed = lim.hit_many(np.arange(1000, dtype=np.int64), now=T0)  # non-negative int64 ids are the same ids
+    assert not signed.allowed.any()
+    assert len(lim.hit_many(np.array([], dtype=np.uint64), now=T0)) == 0
+
+
+def test_hit_many_bad_input(make):
+    lim = make("3/minute")
+    with pytest.raises(ValueError, match="must not be negative"):
+        lim.hit_many(np.array([1, -2]))
+    with pytest.raises(ValueError, match="must not be negative"):
+        lim.hit_many(["a", "b"], costs=[1, -1])
+    with pytest.raises(ValueError, match="one entry per key"):
+        lim.hit_many(["a", "b"], costs=[1])
+    with pytest.raises(TypeError, match="costs must be integers"):
+        lim.hit_many(["a"], costs=[1.5])
+    with pytest.raises(TypeError, match="key must be str or bytes"):
+        lim.hit_many(["a", 3])
+    with pytest.raises(TypeError, match="keys must be"):
+        lim.hit_many("abc")
+    with pytest.raises(TypeError, match="keys must be integer ids"):
+        lim.hit_many(np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="1-D"):
+        lim.hit_many(np.zeros((2, 2), dtype=np.uint64))
+
+
+# -- accuracy ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_steady_90_percent_is_never_denied_after_the_first_window(make, alg):
+    lim = make("100/10s", alg)
+    gap = 10 / 90  # 90 % of the allowed rate, evenly spaced
+    denied_late = [i for i in range(2000) if not lim.hit("k", now=T0 + i * gap).allowed and i * gap >= 10]
+    assert denied_late == []
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_200_percent_is_admitted_at_no_more_than_the_limit(make, alg):
+    lim = make("50/second", alg)
+    gap = 1 / 100
+    times = [T0 + 0.003 + i * gap for i in range(3000)]  # 30 s at twice the rate
+    admitted_at = [t for t in times if lim.hit("k", now=t).allowed]
+    # In every window of one period (any start) at most C, plus the burst C for bucket/GCRA at the very start,
+    # plus sliding window's estimate tolerance; overall rate never above the limit.
+    assert len(admitted_at) <= 50 * 30 + 50
+    for start in np.arange(T0, T0 + 29, 0.37):
+        in_window = sum(1 for t in admitted_at if start <= t < start + 1)
+        bound = 50 if alg == "fixed_window" and (start - T0) % 1 == 0 else 100
+        assert in_window <= bound
+    # And it is not wildly conservative either: at least 90 % of the allowed rate gets through.
+    assert len(admitted_at) >= 0.9 * 50 * 30
