@@ -57,6 +57,29 @@ cdef extern from *:
         v2 ^= 0xff; FG_SIPROUND; FG_SIPROUND; FG_SIPROUND;
         return v0 ^ v1 ^ v2 ^ v3;
     }
+    /* Quotient (and remainder) of a >= 0 by b > 0 whose quotient fits in int64 (every caller's does).
+       Divisions dominate a decision's cost, and __int128 division is a slow library call, so: one 64-bit
+       divide when a fits in 63 bits, else x86-64's 128-by-64 divq (safe: hi < b keeps the quotient in 64 bits). */
+    static inline int64_t fg_divmod(fg_i128 a, int64_t b, int64_t *rem) {
+        if (((unsigned __int128)a >> 63) == 0) {
+            uint64_t q = (uint64_t)a / (uint64_t)b;
+            if (rem) *rem = (int64_t)((uint64_t)a - q * (uint64_t)b);
+            return (int64_t)q;
+        }
+    #if defined(__x86_64__)
+        uint64_t hi = (uint64_t)((unsigned __int128)a >> 64), lo = (uint64_t)a, q, r;
+        if (hi < (uint64_t)b) {
+            __asm__("divq %4" : "=a"(q), "=d"(r) : "a"(lo), "d"(hi), "rm"((uint64_t)b));
+            if (rem) *rem = (int64_t)r;
+            return (int64_t)q;
+        }
+    #endif
+        if (rem) *rem = (int64_t)(a % b);
+        return (int64_t)(a / b);
+    }
+    static inline int64_t fg_div(fg_i128 a, int64_t b) { return fg_divmod(a, b, NULL); }
+    #define fg_prefetch(p) __builtin_prefetch((const void *)(p), 1, 3)
+
     /* A bijective 64-bit mixer (the murmur3 finalizer): spreads ids, keyed by xor-ing a secret first. */
     static inline uint64_t fg_mix(uint64_t x) {
         x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
@@ -71,6 +94,9 @@ cdef extern from *:
     int64_t fg_atomic_load(int64_t *p) noexcept nogil
     uint64_t fg_siphash13(const unsigned char *p, size_t n, uint64_t k0, uint64_t k1) noexcept nogil
     uint64_t fg_mix(uint64_t x) noexcept nogil
+    void fg_prefetch(const void *p) noexcept nogil
+    int64_t fg_div(fg_i128 a, int64_t b) noexcept nogil
+    int64_t fg_divmod(fg_i128 a, int64_t b, int64_t *rem) noexcept nogil
 
 cdef enum:
     FG_MAX_LIMITS = 8
@@ -79,6 +105,9 @@ cdef enum:
     FG_EVICTION_SAMPLE = 8
     FG_SLOT_BITS = 24             # an index slot: 8-bit tag | 24-bit (entry index + 1)
     FG_SHARD_MAX_ENTRIES = (1 << 24) - 2
+    FG_BATCH_CHUNK = 16384        # hit_many groups this many keys at a time (work array and outputs stay in L2)
+    FG_PREFETCH_SLOT = 16         # hit_many prefetches the index slot of the key this far ahead,
+    FG_PREFETCH_ENTRY = 8         # and the entry of the key this far ahead (its slot is in cache by then)
 
 cdef enum fg_algorithm:
     FG_FIXED_WINDOW = 0
@@ -121,6 +150,12 @@ ctypedef struct fg_shard:
     int64_t denials
     int64_t evictions
     char pad[64]                # keeps the next shard's lock off this shard's cache lines
+
+ctypedef struct fg_job:          # one key of a hit_many batch, in shard order
+    uint64_t id
+    uint64_t h
+    int64_t ix                  # its position in the caller's arrays
+    int64_t cost
 
 ctypedef struct fg_verdict:
     bint allowed
@@ -175,7 +210,7 @@ cdef inline bint fg_window_sliding_admits(const int64_t *w, int64_t now, int64_t
 cdef inline int64_t fg_window_sliding_remaining(const int64_t *w, int64_t now, int64_t C,
                                                 int64_t P) noexcept nogil:
     cdef fg_i128 room = <fg_i128>C * P - fg_window_sliding_weighted_prev(w, now, P) - <fg_i128>w[1] * P
-    return <int64_t>(room // P) if room > 0 else 0
+    return fg_div(room, P) if room > 0 else 0
 
 cdef inline int64_t fg_window_sliding_reset(const int64_t *w, int64_t now, int64_t P) noexcept nogil:
     cdef int64_t left = P - (now - w[0] * P)
@@ -193,8 +228,8 @@ cdef inline int64_t fg_window_sliding_retry(const int64_t *w, int64_t now, int64
     if k > C:
         return FG_NEVER
     if cur + k <= C:
-        return left - <int64_t>((<fg_i128>(C - cur - k) * P) // prev)
-    later = P - <int64_t>((<fg_i128>(C - k) * P) // cur)
+        return left - fg_div(<fg_i128>(C - cur - k) * P, prev)
+    later = P - fg_div(<fg_i128>(C - k) * P, cur)
     return left + (later if later > 0 else 0)
 
 
@@ -212,13 +247,12 @@ cdef inline bint fg_bucket_admits(fg_i128 d, int64_t C, int64_t P, int64_t k) no
 cdef inline void fg_bucket_consume(int64_t *w, fg_i128 d, int64_t now, int64_t C, int64_t P,
                                    int64_t k) noexcept nogil:
     d += <fg_i128>k * P
-    w[0] = now + <int64_t>(d // C)
-    w[1] = <int64_t>(d % C)
+    w[0] = now + fg_divmod(d, C, &w[1])
 
 cdef inline int64_t fg_bucket_retry(fg_i128 d, int64_t C, int64_t P, int64_t k) noexcept nogil:
     if k > C:
         return FG_NEVER
-    return <int64_t>((d + <fg_i128>(k - C) * P + C - 1) // C)
+    return fg_div(d + <fg_i128>(k - C) * P + C - 1, C)
 
 cdef inline int64_t fg_bucket_gcra_delay(const int64_t *w, int64_t now) noexcept nogil:
     return w[0] - now if w[0] > now else 0
@@ -260,6 +294,22 @@ cdef inline int64_t fg_table_find(const fg_params *p, const fg_shard *s, uint64_
             if <uint64_t>s.arena[i * p.stride] == kid:
                 slot_out[0] = pos
                 return i
+        pos = (pos + 1) & s.mask
+
+cdef inline void fg_table_prefetch_entry(const fg_params *p, const fg_shard *s, uint64_t h) noexcept nogil:
+    """Prefetch the entry whose slot tag matches `h` (its slots were prefetched earlier), both its cache lines."""
+    cdef uint64_t pos = h & s.mask
+    cdef uint32_t tag = fg_table_tag(h), sl
+    cdef int64_t *e
+    while True:
+        sl = s.index[pos]
+        if sl == 0:
+            return
+        if (sl >> FG_SLOT_BITS) == tag:
+            e = fg_table_entry(p, s, <int64_t>(sl & ((1 << FG_SLOT_BITS) - 1)) - 1)
+            fg_prefetch(e)
+            fg_prefetch(e + p.stride - 1)
+            return
         pos = (pos + 1) & s.mask
 
 cdef inline void fg_table_place(fg_shard *s, uint64_t h, int64_t i) noexcept nogil:

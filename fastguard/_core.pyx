@@ -173,7 +173,7 @@ cdef void _decide(const fg_params *p, int64_t *w, int64_t now, int64_t k, bint c
         elif p.algorithm == FG_TOKEN_BUCKET:
             if allowed and commit:
                 fg_bucket_consume(x, fg_bucket_deficit(x, now, C), now, C, P, k)
-            v.remaining[i] = <int64_t>((<fg_i128>C * P - fg_bucket_deficit(x, now, C)) // P)
+            v.remaining[i] = fg_div(<fg_i128>C * P - fg_bucket_deficit(x, now, C), P)
         else:
             if allowed and commit:
                 x[0] = now + fg_bucket_gcra_delay(x, now) + k * p.lim[i].interval
@@ -189,7 +189,7 @@ cdef void _decide(const fg_params *p, int64_t *w, int64_t now, int64_t k, bint c
     elif p.algorithm == FG_SLIDING_WINDOW:
         v.reset_ns = fg_window_sliding_reset(x, now, P)
     elif p.algorithm == FG_TOKEN_BUCKET:
-        v.reset_ns = <int64_t>((fg_bucket_deficit(x, now, C) + C - 1) // C)
+        v.reset_ns = fg_div(fg_bucket_deficit(x, now, C) + C - 1, C)
     else:
         v.reset_ns = fg_bucket_gcra_delay(x, now)
     v.allowed = allowed
@@ -353,6 +353,7 @@ cdef int _hit_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_
 
 
 @cython.freelist(256)
+@cython.no_gc
 cdef class Decision:
     """One rate-limit decision. Times in float seconds; `retry_after` is 0.0 when allowed, inf when never."""
 
@@ -538,39 +539,56 @@ cdef class Table:
     cdef int _batch(self, const uint64_t *ids, const int64_t *costs, Py_ssize_t n, int64_t now, uint64_t start,
                     uint8_t *out_allowed, int64_t *out_remaining, double *out_retry,
                     double *out_reset) noexcept nogil:
-        """Group the keys by shard (a counting sort keeps each shard's keys in their original order, so the result
-        equals deciding them one by one), then decide each group under one lock. Shards busy in another thread are
-        skipped and done after the others. -2: no memory for the work arrays; -1: no memory for a new key."""
-        cdef uint64_t *hashes = <uint64_t *>PyMem_RawMalloc(n * sizeof(uint64_t))
-        cdef int64_t *order = <int64_t *>PyMem_RawMalloc(n * sizeof(int64_t))
+        """Decide the batch in chunks of FG_BATCH_CHUNK keys. -2: no memory for the work array; -1: no memory for
+        a new key."""
+        cdef fg_job *jobs = <fg_job *>PyMem_RawMalloc(FG_BATCH_CHUNK * sizeof(fg_job))
+        cdef Py_ssize_t at, size
+        cdef int rc = 0
+        if jobs == NULL:
+            return -2
+        at = 0
+        while at < n and rc == 0:
+            size = n - at if n - at < FG_BATCH_CHUNK else FG_BATCH_CHUNK
+            rc = self._chunk(jobs, ids + at, NULL if costs == NULL else costs + at, size, now, start,
+                             out_allowed + at, out_remaining + at, out_retry + at, out_reset + at)
+            at += size
+        PyMem_RawFree(jobs)
+        return rc
+
+    cdef int _chunk(self, fg_job *jobs, const uint64_t *ids, const int64_t *costs, Py_ssize_t n, int64_t now,
+                    uint64_t start, uint8_t *out_allowed, int64_t *out_remaining, double *out_retry,
+                    double *out_reset) noexcept nogil:
+        """Group one chunk's keys by shard (a stable counting sort: each shard's keys keep their order, so the
+        result equals deciding them one by one) and decide each group under one lock. Shards busy in another
+        thread are skipped and done after the others. Within a group the index slot and the entry of keys a few
+        places ahead are prefetched, so the cache misses of a large table overlap; the chunk keeps the work array
+        and the outputs it scatters to in cache."""
         cdef int64_t first[65]
         cdef int64_t fill[64]
         cdef bint pending[64]
         cdef Py_ssize_t i, j, ix
-        cdef int sh, step, left, rc = 0
-        cdef int shift = 58
-        cdef int64_t k
+        cdef int sh, step, left = 0, rc = 0
+        cdef uint64_t h, shard_mask = <uint64_t>(self.nshards - 1)
         cdef fg_shard *s
+        cdef fg_job *job
         cdef fg_verdict v
-        if hashes == NULL or order == NULL:
-            PyMem_RawFree(hashes)
-            PyMem_RawFree(order)
-            return -2
-        left = 0
         for sh in range(65):
             first[sh] = 0
         for i in range(n):
-            hashes[i] = fg_table_hash(&self.p, ids[i])
-            first[((hashes[i] >> shift) & <uint64_t>(self.nshards - 1)) + 1] += 1
+            first[((fg_table_hash(&self.p, ids[i]) >> 58) & shard_mask) + 1] += 1
         for sh in range(self.nshards):
             first[sh + 1] += first[sh]
             fill[sh] = first[sh]
             pending[sh] = first[sh + 1] > first[sh]
             left += pending[sh]
         for i in range(n):
-            sh = <int>((hashes[i] >> shift) & <uint64_t>(self.nshards - 1))
-            order[fill[sh]] = i
-            fill[sh] += 1
+            h = fg_table_hash(&self.p, ids[i])
+            job = &jobs[fill[(h >> 58) & shard_mask]]
+            fill[(h >> 58) & shard_mask] += 1
+            job.id = ids[i]
+            job.h = h
+            job.ix = i
+            job.cost = 1 if costs == NULL else (costs[i] if costs[i] < FG_MAX_COST else FG_MAX_COST)
         step = 0
         while left > 0 and rc == 0:
             for j in range(self.nshards):
@@ -585,13 +603,15 @@ cdef class Table:
                 else:
                     fg_spin_lock(&s.lock)
                 for i in range(first[sh], first[sh + 1]):
-                    ix = order[i]
-                    k = costs[ix] if costs != NULL else 1
-                    if k > FG_MAX_COST:
-                        k = FG_MAX_COST
-                    if _hit_locked(&self.p, s, ids[ix], hashes[ix], k, now, True, &v) < 0:
+                    if i + FG_PREFETCH_SLOT < first[sh + 1]:
+                        fg_prefetch(&s.index[jobs[i + FG_PREFETCH_SLOT].h & s.mask])
+                    if i + FG_PREFETCH_ENTRY < first[sh + 1]:
+                        fg_table_prefetch_entry(&self.p, s, jobs[i + FG_PREFETCH_ENTRY].h)
+                    job = &jobs[i]
+                    if _hit_locked(&self.p, s, job.id, job.h, job.cost, now, True, &v) < 0:
                         rc = -1
                         break
+                    ix = job.ix
                     out_allowed[ix] = v.allowed
                     out_remaining[ix] = v.remaining[v.best]
                     out_retry[ix] = _seconds(v.retry_ns)
@@ -602,8 +622,6 @@ cdef class Table:
                 if rc != 0:
                     break
             step += 1
-        PyMem_RawFree(hashes)
-        PyMem_RawFree(order)
         return rc
 
     def stats(self):
