@@ -106,7 +106,7 @@ def _over_keys(hit, benchmark, **info):
     _per_op(benchmark, run, **info)
 
 
-@pytest.mark.parametrize("alg", ["fixed_window", "sliding_window"])
+@pytest.mark.parametrize("alg", fg.ALGORITHMS)
 def test_million_fastguard(benchmark, alg):
     _over_keys(fg.RateLimiter(HUGE, algorithm=alg, max_keys=2 * N_KEYS).hit, benchmark,
                contender="fastguard", algorithm=alg)
@@ -211,3 +211,9 @@ def test_bytes_per_key(benchmark, contender):
     benchmark.extra_info.update(contender=contender, algorithm="sliding_window", bytes_per_key=per_key)
     benchmark.group = "bytes per key"
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+
+
+def test_million_floor_dict_get(benchmark):
+    """A plain dict lookup of the same keys in the same order: the memory-latency floor of any per-key state."""
+    table = dict.fromkeys(KEYS, 1)
+    _over_keys(table.get, benchmark, contender="floor: dict.get(key)", algorithm="-")

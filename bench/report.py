@@ -1,0 +1,151 @@
+"""Run the rate-limit benchmarks and write a Markdown report with the budgets of DESIGN §3.
+
+    python -m bench.report [--out bench/results] [pytest -k expression]
+
+Every figure comes from one pytest-benchmark run in one process; ratios compare contenders of that run.
+Times are per decision (smaller is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+from importlib import metadata
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ns(bench: dict) -> float:
+    """Mean time of one decision in ns (benchmarks time loops of `ops` decisions)."""
+    return bench["stats"]["mean"] / bench["extra_info"].get("ops", 1) * 1e9
+
+
+def render(data: dict) -> str:
+    benches = data["benchmarks"]
+    by_group: dict[str, list[dict]] = {}
+    for b in benches:
+        by_group.setdefault(b["group"] or b["name"], []).append(b)
+
+    lines = ["# fastguard rate-limit benchmarks", "",
+             f"Machine: {_cpu()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; "
+             f"Python {platform.python_version()}; fastguard {_version('fastguard')}, limits {_version('limits')}, "
+             f"numpy {_version('numpy')}, Cython {_version('Cython')}.",
+             "", "Times are per decision, mean of 30 rounds of a loop of 10,000 calls (the loop's cost is included "
+             "for every contender). **Smaller is better.** Produced by `python -m bench.report`.", ""]
+
+    def table(group: str, title: str) -> dict[tuple[str, str], float]:
+        rows = sorted(by_group.get(group, []), key=_ns)
+        found: dict[tuple[str, str], float] = {}
+        if not rows:
+            return found
+        lines.extend([f"## {title}", "", "| contender | algorithm | ns / decision | vs fastguard |",
+                      "|---|---|---:|---:|"])
+        fg_best = {b["extra_info"]["algorithm"]: _ns(b) for b in rows if b["extra_info"]["contender"] == "fastguard"}
+        for b in rows:
+            info = b["extra_info"]
+            ns = _ns(b)
+            found[(info["contender"], info["algorithm"])] = ns
+            ref = fg_best.get(info["algorithm"])
+            ratio = f"{ns / ref:.1f}×" if ref and info["contender"] != "fastguard" else ""
+            lines.append(f"| {info['contender']} | {info['algorithm']} | {ns:,.0f} | {ratio} |")
+        lines.append("")
+        return found
+
+    hot = table("hot key", "One hot key (`hit`)")
+    million = table("1M keys", "1,000,000 distinct keys, uniformly random order (`hit`)")
+    many = table("hit_many (numpy ids, 1M keys)", "`hit_many`: batches of 100,000 numpy ids over 1M keys")
+
+    two = by_group.get("hit_many two threads", [])
+    speedup = two[0]["extra_info"]["speedup"] if two else None
+    if two:
+        info = two[0]["extra_info"]
+        lines += ["## `hit_many` from two threads", "",
+                  f"One thread: {info['one_thread_s'] * 1e3:.0f} ms, two threads: {info['two_threads_s'] * 1e3:.0f} ms "
+                  f"for {info['ops']:,} decisions: **{speedup:.2f}×** the throughput of one thread.", ""]
+    mem = {b["extra_info"]["contender"]: b["extra_info"]["bytes_per_key"] for b in by_group.get("bytes per key", [])}
+    if mem:
+        lines += ["## Memory per key (200,000 keys, one limit, sliding window; tracemalloc)", "",
+                  "| contender | bytes / key |", "|---|---:|"]
+        lines += [f"| {name} | {value:,.0f} |" for name, value in sorted(mem.items(), key=lambda kv: kv[1])]
+        lines.append("")
+
+    # Budgets (DESIGN §3), judged on this run only.
+    checks = []
+
+    def check(what: str, value: float | None, ok: bool | None, shown: str) -> None:
+        verdict = "n/a" if ok is None else ("met" if ok else "**missed**")
+        checks.append(f"| {what} | {shown if value is not None else 'not measured'} | {verdict} |")
+
+    for alg in ("fixed_window", "sliding_window"):
+        ours, theirs = hot.get(("fastguard", alg)), hot.get(("limits", alg))
+        if ours:
+            check(f"hot `hit` ≤ 120 ns ({alg})", ours, ours <= 120, f"{ours:.0f} ns")
+        if ours and theirs:
+            check(f"hot `hit` ≥ 25× `limits` ({alg})", ours, theirs / ours >= 25, f"{theirs / ours:.1f}×")
+    worst_million = max((v for (c, _), v in million.items() if c == "fastguard"), default=None)
+    check("`hit` over 1M keys ≤ 300 ns", worst_million, None if worst_million is None else worst_million <= 300,
+          f"{worst_million:.0f} ns" if worst_million else "")
+    floor = million.get(("floor: dict.get(key)", "-"))
+    if floor and worst_million:
+        lines_note = f"{worst_million / floor:.2f}× a plain `dict.get` of the same keys"
+        check("`hit` over 1M keys vs a dict lookup (context)", floor, None, lines_note)
+    worst_many = max((v for (c, _), v in many.items() if c == "fastguard"), default=None)
+    check("`hit_many` ≤ 40 ns / key", worst_many, None if worst_many is None else worst_many <= 40,
+          f"{worst_many:.0f} ns" if worst_many else "")
+    check("`hit_many` two threads ≥ 1.7× one", speedup, None if speedup is None else speedup >= 1.7,
+          f"{speedup:.2f}×" if speedup else "")
+    ours_mem = mem.get("fastguard")
+    check("≤ 64 bytes per key (one limit)", ours_mem, None if ours_mem is None else ours_mem <= 64,
+          f"{ours_mem:.0f} B" if ours_mem else "")
+    lines += ["## Budgets (DESIGN §3) in this run", "", "| budget | measured | verdict |", "|---|---|---|", *checks, ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for report.md and the JSON")
+    parser.add_argument("-k", dest="keyword", default=None, help="only benchmarks matching this pytest -k expression")
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "ratelimit.json"
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "bench"), "-q", "-p", "no:cacheprovider",
+           f"--benchmark-json={raw}", "--benchmark-columns=mean,median,rounds"]
+    if args.keyword:
+        cmd += ["-k", args.keyword]
+    print("running:", " ".join(cmd), file=sys.stderr, flush=True)
+    run = subprocess.run(cmd, cwd=ROOT)
+    if run.returncode != 0:
+        print(f"benchmarks failed (exit {run.returncode})", file=sys.stderr)
+        return run.returncode
+    report = render(json.loads(raw.read_text()))
+    (out / "report.md").write_text(report)
+    print(report)
+    print(f"\nwritten: {out / 'report.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
