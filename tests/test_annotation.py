@@ -1,0 +1,50 @@
+"""`cython -a` of the core: the functions that run per decision or per batch key touch no Python object.
+
+Cython scores each line by the Python C-API work it generates; the only calls allowed in these functions are
+PyMem_Raw* (allocation without the GIL, on growth and per batch, not per decision).
+"""
+
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HOT = ["_fresh_words", "_decide", "_fresh", "_grow", "_victim", "_insert", "_remove", "_hit_locked", "_batch",
+       "_chunk"]
+
+
+def _function_lines(src: list[str], name: str) -> range:
+    start = next(i for i, line in enumerate(src, 1) if re.match(rf"\s*cdef .*\b{name}\(", line))
+    indent = len(src[start - 1]) - len(src[start - 1].lstrip())
+    end = start
+    for j in range(start, len(src)):
+        line = src[j]
+        if line.strip() and len(line) - len(line.lstrip()) <= indent:
+            break
+        end = j + 1
+    return range(start + 1, end + 1)
+
+
+def test_hot_functions_have_no_python_interaction(tmp_path):
+    cython = shutil.which("cython") or str(pathlib.Path(sys.executable).with_name("cython"))
+    if not pathlib.Path(cython).exists():
+        pytest.fail("cython is not installed: it is part of the test extras")
+    for name in ("_core.pyx", "_core.pxd"):
+        shutil.copy(ROOT / "fastguard" / name, tmp_path / name)
+    subprocess.run([cython, "-a", "-3", "-X", "cdivision=True", "_core.pyx", "-o", "_core.c"], cwd=tmp_path,
+                   check=True, capture_output=True)
+    html = (tmp_path / "_core.html").read_text()
+    scores = {int(m.group(2)): int(m.group(1)) for m in
+              re.finditer(r'<pre class="cython line score-(\d+)"[^>]*>.*?<span class="">(\d+)</span>', html)}
+    assert scores, "could not read the annotation"
+    src = (ROOT / "fastguard" / "_core.pyx").read_text().splitlines()
+    offenders = []
+    for name in HOT:
+        for n in _function_lines(src, name):
+            if scores.get(n, 0) > 0 and "PyMem_Raw" not in src[n - 1]:
+                offenders.append(f"{name}:{n}: {src[n - 1].strip()} (score {scores[n]})")
+    assert not offenders, "\n".join(offenders)
