@@ -30,6 +30,7 @@ cdef extern from *:
     static inline void fg_spin_unlock(int *l) { __atomic_store_n(l, 0, __ATOMIC_RELEASE); }
     static inline int64_t fg_atomic_add(int64_t *p, int64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_RELAXED); }
     static inline int64_t fg_atomic_load(int64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline void fg_atomic_store(int64_t *p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 
     /* SipHash-1-3 (Aumasson & Bernstein), 64-bit output, written from the paper's description:
        a keyed PRF, so callers who choose keys cannot choose their table positions. */
@@ -78,6 +79,18 @@ cdef extern from *:
         return (int64_t)(a / b);
     }
     static inline int64_t fg_div(fg_i128 a, int64_t b) { return fg_divmod(a, b, NULL); }
+
+    /* floor(a / b) for a >= 0, b > 0 and a quotient of at most about 2**53 (a remaining count): a floating
+       estimate from the precomputed 1/b, made exact by comparing the remainder in integers. No divide at all. */
+    static inline int64_t fg_div_small(fg_i128 a, int64_t b, double inv_b) {
+        double ad = (double)(uint64_t)((unsigned __int128)a >> 64) * 18446744073709551616.0 + (double)(uint64_t)a;
+        int64_t q = (int64_t)(ad * inv_b);
+        fg_i128 r = a - (fg_i128)q * b;
+        if (r < -4 * (fg_i128)b || r >= 4 * (fg_i128)b) return fg_div(a, b);   /* estimate too far: divide */
+        while (r < 0) { q--; r += b; }
+        while (r >= b) { q++; r -= b; }
+        return q;
+    }
     #define fg_prefetch(p) __builtin_prefetch((const void *)(p), 1, 3)
 
     /* A bijective 64-bit mixer (the murmur3 finalizer): spreads ids, keyed by xor-ing a secret first. */
@@ -92,11 +105,13 @@ cdef extern from *:
     void fg_spin_unlock(int *l) noexcept nogil
     int64_t fg_atomic_add(int64_t *p, int64_t v) noexcept nogil
     int64_t fg_atomic_load(int64_t *p) noexcept nogil
+    void fg_atomic_store(int64_t *p, int64_t v) noexcept nogil
     uint64_t fg_siphash13(const unsigned char *p, size_t n, uint64_t k0, uint64_t k1) noexcept nogil
     uint64_t fg_mix(uint64_t x) noexcept nogil
     void fg_prefetch(const void *p) noexcept nogil
     int64_t fg_div(fg_i128 a, int64_t b) noexcept nogil
     int64_t fg_divmod(fg_i128 a, int64_t b, int64_t *rem) noexcept nogil
+    int64_t fg_div_small(fg_i128 a, int64_t b, double inv_b) noexcept nogil
 
 cdef enum:
     FG_MAX_LIMITS = 8
@@ -127,6 +142,9 @@ ctypedef struct fg_limit:
     int64_t count               # C
     int64_t period              # P, ns
     int64_t interval            # GCRA emission interval T = ceil(P / C), ns
+    double inv_period           # 1 / P and 1 / T, for fg_div_small
+    double inv_interval
+    int64_t window_hint         # the window index last computed (read and written racily: always re-checked)
 
 ctypedef struct fg_params:
     int algorithm
@@ -168,8 +186,17 @@ ctypedef struct fg_verdict:
 # ----------------------------------------------------------------------------------------------------------
 # Fixed window. Words: [window index, count]. See _pure.FixedWindow.
 # ----------------------------------------------------------------------------------------------------------
-cdef inline void fg_window_fixed_roll(int64_t *w, int64_t now, int64_t P) noexcept nogil:
-    cdef int64_t win = now // P
+cdef inline int64_t fg_window_index(fg_limit *l, int64_t now) noexcept nogil:
+    """now // P, without a divide when `now` is in the window computed last time (the usual case)."""
+    cdef int64_t win = fg_atomic_load(&l.window_hint)
+    cdef int64_t start = win * l.period
+    if start <= now and now - start < l.period:
+        return win
+    win = now // l.period
+    fg_atomic_store(&l.window_hint, win)
+    return win
+
+cdef inline void fg_window_fixed_roll(int64_t *w, int64_t win) noexcept nogil:
     if win != w[0]:
         w[0] = win
         w[1] = 0
@@ -189,8 +216,7 @@ cdef inline int64_t fg_window_fixed_retry(const int64_t *w, int64_t now, int64_t
 # ----------------------------------------------------------------------------------------------------------
 # Sliding window (two-window counter). Words: [window index, cur, prev]. See _pure.SlidingWindow.
 # ----------------------------------------------------------------------------------------------------------
-cdef inline void fg_window_sliding_roll(int64_t *w, int64_t now, int64_t P) noexcept nogil:
-    cdef int64_t win = now // P
+cdef inline void fg_window_sliding_roll(int64_t *w, int64_t win) noexcept nogil:
     if win == w[0]:
         return
     if win == w[0] + 1:
@@ -207,10 +233,10 @@ cdef inline bint fg_window_sliding_admits(const int64_t *w, int64_t now, int64_t
                                           int64_t k) noexcept nogil:
     return (fg_window_sliding_weighted_prev(w, now, P) + <fg_i128>(w[1] + k) * P) <= <fg_i128>C * P
 
-cdef inline int64_t fg_window_sliding_remaining(const int64_t *w, int64_t now, int64_t C,
-                                                int64_t P) noexcept nogil:
+cdef inline int64_t fg_window_sliding_remaining(const int64_t *w, int64_t now, const fg_limit *l) noexcept nogil:
+    cdef int64_t C = l.count, P = l.period
     cdef fg_i128 room = <fg_i128>C * P - fg_window_sliding_weighted_prev(w, now, P) - <fg_i128>w[1] * P
-    return fg_div(room, P) if room > 0 else 0
+    return fg_div_small(room, P, l.inv_period) if room > 0 else 0
 
 cdef inline int64_t fg_window_sliding_reset(const int64_t *w, int64_t now, int64_t P) noexcept nogil:
     cdef int64_t left = P - (now - w[0] * P)

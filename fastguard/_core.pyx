@@ -123,9 +123,24 @@ cdef inline void _fresh_words(const fg_params *p, int64_t *w) noexcept nogil:
         w += p.words
 
 
-cdef void _decide(const fg_params *p, int64_t *w, int64_t now, int64_t k, bint commit,
+cdef void _decide(fg_params *p, int64_t *w, int64_t now, int64_t k, bint commit,
                   fg_verdict *v) noexcept nogil:
-    """Decide a hit of cost `k` at `now` on state `w` (rolled and, when admitted and `commit`, consumed in place)."""
+    """Decide a hit of cost `k` at `now` on state `w` (rolled and, when admitted and `commit`, consumed in place).
+
+    Rolling changes how a state is written, never what it means, so it may be stored even when nothing is counted.
+    The algorithm is passed as a constant to the inlined body, so the compiler builds one branch-free copy each."""
+    if p.algorithm == FG_FIXED_WINDOW:
+        _decide_as(p, FG_FIXED_WINDOW, w, now, k, commit, v)
+    elif p.algorithm == FG_SLIDING_WINDOW:
+        _decide_as(p, FG_SLIDING_WINDOW, w, now, k, commit, v)
+    elif p.algorithm == FG_TOKEN_BUCKET:
+        _decide_as(p, FG_TOKEN_BUCKET, w, now, k, commit, v)
+    else:
+        _decide_as(p, FG_GCRA, w, now, k, commit, v)
+
+
+cdef inline void _decide_as(fg_params *p, const int algorithm, int64_t *w, int64_t now, int64_t k, bint commit,
+                            fg_verdict *v) noexcept nogil:
     cdef int i, best = 0
     cdef int64_t C, P, r, retry = 0
     cdef int64_t *x
@@ -136,15 +151,15 @@ cdef void _decide(const fg_params *p, int64_t *w, int64_t now, int64_t k, bint c
         x = w + i * p.words
         C = p.lim[i].count
         P = p.lim[i].period
-        if p.algorithm == FG_FIXED_WINDOW:
-            fg_window_fixed_roll(x, now, P)
+        if algorithm == FG_FIXED_WINDOW:
+            fg_window_fixed_roll(x, fg_window_index(&p.lim[i], now))
             ok = fg_window_fixed_admits(x, C, k)
             r = 0 if ok else fg_window_fixed_retry(x, now, C, P, k)
-        elif p.algorithm == FG_SLIDING_WINDOW:
-            fg_window_sliding_roll(x, now, P)
+        elif algorithm == FG_SLIDING_WINDOW:
+            fg_window_sliding_roll(x, fg_window_index(&p.lim[i], now))
             ok = fg_window_sliding_admits(x, now, C, P, k)
             r = 0 if ok else fg_window_sliding_retry(x, now, C, P, k)
-        elif p.algorithm == FG_TOKEN_BUCKET:
+        elif algorithm == FG_TOKEN_BUCKET:
             dbig = fg_bucket_deficit(x, now, C)
             ok = fg_bucket_admits(dbig, C, P, k)
             r = 0 if ok else fg_bucket_retry(dbig, C, P, k)
@@ -162,33 +177,34 @@ cdef void _decide(const fg_params *p, int64_t *w, int64_t now, int64_t k, bint c
         x = w + i * p.words
         C = p.lim[i].count
         P = p.lim[i].period
-        if p.algorithm == FG_FIXED_WINDOW:
+        if algorithm == FG_FIXED_WINDOW:
             if allowed and commit:
                 x[1] += k
             v.remaining[i] = C - x[1]
-        elif p.algorithm == FG_SLIDING_WINDOW:
+        elif algorithm == FG_SLIDING_WINDOW:
             if allowed and commit:
                 x[1] += k
-            v.remaining[i] = fg_window_sliding_remaining(x, now, C, P)
-        elif p.algorithm == FG_TOKEN_BUCKET:
+            v.remaining[i] = fg_window_sliding_remaining(x, now, &p.lim[i])
+        elif algorithm == FG_TOKEN_BUCKET:
             if allowed and commit:
                 fg_bucket_consume(x, fg_bucket_deficit(x, now, C), now, C, P, k)
-            v.remaining[i] = fg_div(<fg_i128>C * P - fg_bucket_deficit(x, now, C), P)
+            v.remaining[i] = fg_div_small(<fg_i128>C * P - fg_bucket_deficit(x, now, C), P, p.lim[i].inv_period)
         else:
             if allowed and commit:
                 x[0] = now + fg_bucket_gcra_delay(x, now) + k * p.lim[i].interval
-            v.remaining[i] = (C * p.lim[i].interval - fg_bucket_gcra_delay(x, now)) // p.lim[i].interval
+            v.remaining[i] = fg_div_small(C * p.lim[i].interval - fg_bucket_gcra_delay(x, now), p.lim[i].interval,
+                                          p.lim[i].inv_interval)
         if i > 0 and (v.remaining[i] < v.remaining[best] or
                       (v.remaining[i] == v.remaining[best] and P > p.lim[best].period)):
             best = i
     x = w + best * p.words
     C = p.lim[best].count
     P = p.lim[best].period
-    if p.algorithm == FG_FIXED_WINDOW:
+    if algorithm == FG_FIXED_WINDOW:
         v.reset_ns = fg_window_fixed_reset(x, now, P)
-    elif p.algorithm == FG_SLIDING_WINDOW:
+    elif algorithm == FG_SLIDING_WINDOW:
         v.reset_ns = fg_window_sliding_reset(x, now, P)
-    elif p.algorithm == FG_TOKEN_BUCKET:
+    elif algorithm == FG_TOKEN_BUCKET:
         v.reset_ns = fg_div(fg_bucket_deficit(x, now, C) + C - 1, C)
     else:
         v.reset_ns = fg_bucket_gcra_delay(x, now)
@@ -197,7 +213,7 @@ cdef void _decide(const fg_params *p, int64_t *w, int64_t now, int64_t k, bint c
     v.retry_ns = retry
 
 
-cdef bint _fresh(const fg_params *p, const int64_t *entry, int64_t now) noexcept nogil:
+cdef bint _fresh(fg_params *p, const int64_t *entry, int64_t now) noexcept nogil:
     """True when the entry would decide exactly like a new key at `now` (its state has fully expired)."""
     cdef int64_t w[FG_MAX_LIMITS * FG_MAX_WORDS]
     cdef int i
@@ -208,11 +224,11 @@ cdef bint _fresh(const fg_params *p, const int64_t *entry, int64_t now) noexcept
     for i in range(p.nlimits):
         x = w + i * p.words
         if p.algorithm == FG_FIXED_WINDOW:
-            fg_window_fixed_roll(x, now, p.lim[i].period)
+            fg_window_fixed_roll(x, fg_window_index(&p.lim[i], now))
             if x[1] != 0:
                 return False
         elif p.algorithm == FG_SLIDING_WINDOW:
-            fg_window_sliding_roll(x, now, p.lim[i].period)
+            fg_window_sliding_roll(x, fg_window_index(&p.lim[i], now))
             if x[1] != 0 or x[2] != 0:
                 return False
         elif p.algorithm == FG_TOKEN_BUCKET:
@@ -254,7 +270,7 @@ cdef int _grow(const fg_params *p, fg_shard *s) noexcept nogil:
     return 0
 
 
-cdef int64_t _victim(const fg_params *p, fg_shard *s, int64_t now) noexcept nogil:
+cdef int64_t _victim(fg_params *p, fg_shard *s, int64_t now) noexcept nogil:
     """The entry to evict: among the next EVICTION_SAMPLE after the clock hand, the first fresh one, else the oldest."""
     cdef int64_t sample = FG_EVICTION_SAMPLE if s.n > FG_EVICTION_SAMPLE else s.n
     cdef int64_t j, pos, oldest = -1
@@ -324,32 +340,29 @@ cdef void _remove(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h) noexcept 
 cdef int _hit_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_t k, int64_t now, bint commit,
                      fg_verdict *v) noexcept nogil:
     """One decision with the shard lock held. -1 only when a new key cannot be stored at all (no memory)."""
-    cdef int64_t w[FG_MAX_LIMITS * FG_MAX_WORDS]
+    cdef int64_t fresh[FG_MAX_LIMITS * FG_MAX_WORDS]
     cdef uint64_t slot
     cdef int64_t i = fg_table_find(p, s, kid, h, &slot)
     cdef int64_t *entry
-    cdef size_t nbytes = p.nlimits * p.words * sizeof(int64_t)
     if i >= 0:
         entry = fg_table_entry(p, s, i)
         if entry[1] > now:
             now = entry[1]      # time went backwards for this key: decide as if no time had passed
-        memcpy(w, entry + FG_HEADER_WORDS, nbytes)
-    else:
-        _fresh_words(p, w)
-    _decide(p, w, now, k, commit, v)
+        _decide(p, entry + FG_HEADER_WORDS, now, k, commit, v)
+        if commit:
+            entry[1] = now
+            s.hits += 1
+            s.denials += not v.allowed
+        return 0
+    _fresh_words(p, fresh)
+    _decide(p, fresh, now, k, commit, v)
     if not commit:
         return 0
     s.hits += 1
     if not v.allowed:
         s.denials += 1
-        if i >= 0:
-            entry[1] = now
         return 0
-    if i >= 0:
-        entry[1] = now
-        memcpy(entry + FG_HEADER_WORDS, w, nbytes)
-        return 0
-    return _insert(p, s, kid, h, now, w)
+    return _insert(p, s, kid, h, now, fresh)
 
 
 @cython.freelist(256)
@@ -422,6 +435,9 @@ cdef class Table:
             self.p.lim[i].count = lim.count
             self.p.lim[i].period = lim.period_ns
             self.p.lim[i].interval = (lim.period_ns + lim.count - 1) // lim.count
+            self.p.lim[i].inv_period = 1.0 / lim.period_ns
+            self.p.lim[i].inv_interval = 1.0 / self.p.lim[i].interval
+            self.p.lim[i].window_hint = 0
         self.nshards = 1 if max_keys < _SMALL_TABLE else _SHARDS
         self.shards = <fg_shard *>PyMem_RawCalloc(self.nshards, sizeof(fg_shard))
         if self.shards == NULL:
