@@ -93,6 +93,9 @@ cdef extern from *:
     }
     #define fg_prefetch(p) __builtin_prefetch((const void *)(p), 1, 3)
 
+    /* Lemire's multiply-shift: h (uniform in 2**64) -> [0, n) without a divide, so tables can grow by 1.25x. */
+    static inline uint64_t fg_fastrange(uint64_t h, uint64_t n) { return (uint64_t)(((unsigned __int128)h * n) >> 64); }
+
     /* A bijective 64-bit mixer (the murmur3 finalizer): spreads ids, keyed by xor-ing a secret first. */
     static inline uint64_t fg_mix(uint64_t x) {
         x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
@@ -108,6 +111,7 @@ cdef extern from *:
     void fg_atomic_store(int64_t *p, int64_t v) noexcept nogil
     uint64_t fg_siphash13(const unsigned char *p, size_t n, uint64_t k0, uint64_t k1) noexcept nogil
     uint64_t fg_mix(uint64_t x) noexcept nogil
+    uint64_t fg_fastrange(uint64_t h, uint64_t n) noexcept nogil
     void fg_prefetch(const void *p) noexcept nogil
     int64_t fg_div(fg_i128 a, int64_t b) noexcept nogil
     int64_t fg_divmod(fg_i128 a, int64_t b, int64_t *rem) noexcept nogil
@@ -118,11 +122,10 @@ cdef enum:
     FG_MAX_WORDS = 3              # words of state per limit (sliding window)
     FG_HEADER_WORDS = 2           # entry header: key id, touched (latest time seen, ns)
     FG_EVICTION_SAMPLE = 8
-    FG_SLOT_BITS = 24             # an index slot: 8-bit tag | 24-bit (entry index + 1)
-    FG_SHARD_MAX_ENTRIES = (1 << 24) - 2
+    FG_EMPTY = -1                 # `touched` of an empty slot (real times are >= 0)
+    FG_MIN_SLOTS = 8
     FG_BATCH_CHUNK = 16384        # hit_many groups this many keys at a time (work array and outputs stay in L2)
-    FG_PREFETCH_SLOT = 16         # hit_many prefetches the index slot of the key this far ahead,
-    FG_PREFETCH_ENTRY = 8         # and the entry of the key this far ahead (its slot is in cache by then)
+    FG_PREFETCH = 8               # hit_many prefetches the slot of the key this far ahead
 
 cdef enum fg_algorithm:
     FG_FIXED_WINDOW = 0
@@ -158,12 +161,10 @@ ctypedef struct fg_params:
 
 ctypedef struct fg_shard:
     int lock
-    int64_t n                   # entries in use (dense: arena[0 .. n))
-    int64_t cap                 # entries allocated
-    int64_t hand                # eviction clock hand
-    uint64_t mask               # index slots - 1 (a power of two minus one)
-    uint32_t *index
-    int64_t *arena
+    int64_t n                   # occupied slots
+    int64_t cap                 # slots (at most 4/5 occupied)
+    int64_t hand                # eviction clock hand: a slot position
+    int64_t *slots              # cap entries of `stride` words, in place (open addressing, linear probing)
     int64_t hits
     int64_t denials
     int64_t evictions
@@ -293,75 +294,64 @@ cdef inline int64_t fg_bucket_gcra_retry(int64_t d, int64_t C, int64_t T, int64_
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The table: shards of (open-addressing index of uint32 slots, dense arena of int64 entries).
+# The table: shards, each an open-addressing array of entries stored in place (linear probing, backward-shift
+# deletion). An entry is [key id, touched, limit words...]; an empty slot has touched == FG_EMPTY. Keeping the
+# entry in the slot makes a lookup one dependent cache miss. See _pure.Shard, which mirrors every step.
 # ----------------------------------------------------------------------------------------------------------
 cdef inline uint64_t fg_table_hash(const fg_params *p, uint64_t kid) noexcept nogil:
     return fg_mix(kid ^ p.seed)
 
-cdef inline uint32_t fg_table_tag(uint64_t h) noexcept nogil:
-    return <uint32_t>((h >> 50) & 0xFF)
+cdef inline int64_t *fg_table_slot(const fg_params *p, const fg_shard *s, int64_t pos) noexcept nogil:
+    return s.slots + pos * p.stride
 
-cdef inline int64_t *fg_table_entry(const fg_params *p, const fg_shard *s, int64_t i) noexcept nogil:
-    return s.arena + i * p.stride
+cdef inline int64_t fg_table_home(const fg_shard *s, uint64_t h) noexcept nogil:
+    return <int64_t>fg_fastrange(h, <uint64_t>s.cap)
 
-cdef inline int64_t fg_table_find(const fg_params *p, const fg_shard *s, uint64_t kid, uint64_t h,
-                                  uint64_t *slot_out) noexcept nogil:
-    """Entry index of `kid` in shard `s`, or -1; `slot_out` gets its slot (or the empty slot ending the probe)."""
-    cdef uint64_t pos = h & s.mask
-    cdef uint32_t tag = fg_table_tag(h), sl
-    cdef int64_t i
-    while True:
-        sl = s.index[pos]
-        if sl == 0:
-            slot_out[0] = pos
-            return -1
-        if (sl >> FG_SLOT_BITS) == tag:
-            i = <int64_t>(sl & ((1 << FG_SLOT_BITS) - 1)) - 1
-            if <uint64_t>s.arena[i * p.stride] == kid:
-                slot_out[0] = pos
-                return i
-        pos = (pos + 1) & s.mask
-
-cdef inline void fg_table_prefetch_entry(const fg_params *p, const fg_shard *s, uint64_t h) noexcept nogil:
-    """Prefetch the entry whose slot tag matches `h` (its slots were prefetched earlier), both its cache lines."""
-    cdef uint64_t pos = h & s.mask
-    cdef uint32_t tag = fg_table_tag(h), sl
+cdef inline bint fg_table_find(const fg_params *p, const fg_shard *s, uint64_t kid, uint64_t h,
+                               int64_t *pos_out) noexcept nogil:
+    """True when `kid` is in shard `s`; `pos_out` gets its slot, or the empty slot where it would go."""
+    cdef int64_t pos = fg_table_home(s, h)
     cdef int64_t *e
     while True:
-        sl = s.index[pos]
-        if sl == 0:
-            return
-        if (sl >> FG_SLOT_BITS) == tag:
-            e = fg_table_entry(p, s, <int64_t>(sl & ((1 << FG_SLOT_BITS) - 1)) - 1)
-            fg_prefetch(e)
-            fg_prefetch(e + p.stride - 1)
-            return
-        pos = (pos + 1) & s.mask
+        e = fg_table_slot(p, s, pos)
+        if e[1] == FG_EMPTY:
+            pos_out[0] = pos
+            return False
+        if <uint64_t>e[0] == kid:
+            pos_out[0] = pos
+            return True
+        pos += 1
+        if pos == s.cap:
+            pos = 0
 
-cdef inline void fg_table_place(fg_shard *s, uint64_t h, int64_t i) noexcept nogil:
-    """Put entry `i` (hash `h`) in the first empty slot of its probe sequence."""
-    cdef uint64_t pos = h & s.mask
-    while s.index[pos] != 0:
-        pos = (pos + 1) & s.mask
-    s.index[pos] = (fg_table_tag(h) << FG_SLOT_BITS) | <uint32_t>(i + 1)
+cdef inline void fg_table_prefetch(const fg_params *p, const fg_shard *s, uint64_t h) noexcept nogil:
+    """Prefetch a key's home slot (both cache lines an entry may span)."""
+    cdef int64_t *e = fg_table_slot(p, s, fg_table_home(s, h))
+    fg_prefetch(e)
+    fg_prefetch(e + p.stride - 1)
 
-cdef inline void fg_table_unslot(const fg_params *p, fg_shard *s, uint64_t hole) noexcept nogil:
-    """Empty slot `hole` by backward-shift deletion (linear probing needs no tombstones)."""
-    cdef uint64_t j = hole, home
-    cdef uint32_t sl
+cdef inline void fg_table_unslot(const fg_params *p, fg_shard *s, int64_t hole) noexcept nogil:
+    """Empty slot `hole` by backward-shift deletion: later entries of the probe run move back, so no tombstones."""
+    cdef int64_t j = hole, home
+    cdef int64_t *e
+    cdef bint stays
+    cdef int w
     while True:
-        j = (j + 1) & s.mask
-        sl = s.index[j]
-        if sl == 0:
+        j += 1
+        if j == s.cap:
+            j = 0
+        e = fg_table_slot(p, s, j)
+        if e[1] == FG_EMPTY:
             break
-        home = fg_table_hash(p, <uint64_t>s.arena[(<int64_t>(sl & ((1 << FG_SLOT_BITS) - 1)) - 1) * p.stride]) \
-            & s.mask
-        # The entry at j may move back to the hole unless its home lies cyclically in (hole, j].
+        home = fg_table_home(s, fg_table_hash(p, <uint64_t>e[0]))
+        # The entry at j stays unless the hole lies on its probe path, i.e. its home is not in (hole, j].
         if hole <= j:
-            if hole < home <= j:
-                continue
-        elif home > hole or home <= j:
+            stays = hole < home <= j
+        else:
+            stays = home > hole or home <= j
+        if stays:
             continue
-        s.index[hole] = sl
+        for w in range(p.stride):
+            fg_table_slot(p, s, hole)[w] = e[w]
         hole = j
-    s.index[hole] = 0
+    fg_table_slot(p, s, hole)[1] = FG_EMPTY

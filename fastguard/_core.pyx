@@ -21,9 +21,9 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
-import os
-
 import numpy as np
+
+from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
 
 from fastguard.limits import decision_headers
 
@@ -33,13 +33,13 @@ cdef extern from "Python.h":
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
 EVICTION_SAMPLE = FG_EVICTION_SAMPLE
 
-# Per-process secrets: key bytes -> SipHash-1-3 id; id -> position. Fresh at every import.
-cdef uint64_t _sip_k0, _sip_k1, _mix_seed
-_sip_k0, _sip_k1, _mix_seed = [int.from_bytes(os.urandom(8), "little") for _ in range(3)]
+# Per-process secrets (fastguard._secret, shared with _pure): key bytes -> SipHash-1-3 id; id -> position.
+cdef uint64_t _sip_k0 = SIP_K0
+cdef uint64_t _sip_k1 = SIP_K1
 
 cdef double _INF = float("inf")
 cdef int64_t _MAX_NOW_NS = (<int64_t>1) << 62
-cdef int64_t _SMALL_TABLE = 4096        # below this many keys one shard (exact LRU-sample, same as _pure)
+cdef int64_t _SMALL_TABLE = 4096        # below this many keys a single shard
 cdef int _SHARDS = 64
 
 
@@ -240,100 +240,98 @@ cdef bint _fresh(fg_params *p, const int64_t *entry, int64_t now) noexcept nogil
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Table maintenance (no GIL; caller holds the shard lock).
+# Table maintenance (no GIL; caller holds the shard lock). Mirrors _pure.Shard step by step.
 # ---------------------------------------------------------------------------------------------------------------
 cdef int _grow(const fg_params *p, fg_shard *s) noexcept nogil:
-    """Make room for one more entry: arena by 1.25x, index doubled to stay at most 3/4 full. -1 when out of memory."""
-    cdef int64_t cap, i
-    cdef int64_t *arena
-    cdef uint32_t *index
-    cdef uint64_t slots
-    if s.n >= s.cap:
-        cap = s.cap + s.cap // 4 + 8
-        if cap > FG_SHARD_MAX_ENTRIES:
-            cap = FG_SHARD_MAX_ENTRIES
-        arena = <int64_t *>PyMem_RawRealloc(s.arena, <size_t>cap * p.stride * sizeof(int64_t))
-        if arena == NULL:
-            return -1
-        s.arena = arena
-        s.cap = cap
-    if <uint64_t>(s.n + 1) * 4 > (s.mask + 1) * 3:
-        slots = (s.mask + 1) * 2
-        index = <uint32_t *>PyMem_RawCalloc(slots, sizeof(uint32_t))
-        if index == NULL:
-            return -1
-        PyMem_RawFree(s.index)
-        s.index = index
-        s.mask = slots - 1
-        for i in range(s.n):
-            fg_table_place(s, fg_table_hash(p, <uint64_t>s.arena[i * p.stride]), i)
+    """Make room for one more entry: when it would leave the shard over 4/5 full, rehash into 1.25x the slots
+    (in old slot order). -1 when out of memory (the caller then evicts instead)."""
+    cdef int64_t cap, pos, i
+    cdef int64_t *slots
+    cdef int64_t *old = s.slots
+    cdef int64_t old_cap = s.cap
+    cdef int64_t *e
+    if (s.n + 1) * 5 <= s.cap * 4:
+        return 0
+    cap = s.cap + s.cap // 4
+    if cap < FG_MIN_SLOTS:
+        cap = FG_MIN_SLOTS
+    while (s.n + 1) * 5 > cap * 4:
+        cap += 1
+    slots = <int64_t *>PyMem_RawMalloc(<size_t>cap * p.stride * sizeof(int64_t))
+    if slots == NULL:
+        return -1
+    for i in range(cap):
+        slots[i * p.stride + 1] = FG_EMPTY
+    s.slots = slots
+    s.cap = cap
+    s.hand = 0
+    for i in range(old_cap):
+        e = old + i * p.stride
+        if e[1] != FG_EMPTY:
+            fg_table_find(p, s, <uint64_t>e[0], fg_table_hash(p, <uint64_t>e[0]), &pos)
+            memcpy(fg_table_slot(p, s, pos), e, p.stride * sizeof(int64_t))
+    PyMem_RawFree(old)
     return 0
 
 
 cdef int64_t _victim(fg_params *p, fg_shard *s, int64_t now) noexcept nogil:
-    """The entry to evict: among the next EVICTION_SAMPLE after the clock hand, the first fresh one, else the oldest."""
+    """The slot to evict: among the next EVICTION_SAMPLE occupied slots from the clock hand, the first whose state
+    is fresh (evicting it loses nothing), else the least recently touched (the first of equals)."""
     cdef int64_t sample = FG_EVICTION_SAMPLE if s.n > FG_EVICTION_SAMPLE else s.n
-    cdef int64_t j, pos, oldest = -1
-    cdef int64_t victim = -1
-    for j in range(sample):
-        pos = (s.hand + j) % s.n
-        if _fresh(p, fg_table_entry(p, s, pos), now):
-            victim = pos
+    cdef int64_t pos = s.hand, seen = 0, oldest = -1, victim = -1
+    cdef int64_t *e
+    while seen < sample:
+        e = fg_table_slot(p, s, pos)
+        if e[1] != FG_EMPTY:
+            seen += 1
+            if _fresh(p, e, now):
+                victim = pos
+            elif oldest < 0 or e[1] < fg_table_slot(p, s, oldest)[1]:
+                oldest = pos
+        pos += 1
+        if pos == s.cap:
+            pos = 0
+        if victim >= 0:
             break
-        if oldest < 0 or fg_table_entry(p, s, pos)[1] < fg_table_entry(p, s, oldest)[1]:
-            oldest = pos
-    s.hand = (s.hand + sample) % s.n
+    s.hand = pos
     return victim if victim >= 0 else oldest
 
 
 cdef int _insert(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_t now,
                  const int64_t *words) noexcept nogil:
-    """Store a new key (not present). Evicts when the table (or, rarely, memory) is full. -1 if nothing fits."""
-    cdef int64_t i
-    cdef uint64_t slot
-    cdef bint full = s.n >= FG_SHARD_MAX_ENTRIES
-    if not full:
-        if fg_atomic_add(&p.total, 1) > p.max_keys and s.n > 0:
-            fg_atomic_add(&p.total, -1)
-            full = True
-        elif _grow(p, s) < 0:
-            fg_atomic_add(&p.total, -1)
-            if s.n == 0:
-                return -1
-            full = True
+    """Store a new key (not present). A full table (max_keys, or no memory to grow) evicts first.
+    -1 only when nothing can be stored at all."""
+    cdef int64_t pos
+    cdef int64_t *e
+    cdef bint full = False
+    if fg_atomic_add(&p.total, 1) > p.max_keys and s.n > 0:
+        fg_atomic_add(&p.total, -1)
+        full = True
+    elif _grow(p, s) < 0:
+        fg_atomic_add(&p.total, -1)
+        if s.n == 0:
+            return -1
+        full = True
     if full:
-        i = _victim(p, s, now)
-        fg_table_find(p, s, <uint64_t>fg_table_entry(p, s, i)[0], fg_table_hash(p, <uint64_t>fg_table_entry(p, s, i)[0]),
-                      &slot)
-        fg_table_unslot(p, s, slot)
+        fg_table_unslot(p, s, _victim(p, s, now))
+        s.n -= 1
         s.evictions += 1
-    else:
-        i = s.n
-        s.n += 1
-    fg_table_entry(p, s, i)[0] = <int64_t>kid
-    fg_table_entry(p, s, i)[1] = now
-    memcpy(fg_table_entry(p, s, i) + FG_HEADER_WORDS, words, p.nlimits * p.words * sizeof(int64_t))
-    fg_table_place(s, h, i)
+    fg_table_find(p, s, kid, h, &pos)
+    e = fg_table_slot(p, s, pos)
+    e[0] = <int64_t>kid
+    e[1] = now
+    memcpy(e + FG_HEADER_WORDS, words, p.nlimits * p.words * sizeof(int64_t))
+    s.n += 1
     return 0
 
 
 cdef void _remove(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h) noexcept nogil:
-    """Forget `kid`: empty its slot and move the last entry into its place (the arena stays dense)."""
-    cdef uint64_t slot
-    cdef int64_t i = fg_table_find(p, s, kid, h, &slot), last
-    cdef uint64_t moved
-    if i < 0:
+    """Forget `kid`."""
+    cdef int64_t pos
+    if s.n == 0 or not fg_table_find(p, s, kid, h, &pos):
         return
-    fg_table_unslot(p, s, slot)
-    last = s.n - 1
-    if i != last:
-        moved = <uint64_t>fg_table_entry(p, s, last)[0]
-        fg_table_find(p, s, moved, fg_table_hash(p, moved), &slot)
-        s.index[slot] = (s.index[slot] & ~(<uint32_t>((1 << FG_SLOT_BITS) - 1))) | <uint32_t>(i + 1)
-        memcpy(fg_table_entry(p, s, i), fg_table_entry(p, s, last), p.stride * sizeof(int64_t))
-    s.n = last
-    if s.hand >= s.n:
-        s.hand = 0
+    fg_table_unslot(p, s, pos)
+    s.n -= 1
     fg_atomic_add(&p.total, -1)
 
 
@@ -341,11 +339,10 @@ cdef int _hit_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_
                      fg_verdict *v) noexcept nogil:
     """One decision with the shard lock held. -1 only when a new key cannot be stored at all (no memory)."""
     cdef int64_t fresh[FG_MAX_LIMITS * FG_MAX_WORDS]
-    cdef uint64_t slot
-    cdef int64_t i = fg_table_find(p, s, kid, h, &slot)
+    cdef int64_t pos
     cdef int64_t *entry
-    if i >= 0:
-        entry = fg_table_entry(p, s, i)
+    if s.n > 0 and fg_table_find(p, s, kid, h, &pos):
+        entry = fg_table_slot(p, s, pos)
         if entry[1] > now:
             now = entry[1]      # time went backwards for this key: decide as if no time had passed
         _decide(p, entry + FG_HEADER_WORDS, now, k, commit, v)
@@ -416,8 +413,8 @@ cdef class Table:
             raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {max_keys}")
-        if max_keys > <int64_t>_SHARDS * FG_SHARD_MAX_ENTRIES:
-            raise ValueError(f"max_keys {max_keys} is above the table's maximum {_SHARDS * FG_SHARD_MAX_ENTRIES}")
+        if max_keys > 2**40:
+            raise ValueError(f"max_keys {max_keys} is above the table's maximum 2**40")
         limits = tuple(limits)
         if not 1 <= len(limits) <= FG_MAX_LIMITS:
             raise ValueError(f"a table decides 1 to {FG_MAX_LIMITS} limits, got {len(limits)}")
@@ -428,7 +425,7 @@ cdef class Table:
         self.p.nlimits = len(limits)
         self.p.words = (2, 3, 2, 1)[self.p.algorithm]
         self.p.stride = FG_HEADER_WORDS + self.p.nlimits * self.p.words
-        self.p.seed = _mix_seed
+        self.p.seed = MIX_SEED
         self.p.max_keys = max_keys
         self.p.total = 0
         for i, lim in enumerate(limits):
@@ -439,25 +436,19 @@ cdef class Table:
             self.p.lim[i].inv_interval = 1.0 / self.p.lim[i].interval
             self.p.lim[i].window_hint = 0
         self.nshards = 1 if max_keys < _SMALL_TABLE else _SHARDS
-        self.shards = <fg_shard *>PyMem_RawCalloc(self.nshards, sizeof(fg_shard))
+        self.shards = <fg_shard *>PyMem_RawCalloc(self.nshards, sizeof(fg_shard))   # empty shards: no slots yet
         if self.shards == NULL:
             raise MemoryError()
-        for i in range(self.nshards):
-            self.shards[i].mask = 7
-            self.shards[i].index = <uint32_t *>PyMem_RawCalloc(8, sizeof(uint32_t))
-            if self.shards[i].index == NULL:
-                raise MemoryError()
 
     def __dealloc__(self):
         cdef int i
         if self.shards != NULL:
             for i in range(self.nshards):
-                PyMem_RawFree(self.shards[i].index)
-                PyMem_RawFree(self.shards[i].arena)
+                PyMem_RawFree(self.shards[i].slots)
             PyMem_RawFree(self.shards)
 
     cdef inline fg_shard *_shard(self, uint64_t h) noexcept nogil:
-        return &self.shards[(h >> 58) & <uint64_t>(self.nshards - 1)]
+        return &self.shards[h & <uint64_t>(self.nshards - 1)]
 
     cdef Decision _decision(self, const fg_verdict *v):
         cdef Decision d = Decision.__new__(Decision)
@@ -591,7 +582,7 @@ cdef class Table:
         for sh in range(65):
             first[sh] = 0
         for i in range(n):
-            first[((fg_table_hash(&self.p, ids[i]) >> 58) & shard_mask) + 1] += 1
+            first[(fg_table_hash(&self.p, ids[i]) & shard_mask) + 1] += 1
         for sh in range(self.nshards):
             first[sh + 1] += first[sh]
             fill[sh] = first[sh]
@@ -599,8 +590,8 @@ cdef class Table:
             left += pending[sh]
         for i in range(n):
             h = fg_table_hash(&self.p, ids[i])
-            job = &jobs[fill[(h >> 58) & shard_mask]]
-            fill[(h >> 58) & shard_mask] += 1
+            job = &jobs[fill[h & shard_mask]]
+            fill[h & shard_mask] += 1
             job.id = ids[i]
             job.h = h
             job.ix = i
@@ -619,10 +610,8 @@ cdef class Table:
                 else:
                     fg_spin_lock(&s.lock)
                 for i in range(first[sh], first[sh + 1]):
-                    if i + FG_PREFETCH_SLOT < first[sh + 1]:
-                        fg_prefetch(&s.index[jobs[i + FG_PREFETCH_SLOT].h & s.mask])
-                    if i + FG_PREFETCH_ENTRY < first[sh + 1]:
-                        fg_table_prefetch_entry(&self.p, s, jobs[i + FG_PREFETCH_ENTRY].h)
+                    if i + FG_PREFETCH < first[sh + 1] and s.cap > 0:
+                        fg_table_prefetch(&self.p, s, jobs[i + FG_PREFETCH].h)
                     job = &jobs[i]
                     if _hit_locked(&self.p, s, job.id, job.h, job.cost, now, True, &v) < 0:
                         rc = -1
@@ -641,9 +630,10 @@ cdef class Table:
         return rc
 
     def stats(self):
-        """Counters and sizes: keys, capacity, evictions, hits (decisions), denials, shards, bytes (allocated for
-        the table), entry_bytes, bytes_per_key (bytes / keys), algorithm, compiled."""
-        cdef int64_t keys = 0, hits = 0, denials = 0, evictions = 0, nbytes = self.nshards * sizeof(fg_shard)
+        """Counters and sizes: keys, capacity, evictions, hits (decisions), denials, shards, slots, bytes (the
+        slot arrays plus shard headers), entry_bytes, algorithm, compiled."""
+        cdef int64_t keys = 0, hits = 0, denials = 0, evictions = 0, slots = 0
+        cdef int64_t nbytes = self.nshards * sizeof(fg_shard)
         cdef int i
         cdef fg_shard *s
         for i in range(self.nshards):
@@ -653,10 +643,11 @@ cdef class Table:
             hits += s.hits
             denials += s.denials
             evictions += s.evictions
-            nbytes += s.cap * self.p.stride * sizeof(int64_t) + (s.mask + 1) * sizeof(uint32_t)
+            slots += s.cap
+            nbytes += s.cap * self.p.stride * sizeof(int64_t)
             fg_spin_unlock(&s.lock)
         return {
             "keys": keys, "capacity": self.max_keys, "evictions": evictions, "hits": hits, "denials": denials,
-            "shards": self.nshards, "bytes": nbytes, "entry_bytes": self.p.stride * 8,
+            "shards": self.nshards, "slots": slots, "bytes": nbytes, "entry_bytes": self.p.stride * 8,
             "algorithm": self.algorithm, "compiled": True,
         }

@@ -17,11 +17,13 @@ Conventions shared with the core
   (infinite when k > C: it can never be admitted).
 * `peek(key)` answers for a hit of cost 1 without recording anything.
 
-Table: at most `max_keys` entries. A new key in a full table evicts one entry: the table looks at the next
-(up to) 8 entries after a rotating hand, in storage order, and takes the first whose state is fresh at now
-(it would decide exactly like a new key), else the least recently touched one (the first of equals).
-Removing a key moves the last entry into its place. The compiled core does the same per shard, and uses a
-single shard below 4096 keys, so for small tables the two evict the same keys.
+Table: at most `max_keys` entries, in 1 shard (below 4096 keys) or 64. A key's id is SipHash-1-3 of its bytes
+(numpy ids are used as they are); its shard and home slot come from mix64(id ^ secret). A shard is an array of
+entries stored in place, linear probing, at most 4/5 full (it grows by 1.25x). A new key in a full table evicts:
+among the next 8 occupied slots after a rotating hand, the first whose state is fresh at now (it would decide
+exactly like a new key, so nothing is lost), else the least recently touched one (the first of equals).
+This module mirrors the core's table step by step, with the same secrets (fastguard._secret), so the two place,
+find and evict the same keys and report the same stats.
 """
 
 from __future__ import annotations
@@ -32,13 +34,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fastguard.limits import Limit, decision_headers
+from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
+from fastguard.limits import MAX_LIMITS, Limit, decision_headers
 
-__all__ = ["Decision", "Table", "ALGORITHMS", "EVICTION_SAMPLE", "key_id"]
+__all__ = ["Decision", "Table", "ALGORITHMS", "EVICTION_SAMPLE", "key_id", "siphash", "mix64"]
 
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
-#: Entries examined per eviction.
+#: Occupied slots examined per eviction.
 EVICTION_SAMPLE = 8
+#: Tables for fewer keys than this have one shard, larger ones SHARDS (the core locks each shard separately).
+SMALL_TABLE = 4096
+SHARDS = 64
+#: Slots of a shard's first array; the bytes of a shard's header in the core (for `stats()["bytes"]`).
+MIN_SLOTS = 8
+SHARD_HEADER_BYTES = 128
 #: Costs above this are clamped (they exceed every count, so the answer does not change).
 MAX_COST = 2**62
 #: Largest accepted time: 2**62 ns (year 2116); sums inside the core stay within int64.
@@ -70,17 +79,63 @@ def cost_from(cost: Any) -> int:
     return min(cost, MAX_COST)
 
 
-def key_id(key: Any) -> bytes:
-    """The identity of a key: its bytes (a str's UTF-8). Raises TypeError for anything else."""
-    if type(key) is str:
-        return key.encode("utf-8")
-    if type(key) is bytes:
-        return key
+def key_id(key: Any) -> int:
+    """The identity of a key: SipHash-1-3 of its bytes (a str's UTF-8). Raises TypeError for anything else."""
     if isinstance(key, str):
-        return str(key).encode("utf-8")
+        return siphash(str.encode(key, "utf-8"), SIP_K0, SIP_K1)
     if isinstance(key, bytes):
-        return bytes(key)
+        return siphash(bytes(key), SIP_K0, SIP_K1)
     raise TypeError(f"rate-limit key must be str or bytes, not {type(key).__name__}")
+
+
+_M64 = 2**64 - 1
+
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _M64
+
+
+def siphash(data: bytes, k0: int, k1: int, c_rounds: int = 1, d_rounds: int = 3) -> int:
+    """SipHash-c-d of `data` under the 128-bit key (k0, k1); 1-3 by default, as the core uses."""
+    v0, v1 = k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D
+    v2, v3 = k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573
+
+    def rounds(n: int) -> None:
+        nonlocal v0, v1, v2, v3
+        for _ in range(n):
+            v0 = (v0 + v1) & _M64
+            v1 = _rotl(v1, 13) ^ v0
+            v0 = _rotl(v0, 32)
+            v2 = (v2 + v3) & _M64
+            v3 = _rotl(v3, 16) ^ v2
+            v0 = (v0 + v3) & _M64
+            v3 = _rotl(v3, 21) ^ v0
+            v2 = (v2 + v1) & _M64
+            v1 = _rotl(v1, 17) ^ v2
+            v2 = _rotl(v2, 32)
+
+    whole = len(data) & ~7
+    for i in range(0, whole, 8):
+        m = int.from_bytes(data[i:i + 8], "little")
+        v3 ^= m
+        rounds(c_rounds)
+        v0 ^= m
+    b = ((len(data) & 0xFF) << 56) | int.from_bytes(data[whole:], "little")
+    v3 ^= b
+    rounds(c_rounds)
+    v0 ^= b
+    v2 ^= 0xFF
+    rounds(d_rounds)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def mix64(x: int) -> int:
+    """The murmur3 64-bit finalizer: a bijection that spreads ids over the table."""
+    x ^= x >> 33
+    x = (x * 0xFF51AFD7ED558CCD) & _M64
+    x ^= x >> 33
+    x = (x * 0xC4CEB9FE1A85EC53) & _M64
+    return x ^ (x >> 33)
 
 
 def _seconds(ns: int) -> float:
@@ -302,6 +357,71 @@ class Decision:
                 f"reset_after={self.reset_after:.3f}, retry_after={self.retry_after:.3f})")
 
 
+class Shard:
+    """One shard of the table: `cap` slots of entries stored in place, linear probing, at most 4/5 occupied.
+
+    An entry is [key id, touched, words of limit 0, words of limit 1, ...]; an empty slot is None.
+    """
+
+    __slots__ = ("slots", "cap", "n", "hand", "hits", "denials", "evictions")
+
+    def __init__(self) -> None:
+        self.slots: list[list[Any] | None] = []
+        self.cap = self.n = self.hand = 0
+        self.hits = self.denials = self.evictions = 0
+
+    def home(self, h: int) -> int:
+        return (h * self.cap) >> 64   # multiply-shift: h is uniform in [0, 2**64)
+
+    def find(self, kid: int, h: int) -> tuple[bool, int]:
+        """(found, slot): the key's slot, or the empty slot where it would go."""
+        pos = self.home(h)
+        while True:
+            e = self.slots[pos]
+            if e is None:
+                return False, pos
+            if e[0] == kid:
+                return True, pos
+            pos = pos + 1 if pos + 1 < self.cap else 0
+
+    def unslot(self, hole: int) -> None:
+        """Backward-shift deletion: entries later in the probe run move back into the hole."""
+        j = hole
+        while True:
+            j = j + 1 if j + 1 < self.cap else 0
+            e = self.slots[j]
+            if e is None:
+                break
+            home = self.home(table_hash(e[0]))
+            stays = (hole < home <= j) if hole <= j else (home > hole or home <= j)
+            if stays:
+                continue
+            self.slots[hole] = e
+            hole = j
+        self.slots[hole] = None
+
+    def grow(self) -> None:
+        """Before adding an entry that would leave the shard over 4/5 full: rehash into 1.25x the slots."""
+        if (self.n + 1) * 5 <= self.cap * 4:
+            return
+        cap = max(self.cap + self.cap // 4, MIN_SLOTS)
+        while (self.n + 1) * 5 > cap * 4:
+            cap += 1
+        old = self.slots
+        self.slots = [None] * cap
+        self.cap = cap
+        self.hand = 0
+        for e in old:
+            if e is not None:
+                _, pos = self.find(e[0], table_hash(e[0]))
+                self.slots[pos] = e
+
+
+def table_hash(kid: int) -> int:
+    """The position hash of a key id (keyed, so ids chosen by outsiders cannot crowd one place)."""
+    return mix64(kid ^ MIX_SEED)
+
+
 class Table:
     """The key table and the decision rules (see the module docstring)."""
 
@@ -312,19 +432,25 @@ class Table:
             raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        if max_keys > 2**40:
+            raise ValueError(f"max_keys {max_keys} is above the table's maximum 2**40")
         self.algorithm = algorithm
         self.limits = tuple(limits)
+        if not 1 <= len(self.limits) <= MAX_LIMITS:
+            raise ValueError(f"a table decides 1 to {MAX_LIMITS} limits, got {len(self.limits)}")
         self.max_keys = max_keys
         cls = _ALGORITHM_CLASSES[algorithm]
         self._algs = [cls(lim.count, lim.period_ns) for lim in self.limits]
         self._periods = [lim.period_ns for lim in self.limits]
         self._words = cls.words
+        self._stride = 2 + cls.words * len(self.limits)
         self._new_words = list(cls.new) * len(self.limits)
-        self._index: dict[Any, int] = {}
-        self._arena: list[list[int]] = []   # entry: [id, touched, words of limit 0, words of limit 1, ...]
-        self._hand = 0
-        self._hits = self._denials = self._evictions = 0
-        self._lock = threading.Lock()  # one decision at a time, like a shard lock of the core
+        self._shards = [Shard() for _ in range(1 if max_keys < SMALL_TABLE else SHARDS)]
+        self._total = 0
+        self._lock = threading.Lock()  # one decision at a time (the core has a lock per shard)
+
+    def _shard(self, h: int) -> Shard:
+        return self._shards[h & (len(self._shards) - 1)]
 
     # -- the decision ---------------------------------------------------------------------------------------
     def _decide(self, entry: list[Any] | None, now: int, k: int,
@@ -370,16 +496,20 @@ class Table:
         d.remainings = tuple(remainings)
         return d, allowed, after
 
-    def _hit_id(self, kid: Any, k: int, now: int) -> Decision:
-        pos = self._index.get(kid)
-        entry = self._arena[pos] if pos is not None else None
+    def _hit_id(self, kid: int, k: int, now: int) -> Decision:
+        h = table_hash(kid)
+        shard = self._shard(h)
+        entry = None
+        if shard.n > 0:
+            found, pos = shard.find(kid, h)
+            entry = shard.slots[pos] if found else None
         d, allowed, after = self._decide(entry, now, k, True)
-        self._hits += 1
+        shard.hits += 1
         if not allowed:
-            self._denials += 1
+            shard.denials += 1
         elif entry is None:
             # A new key gets an entry only when its hit counts (a denied newcomer leaves nothing behind).
-            self._insert(kid, now, [x for w in after for x in w])
+            self._insert(shard, kid, h, now, [x for w in after for x in w])
         return d
 
     # -- public methods, same signatures as the compiled core ------------------------------------------------
@@ -393,18 +523,29 @@ class Table:
         """The decision a hit of cost 1 would get now, recording nothing."""
         kid = key_id(key)
         t = now_ns_from(now)
+        h = table_hash(kid)
         with self._lock:
-            pos = self._index.get(kid)
-            d, _, _ = self._decide(self._arena[pos] if pos is not None else None, t, 1, False)
+            shard = self._shard(h)
+            entry = None
+            if shard.n > 0:
+                found, pos = shard.find(kid, h)
+                entry = shard.slots[pos] if found else None
+            d, _, _ = self._decide(entry, t, 1, False)
         return d
 
     def reset(self, key: str | bytes) -> None:
         """Forget `key` (its next hit starts fresh)."""
         kid = key_id(key)
+        h = table_hash(kid)
         with self._lock:
-            pos = self._index.pop(kid, None)
-            if pos is not None:
-                self._remove_at(pos)
+            shard = self._shard(h)
+            if shard.n == 0:
+                return
+            found, pos = shard.find(kid, h)
+            if found:
+                shard.unslot(pos)
+                shard.n -= 1
+                self._total -= 1
 
     def hit_many(self, keys: Any, costs: Any, now: float | None) -> tuple[Any, Any, Any, Any]:
         """Decide keys in order: numpy uint64 ids or a list of str/bytes; costs an int64 array or None.
@@ -431,13 +572,14 @@ class Table:
         return allowed, remaining, retry, reset
 
     def stats(self) -> dict[str, Any]:
-        """Counters and sizes. `bytes` estimates what the compiled core would hold for these keys."""
-        entry_bytes = 8 * (2 + self._words * len(self._algs))
+        """Counters and sizes, as the compiled core reports them (bytes: what its slot arrays would take)."""
+        slots = sum(sh.cap for sh in self._shards)
         return {
-            "keys": len(self._arena), "capacity": self.max_keys, "evictions": self._evictions,
-            "hits": self._hits, "denials": self._denials, "shards": 1,
-            "bytes": entry_bytes * len(self._arena), "entry_bytes": entry_bytes,
-            "algorithm": self.algorithm, "compiled": False,
+            "keys": sum(sh.n for sh in self._shards), "capacity": self.max_keys,
+            "evictions": sum(sh.evictions for sh in self._shards), "hits": sum(sh.hits for sh in self._shards),
+            "denials": sum(sh.denials for sh in self._shards), "shards": len(self._shards), "slots": slots,
+            "bytes": len(self._shards) * SHARD_HEADER_BYTES + slots * self._stride * 8,
+            "entry_bytes": self._stride * 8, "algorithm": self.algorithm, "compiled": False,
         }
 
     # -- table maintenance -----------------------------------------------------------------------------------
@@ -450,35 +592,34 @@ class Table:
                 return False
         return True
 
-    def _insert(self, kid: Any, now: int, words: list[int]) -> None:
-        entry = [kid, now, *words]
-        n = len(self._arena)
-        if n < self.max_keys:
-            self._index[kid] = n
-            self._arena.append(entry)
-            return
-        sample = min(EVICTION_SAMPLE, n)
-        victim = -1
-        oldest = -1
-        for j in range(sample):
-            pos = (self._hand + j) % n
-            if self._fresh(self._arena[pos], now):
-                victim = pos
+    def _victim(self, shard: Shard, now: int) -> int:
+        """Among the next EVICTION_SAMPLE occupied slots from the clock hand: the first fresh entry (evicting it
+        loses nothing), else the least recently touched (the first of equals)."""
+        sample = min(EVICTION_SAMPLE, shard.n)
+        pos, seen, oldest, victim = shard.hand, 0, -1, -1
+        while seen < sample:
+            e = shard.slots[pos]
+            if e is not None:
+                seen += 1
+                if self._fresh(e, now):
+                    victim = pos
+                elif oldest < 0 or e[1] < shard.slots[oldest][1]:
+                    oldest = pos
+            pos = pos + 1 if pos + 1 < shard.cap else 0
+            if victim >= 0:
                 break
-            if oldest < 0 or self._arena[pos][1] < self._arena[oldest][1]:
-                oldest = pos
-        if victim < 0:
-            victim = oldest
-        self._hand = (self._hand + sample) % n
-        del self._index[self._arena[victim][0]]
-        self._evictions += 1
-        self._arena[victim] = entry
-        self._index[kid] = victim
+        shard.hand = pos
+        return victim if victim >= 0 else oldest
 
-    def _remove_at(self, pos: int) -> None:
-        last = self._arena.pop()
-        if pos < len(self._arena):
-            self._arena[pos] = last
-            self._index[last[0]] = pos
-        if self._hand >= len(self._arena):
-            self._hand = 0
+    def _insert(self, shard: Shard, kid: int, h: int, now: int, words: list[int]) -> None:
+        self._total += 1
+        if self._total > self.max_keys and shard.n > 0:
+            self._total -= 1
+            shard.unslot(self._victim(shard, now))
+            shard.n -= 1
+            shard.evictions += 1
+        else:
+            shard.grow()
+        _, pos = shard.find(kid, h)
+        shard.slots[pos] = [kid, now, *words]
+        shard.n += 1
