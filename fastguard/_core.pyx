@@ -142,30 +142,45 @@ cdef void _decide(fg_params *p, int64_t *w, int64_t now, int64_t k, bint commit,
 cdef inline void _decide_as(fg_params *p, const int algorithm, int64_t *w, int64_t now, int64_t k, bint commit,
                             fg_verdict *v) noexcept nogil:
     cdef int i, best = 0
-    cdef int64_t C, P, r, retry = 0
+    cdef int64_t C, P, T, r, d, retry = 0
     cdef int64_t *x
+    cdef fg_limit *l
     cdef fg_i128 dbig
+    cdef int64_t pre[FG_MAX_LIMITS]     # per limit: the sliding window's weighted prev, or the bucket's deficit
     cdef bint ok, allowed = True
     # Pass 1: roll every limit to `now`, test admission, and collect the retry time of those that refuse.
+    # Limits with C * P < 2**62 ("narrow", nearly all) take int64 paths; the others the exact int128 ones.
     for i in range(p.nlimits):
         x = w + i * p.words
-        C = p.lim[i].count
-        P = p.lim[i].period
+        l = &p.lim[i]
+        C = l.count
+        P = l.period
         if algorithm == FG_FIXED_WINDOW:
-            fg_window_fixed_roll(x, fg_window_index(&p.lim[i], now))
+            fg_window_fixed_roll(x, fg_window_index(l, now))
             ok = fg_window_fixed_admits(x, C, k)
             r = 0 if ok else fg_window_fixed_retry(x, now, C, P, k)
         elif algorithm == FG_SLIDING_WINDOW:
-            fg_window_sliding_roll(x, fg_window_index(&p.lim[i], now))
-            ok = fg_window_sliding_admits(x, now, C, P, k)
+            fg_window_sliding_roll(x, fg_window_index(l, now))
+            if l.narrow:
+                pre[i] = x[2] * (P - (now - x[0] * P))
+                ok = x[1] + k <= C and pre[i] + (x[1] + k) * P <= l.cp
+            else:
+                ok = fg_window_sliding_admits(x, now, C, P, k)
             r = 0 if ok else fg_window_sliding_retry(x, now, C, P, k)
         elif algorithm == FG_TOKEN_BUCKET:
-            dbig = fg_bucket_deficit(x, now, C)
-            ok = fg_bucket_admits(dbig, C, P, k)
-            r = 0 if ok else fg_bucket_retry(dbig, C, P, k)
+            if l.narrow:
+                d = (x[0] - now) * C + x[1] if x[0] >= now else 0
+                pre[i] = d if d > 0 else 0
+                ok = k <= C and pre[i] + k * P <= l.cp
+                r = 0 if ok else fg_bucket_retry(pre[i], C, P, k)
+            else:
+                dbig = fg_bucket_deficit(x, now, C)
+                ok = fg_bucket_admits(dbig, C, P, k)
+                r = 0 if ok else fg_bucket_retry(dbig, C, P, k)
         else:
-            ok = fg_bucket_gcra_admits(fg_bucket_gcra_delay(x, now), C, p.lim[i].interval, k)
-            r = 0 if ok else fg_bucket_gcra_retry(fg_bucket_gcra_delay(x, now), C, p.lim[i].interval, k)
+            d = fg_bucket_gcra_delay(x, now)
+            ok = k <= C and d + k * l.interval <= C * l.interval
+            r = 0 if ok else fg_bucket_gcra_retry(d, C, l.interval, k)
         if not ok:
             allowed = False
             if r == FG_NEVER or retry == FG_NEVER:
@@ -175,8 +190,9 @@ cdef inline void _decide_as(fg_params *p, const int algorithm, int64_t *w, int64
     # Pass 2: count the hit in every limit (only when all admitted), then read what remains.
     for i in range(p.nlimits):
         x = w + i * p.words
-        C = p.lim[i].count
-        P = p.lim[i].period
+        l = &p.lim[i]
+        C = l.count
+        P = l.period
         if algorithm == FG_FIXED_WINDOW:
             if allowed and commit:
                 x[1] += k
@@ -184,28 +200,47 @@ cdef inline void _decide_as(fg_params *p, const int algorithm, int64_t *w, int64
         elif algorithm == FG_SLIDING_WINDOW:
             if allowed and commit:
                 x[1] += k
-            v.remaining[i] = fg_window_sliding_remaining(x, now, &p.lim[i])
+            if l.narrow:
+                d = l.cp - pre[i] - x[1] * P
+                v.remaining[i] = fg_div64(d, P, l.inv_period) if d > 0 else 0
+            else:
+                v.remaining[i] = fg_window_sliding_remaining(x, now, l)
         elif algorithm == FG_TOKEN_BUCKET:
-            if allowed and commit:
-                fg_bucket_consume(x, fg_bucket_deficit(x, now, C), now, C, P, k)
-            v.remaining[i] = fg_div_small(<fg_i128>C * P - fg_bucket_deficit(x, now, C), P, p.lim[i].inv_period)
+            if l.narrow:
+                d = pre[i]
+                if allowed and commit:
+                    d += k * P
+                    x[0] = now + fg_div64(d, C, l.inv_count)
+                    x[1] = d - (x[0] - now) * C
+                    pre[i] = d
+                v.remaining[i] = fg_div64(l.cp - d, P, l.inv_period)
+            else:
+                if allowed and commit:
+                    fg_bucket_consume(x, fg_bucket_deficit(x, now, C), now, C, P, k)
+                v.remaining[i] = fg_div_small(<fg_i128>C * P - fg_bucket_deficit(x, now, C), P, l.inv_period)
         else:
+            T = l.interval
+            d = fg_bucket_gcra_delay(x, now)
             if allowed and commit:
-                x[0] = now + fg_bucket_gcra_delay(x, now) + k * p.lim[i].interval
-            v.remaining[i] = fg_div_small(C * p.lim[i].interval - fg_bucket_gcra_delay(x, now), p.lim[i].interval,
-                                          p.lim[i].inv_interval)
+                d += k * T
+                x[0] = now + d
+            v.remaining[i] = fg_div64(C * T - d, T, l.inv_interval)
         if i > 0 and (v.remaining[i] < v.remaining[best] or
                       (v.remaining[i] == v.remaining[best] and P > p.lim[best].period)):
             best = i
     x = w + best * p.words
-    C = p.lim[best].count
-    P = p.lim[best].period
+    l = &p.lim[best]
+    C = l.count
+    P = l.period
     if algorithm == FG_FIXED_WINDOW:
         v.reset_ns = fg_window_fixed_reset(x, now, P)
     elif algorithm == FG_SLIDING_WINDOW:
         v.reset_ns = fg_window_sliding_reset(x, now, P)
     elif algorithm == FG_TOKEN_BUCKET:
-        v.reset_ns = fg_div(fg_bucket_deficit(x, now, C) + C - 1, C)
+        if l.narrow:
+            v.reset_ns = fg_div64(pre[best] + C - 1, C, l.inv_count)
+        else:
+            v.reset_ns = fg_div(fg_bucket_deficit(x, now, C) + C - 1, C)
     else:
         v.reset_ns = fg_bucket_gcra_delay(x, now)
     v.allowed = allowed
@@ -243,19 +278,20 @@ cdef bint _fresh(fg_params *p, const int64_t *entry, int64_t now) noexcept nogil
 # Table maintenance (no GIL; caller holds the shard lock). Mirrors _pure.Shard step by step.
 # ---------------------------------------------------------------------------------------------------------------
 cdef int _grow(const fg_params *p, fg_shard *s) noexcept nogil:
-    """Make room for one more entry: when it would leave the shard over 4/5 full, rehash into 1.25x the slots
-    (in old slot order). -1 when out of memory (the caller then evicts instead)."""
+    """Make room for one more entry: when it would leave the shard over 3/4 full, rehash into 1.1875x the slots
+    (in old slot order). Load stays in [0.63, 3/4]: short probes, and under 64 bytes per key for a 40-byte entry.
+    -1 when out of memory (the caller then evicts instead)."""
     cdef int64_t cap, pos, i
     cdef int64_t *slots
     cdef int64_t *old = s.slots
     cdef int64_t old_cap = s.cap
     cdef int64_t *e
-    if (s.n + 1) * 5 <= s.cap * 4:
+    if (s.n + 1) * 4 <= s.cap * 3:
         return 0
-    cap = s.cap + s.cap // 4
+    cap = s.cap + s.cap * 3 // 16
     if cap < FG_MIN_SLOTS:
         cap = FG_MIN_SLOTS
-    while (s.n + 1) * 5 > cap * 4:
+    while (s.n + 1) * 4 > cap * 3:
         cap += 1
     slots = <int64_t *>PyMem_RawMalloc(<size_t>cap * p.stride * sizeof(int64_t))
     if slots == NULL:
@@ -434,6 +470,9 @@ cdef class Table:
             self.p.lim[i].interval = (lim.period_ns + lim.count - 1) // lim.count
             self.p.lim[i].inv_period = 1.0 / lim.period_ns
             self.p.lim[i].inv_interval = 1.0 / self.p.lim[i].interval
+            self.p.lim[i].inv_count = 1.0 / lim.count
+            self.p.lim[i].narrow = lim.count * lim.period_ns < 2**62
+            self.p.lim[i].cp = lim.count * lim.period_ns if self.p.lim[i].narrow else 0
             self.p.lim[i].window_hint = 0
         self.nshards = 1 if max_keys < _SMALL_TABLE else _SHARDS
         self.shards = <fg_shard *>PyMem_RawCalloc(self.nshards, sizeof(fg_shard))   # empty shards: no slots yet
@@ -581,15 +620,18 @@ cdef class Table:
         cdef fg_verdict v
         for sh in range(65):
             first[sh] = 0
+        # The outputs double as scratch: out_remaining holds each key's hash until the decisions overwrite it.
         for i in range(n):
-            first[(fg_table_hash(&self.p, ids[i]) & shard_mask) + 1] += 1
+            h = fg_table_hash(&self.p, ids[i])
+            out_remaining[i] = <int64_t>h
+            first[(h & shard_mask) + 1] += 1
         for sh in range(self.nshards):
             first[sh + 1] += first[sh]
             fill[sh] = first[sh]
             pending[sh] = first[sh + 1] > first[sh]
             left += pending[sh]
         for i in range(n):
-            h = fg_table_hash(&self.p, ids[i])
+            h = <uint64_t>out_remaining[i]
             job = &jobs[fill[h & shard_mask]]
             fill[h & shard_mask] += 1
             job.id = ids[i]

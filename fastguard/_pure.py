@@ -19,7 +19,7 @@ Conventions shared with the core
 
 Table: at most `max_keys` entries, in 1 shard (below 4096 keys) or 64. A key's id is SipHash-1-3 of its bytes
 (numpy ids are used as they are); its shard and home slot come from mix64(id ^ secret). A shard is an array of
-entries stored in place, linear probing, at most 4/5 full (it grows by 1.25x). A new key in a full table evicts:
+entries stored in place, linear probing, at most 3/4 full (it grows by 1.1875x). A new key in a full table evicts:
 among the next 8 occupied slots after a rotating hand, the first whose state is fresh at now (it would decide
 exactly like a new key, so nothing is lost), else the least recently touched one (the first of equals).
 This module mirrors the core's table step by step, with the same secrets (fastguard._secret), so the two place,
@@ -358,7 +358,7 @@ class Decision:
 
 
 class Shard:
-    """One shard of the table: `cap` slots of entries stored in place, linear probing, at most 4/5 occupied.
+    """One shard of the table: `cap` slots of entries stored in place, linear probing, at most 3/4 occupied.
 
     An entry is [key id, touched, words of limit 0, words of limit 1, ...]; an empty slot is None.
     """
@@ -401,11 +401,11 @@ class Shard:
         self.slots[hole] = None
 
     def grow(self) -> None:
-        """Before adding an entry that would leave the shard over 4/5 full: rehash into 1.25x the slots."""
-        if (self.n + 1) * 5 <= self.cap * 4:
+        """Before adding an entry that would leave the shard over 3/4 full: rehash into 1.1875x the slots."""
+        if (self.n + 1) * 4 <= self.cap * 3:
             return
-        cap = max(self.cap + self.cap // 4, MIN_SLOTS)
-        while (self.n + 1) * 5 > cap * 4:
+        cap = max(self.cap + self.cap * 3 // 16, MIN_SLOTS)
+        while (self.n + 1) * 4 > cap * 3:
             cap += 1
         old = self.slots
         self.slots = [None] * cap
