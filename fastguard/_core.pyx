@@ -501,9 +501,8 @@ cdef class Table:
         memcpy(d._remaining, v.remaining, self.p.nlimits * sizeof(int64_t))
         return d
 
-    cdef Decision _one(self, uint64_t kid, int64_t k, int64_t now, bint commit):
+    cdef Decision _one(self, uint64_t kid, uint64_t h, int64_t k, int64_t now, bint commit):
         cdef fg_verdict v
-        cdef uint64_t h = fg_table_hash(&self.p, kid)
         cdef fg_shard *s = self._shard(h)
         cdef int rc
         fg_spin_lock(&s.lock)
@@ -513,17 +512,31 @@ cdef class Table:
             raise MemoryError("rate-limit table: out of memory for a new key")
         return self._decision(&v)
 
+    cdef inline uint64_t _locate(self, uint64_t kid) noexcept nogil:
+        """The key's position hash; also starts loading its home slot, so the cache miss overlaps with the argument
+        checks and the clock read that follow. (The shard's fields are read without its lock: a stale value only
+        makes a useless prefetch, which cannot fault.)"""
+        cdef uint64_t h = fg_table_hash(&self.p, kid)
+        cdef fg_shard *s = self._shard(h)
+        if s.cap > 0:
+            fg_table_prefetch(&self.p, s, h)
+        return h
+
     def hit(self, key, cost=1, now=None):
         """Count a hit of `cost` against `key` if every limit admits it -> Decision.
 
         key: str or bytes (TypeError otherwise); cost: int >= 0 (ValueError if negative);
         now: float epoch seconds, or None for the wall clock.
         """
-        return self._one(_key_id(key), _cost(cost), _now_ns(now), True)
+        cdef uint64_t kid = _key_id(key)
+        cdef uint64_t h = self._locate(kid)
+        return self._one(kid, h, _cost(cost), _now_ns(now), True)
 
     def peek(self, key, now=None):
         """The decision a hit of cost 1 would get now, recording nothing."""
-        return self._one(_key_id(key), 1, _now_ns(now), False)
+        cdef uint64_t kid = _key_id(key)
+        cdef uint64_t h = self._locate(kid)
+        return self._one(kid, h, 1, _now_ns(now), False)
 
     def reset(self, key):
         """Forget `key` (its next hit starts fresh)."""

@@ -333,3 +333,19 @@ def test_200_percent_is_admitted_at_no_more_than_the_limit(make, alg):
         assert in_window <= bound
     # And it is not wildly conservative either: at least 90 % of the allowed rate gets through.
     assert len(admitted_at) >= 0.9 * 50 * 30
+
+
+def test_decisions_release_what_they_hold(make):
+    """Dropped Decisions give back their reference to the limiter's limits (no leak per call)."""
+    import sys
+
+    lim = make("5/second; 7/minute")
+    limits = lim._table.limits
+    before = sys.getrefcount(limits)
+    for i in range(20_000):
+        lim.hit(f"k{i % 50}", now=T0 + i * 0.01)
+        lim.peek("k1", now=T0 + i * 0.01)
+    lim.hit_many([f"k{i}" for i in range(100)], now=T0 + 500)
+    assert sys.getrefcount(limits) == before
+    kept = lim.hit("k1", now=T0 + 600)
+    assert sys.getrefcount(limits) == before + 1 and kept.limits is limits
