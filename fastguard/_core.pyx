@@ -29,6 +29,9 @@ from fastguard.limits import decision_headers
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    bint PyUnicode_IS_COMPACT_ASCII(object s)
+    void *PyUnicode_DATA(object s)
+    Py_ssize_t PyUnicode_GET_LENGTH(object s)
 
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
 EVICTION_SAMPLE = FG_EVICTION_SAMPLE
@@ -50,7 +53,10 @@ cdef inline uint64_t _key_id(object key) except? 0:
     """SipHash-1-3 of the key's bytes (a str's UTF-8)."""
     cdef const char *buf
     cdef Py_ssize_t n
-    if type(key) is str:
+    if type(key) is str and PyUnicode_IS_COMPACT_ASCII(key):
+        buf = <const char *>PyUnicode_DATA(key)   # ASCII is its own UTF-8: no conversion, no call
+        n = PyUnicode_GET_LENGTH(key)
+    elif type(key) is str:
         buf = PyUnicode_AsUTF8AndSize(key, &n)
     elif type(key) is bytes:
         buf = PyBytes_AS_STRING(key)
@@ -128,18 +134,32 @@ cdef void _decide(fg_params *p, int64_t *w, int64_t now, int64_t k, bint commit,
     """Decide a hit of cost `k` at `now` on state `w` (rolled and, when admitted and `commit`, consumed in place).
 
     Rolling changes how a state is written, never what it means, so it may be stored even when nothing is counted.
-    The algorithm is passed as a constant to the inlined body, so the compiler builds one branch-free copy each."""
+    The algorithm (and a count of 1 limit, the common case) is passed as a constant to the inlined body, so the
+    compiler builds one branch-free copy of each."""
+    cdef int n = p.nlimits
     if p.algorithm == FG_FIXED_WINDOW:
-        _decide_as(p, FG_FIXED_WINDOW, w, now, k, commit, v)
+        if n == 1:
+            _decide_as(p, FG_FIXED_WINDOW, 1, w, now, k, commit, v)
+        else:
+            _decide_as(p, FG_FIXED_WINDOW, n, w, now, k, commit, v)
     elif p.algorithm == FG_SLIDING_WINDOW:
-        _decide_as(p, FG_SLIDING_WINDOW, w, now, k, commit, v)
+        if n == 1:
+            _decide_as(p, FG_SLIDING_WINDOW, 1, w, now, k, commit, v)
+        else:
+            _decide_as(p, FG_SLIDING_WINDOW, n, w, now, k, commit, v)
     elif p.algorithm == FG_TOKEN_BUCKET:
-        _decide_as(p, FG_TOKEN_BUCKET, w, now, k, commit, v)
+        if n == 1:
+            _decide_as(p, FG_TOKEN_BUCKET, 1, w, now, k, commit, v)
+        else:
+            _decide_as(p, FG_TOKEN_BUCKET, n, w, now, k, commit, v)
+    elif n == 1:
+        _decide_as(p, FG_GCRA, 1, w, now, k, commit, v)
     else:
-        _decide_as(p, FG_GCRA, w, now, k, commit, v)
+        _decide_as(p, FG_GCRA, n, w, now, k, commit, v)
 
 
-cdef inline void _decide_as(fg_params *p, const int algorithm, int64_t *w, int64_t now, int64_t k, bint commit,
+cdef inline void _decide_as(fg_params *p, const int algorithm, const int nlimits, int64_t *w, int64_t now, int64_t k,
+                            bint commit,
                             fg_verdict *v) noexcept nogil:
     cdef int i, best = 0
     cdef int64_t C, P, T, r, d, retry = 0
@@ -150,7 +170,7 @@ cdef inline void _decide_as(fg_params *p, const int algorithm, int64_t *w, int64
     cdef bint ok, allowed = True
     # Pass 1: roll every limit to `now`, test admission, and collect the retry time of those that refuse.
     # Limits with C * P < 2**62 ("narrow", nearly all) take int64 paths; the others the exact int128 ones.
-    for i in range(p.nlimits):
+    for i in range(nlimits):
         x = w + i * p.words
         l = &p.lim[i]
         C = l.count
@@ -188,7 +208,7 @@ cdef inline void _decide_as(fg_params *p, const int algorithm, int64_t *w, int64
             elif r > retry:
                 retry = r
     # Pass 2: count the hit in every limit (only when all admitted), then read what remains.
-    for i in range(p.nlimits):
+    for i in range(nlimits):
         x = w + i * p.words
         l = &p.lim[i]
         C = l.count
