@@ -24,7 +24,8 @@ extensions = [
     Extension(
         "fastguard._core",
         ["fastguard/_core.pyx"],
-        extra_compile_args=["-O3", "-fno-strict-aliasing"],
+        extra_compile_args=["-O3", "-fno-strict-aliasing", "--param=max-inline-insns-single=4000",
+                            "--param=large-function-growth=2000", "--param=inline-unit-growth=400"],
     )
 ]
 
