@@ -29,11 +29,32 @@ else:
             f"to run the pure-Python core. Cause: {exc}") from exc
     COMPILED = True
 
+from fastguard.errors import (  # noqa: E402
+    DisallowedAlgorithm,
+    ExpiredToken,
+    InvalidAudience,
+    InvalidClaim,
+    InvalidIssuer,
+    InvalidKey,
+    InvalidSignature,
+    InvalidToken,
+    MalformedToken,
+    MissingClaim,
+    NotYetValid,
+    TokenTooLarge,
+    UnknownKey,
+)
+from fastguard.jwks import KeySet, RemoteKeySet  # noqa: E402
+from fastguard.jwt import JWTVerifier, extract_token  # noqa: E402
 from fastguard.limits import BatchDecision, Limit, parse_limits  # noqa: E402
 from fastguard.ratelimit import ALGORITHMS, RateLimiter  # noqa: E402
 
 Decision = _impl.Decision
 
 __version__ = "0.1.0"
-__all__ = ["ALGORITHMS", "COMPILED", "BatchDecision", "Decision", "Limit", "RateLimiter", "parse_limits",
-           "__version__"]
+__all__ = [
+    "ALGORITHMS", "COMPILED", "BatchDecision", "Decision", "Limit", "RateLimiter", "parse_limits", "__version__",
+    "KeySet", "RemoteKeySet", "JWTVerifier", "extract_token",
+    "InvalidToken", "MalformedToken", "TokenTooLarge", "DisallowedAlgorithm", "UnknownKey", "InvalidSignature",
+    "ExpiredToken", "NotYetValid", "InvalidIssuer", "InvalidAudience", "MissingClaim", "InvalidClaim", "InvalidKey",
+]

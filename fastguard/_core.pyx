@@ -12,13 +12,14 @@ GIL-free batch loops cannot deadlock.
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from libc.math cimport floor, isfinite
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 import numpy as np
@@ -726,3 +727,243 @@ cdef class Table:
             "shards": self.nshards, "slots": slots, "bytes": nbytes, "entry_bytes": self.p.stride * 8,
             "algorithm": self.algorithm, "compiled": True,
         }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JWS helpers and the verified-token cache. Twins: _pure.b64url_decode, _pure.split_token, _pure.TokenCache.
+# ---------------------------------------------------------------------------------------------------------------
+cdef signed char _B64URL[256]
+for _i in range(256):
+    _B64URL[_i] = -1
+for _i, _c in enumerate(list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")):
+    _B64URL[_c] = _i
+
+
+def b64url_decode(data):
+    """Strict base64url (RFC 7515 §2): the alphabet only, no padding, no length of 4k+1, unused bits zero.
+    Raises ValueError otherwise, so every byte string has exactly one accepted encoding."""
+    cdef const unsigned char[::1] src
+    cdef Py_ssize_t n, i, o = 0
+    cdef uint32_t acc = 0
+    cdef int bits = 0
+    cdef signed char v
+    cdef unsigned char *dst
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError("b64url_decode takes bytes")
+    src = data
+    n = src.shape[0]
+    for i in range(n):
+        if _B64URL[src[i]] < 0:
+            raise ValueError("character outside the base64url alphabet")
+    if n % 4 == 1:
+        raise ValueError("impossible base64url length")
+    if (n % 4 == 2 and _B64URL[src[n - 1]] & 0x0F) or (n % 4 == 3 and _B64URL[src[n - 1]] & 0x03):
+        raise ValueError("non-zero unused bits (non-canonical base64url)")
+    out = PyBytes_FromStringAndSize(NULL, (n * 3) // 4)
+    dst = <unsigned char *>PyBytes_AS_STRING(out)
+    for i in range(n):
+        v = _B64URL[src[i]]
+        acc = (acc << 6) | <uint32_t>v
+        bits += 6
+        if bits >= 8:
+            bits -= 8
+            dst[o] = <unsigned char>((acc >> bits) & 0xFF)
+            o += 1
+    return out
+
+
+def split_token(token):
+    """Positions of the two dots of a compact JWS; ValueError unless there are exactly two."""
+    cdef const unsigned char[::1] src = token
+    cdef Py_ssize_t i, first = -1, second = -1
+    for i in range(src.shape[0]):
+        if src[i] == 46:  # '.'
+            if first < 0:
+                first = i
+            elif second < 0:
+                second = i
+            else:
+                raise ValueError("a compact JWS has exactly two dots")
+    if second < 0:
+        raise ValueError("a compact JWS has exactly two dots")
+    return first, second
+
+
+cdef inline bint _token_bytes(object token, const char **buf, Py_ssize_t *n):
+    """The bytes of a token (an ASCII str's own buffer, no copy); False for anything else."""
+    if type(token) is str:
+        if not PyUnicode_IS_COMPACT_ASCII(token):
+            return False
+        buf[0] = <const char *>PyUnicode_DATA(token)
+        n[0] = PyUnicode_GET_LENGTH(token)
+        return True
+    if type(token) is bytes:
+        buf[0] = PyBytes_AS_STRING(token)
+        n[0] = PyBytes_GET_SIZE(token)
+        return True
+    return False
+
+
+ctypedef struct fg_tok:
+    uint64_t h                  # SipHash-1-3 of the token bytes under the process secret
+    PyObject *token             # the token, as bytes (owned); NULL: empty slot
+    PyObject *value             # owned
+    int64_t valid_from          # ns: the entry answers for now in [valid_from, valid_until)
+    int64_t valid_until
+    int referenced              # CLOCK's second-chance bit
+
+
+cdef class TokenCache:
+    """Verdicts by exact token, each usable for `now` in [valid_from, valid_until) (ns); at most `capacity`.
+
+    get(token, now=None) -> the stored value, or None (a miss; an entry outside its time window is dropped).
+    put(token, value, valid_from_ns, valid_until_ns). Keys are the exact token bytes, found through a keyed hash
+    (so nobody can aim tokens at one slot) and compared in full. A full cache evicts with a CLOCK (second chance)
+    hand, O(1) amortized. All work happens with the GIL held and no Python code runs in between, so it is
+    thread-safe; references dropped by an operation are released only after the table is consistent again.
+    """
+
+    cdef fg_tok *slots
+    cdef Py_ssize_t mask, n, hand
+    cdef readonly Py_ssize_t capacity
+    cdef readonly int64_t hits, misses, evictions
+
+    def __cinit__(self, capacity):
+        cdef Py_ssize_t size = 8
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise ValueError(f"cache capacity must be an int >= 0, got {capacity!r}")
+        if capacity > 2**30:
+            raise ValueError("cache capacity is above 2**30")
+        self.capacity = capacity
+        while size * 3 < capacity * 4 + 4:
+            size *= 2
+        self.slots = <fg_tok *>PyMem_RawCalloc(size, sizeof(fg_tok))
+        if self.slots == NULL:
+            raise MemoryError()
+        self.mask = size - 1
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.slots != NULL:
+            for i in range(self.mask + 1):
+                Py_XDECREF(self.slots[i].token)
+                Py_XDECREF(self.slots[i].value)
+            PyMem_RawFree(self.slots)
+
+    cdef Py_ssize_t _find(self, uint64_t h, const char *buf, Py_ssize_t n) noexcept:
+        """The slot holding these token bytes, or -(empty slot) - 1."""
+        cdef Py_ssize_t pos = <Py_ssize_t>(h & <uint64_t>self.mask)
+        cdef fg_tok *e
+        while True:
+            e = &self.slots[pos]
+            if e.token == NULL:
+                return -pos - 1
+            if e.h == h and PyBytes_GET_SIZE(<object>e.token) == n and \
+                    memcmp(PyBytes_AS_STRING(<object>e.token), buf, n) == 0:
+                return pos
+            pos = (pos + 1) & self.mask
+
+    cdef void _unslot(self, Py_ssize_t hole) noexcept:
+        """Empty `hole` (its references already taken by the caller) by backward-shift deletion."""
+        cdef Py_ssize_t j = hole, home
+        while True:
+            j = (j + 1) & self.mask
+            if self.slots[j].token == NULL:
+                break
+            home = <Py_ssize_t>(self.slots[j].h & <uint64_t>self.mask)
+            if (hole <= j and hole < home <= j) or (hole > j and (home > hole or home <= j)):
+                continue
+            self.slots[hole] = self.slots[j]
+            hole = j
+        self.slots[hole].token = NULL
+        self.slots[hole].value = NULL
+        self.n -= 1
+
+    def get(self, token, now=None):
+        cdef const char *buf
+        cdef Py_ssize_t n, pos
+        cdef int64_t t
+        cdef fg_tok *e
+        cdef PyObject *old_token
+        cdef PyObject *old_value
+        if self.n == 0 or not _token_bytes(token, &buf, &n):
+            self.misses += 1
+            return None
+        t = _now_ns(now)
+        pos = self._find(fg_siphash13(<const unsigned char *>buf, <size_t>n, _sip_k0, _sip_k1), buf, n)
+        if pos < 0:
+            self.misses += 1
+            return None
+        e = &self.slots[pos]
+        if e.valid_from <= t < e.valid_until:
+            e.referenced = 1
+            self.hits += 1
+            return <object>e.value
+        old_token, old_value = e.token, e.value
+        self._unslot(pos)
+        self.misses += 1
+        Py_DECREF(<object>old_token)
+        Py_DECREF(<object>old_value)
+        return None
+
+    def put(self, token, value, int64_t valid_from_ns, int64_t valid_until_ns):
+        cdef const char *buf
+        cdef Py_ssize_t n, pos
+        cdef uint64_t h
+        cdef fg_tok *e
+        cdef PyObject *old_token = NULL
+        cdef PyObject *old_value = NULL
+        if self.capacity == 0 or not _token_bytes(token, &buf, &n):
+            return
+        h = fg_siphash13(<const unsigned char *>buf, <size_t>n, _sip_k0, _sip_k1)
+        key = token if type(token) is bytes else PyBytes_FromStringAndSize(buf, n)
+        pos = self._find(h, buf, n)
+        if pos >= 0:
+            e = &self.slots[pos]
+            old_value = e.value
+            Py_INCREF(value)
+            e.value = <PyObject *>value
+            e.valid_from, e.valid_until = valid_from_ns, valid_until_ns
+            Py_DECREF(<object>old_value)
+            return
+        if self.n >= self.capacity:
+            while True:     # CLOCK: a referenced entry gets a second chance, the first unreferenced one goes
+                e = &self.slots[self.hand]
+                if e.token != NULL:
+                    if not e.referenced:
+                        break
+                    e.referenced = 0
+                self.hand = (self.hand + 1) & self.mask
+            old_token, old_value = e.token, e.value
+            self._unslot(self.hand)
+            self.evictions += 1
+            pos = self._find(h, buf, n)
+        e = &self.slots[-pos - 1]
+        Py_INCREF(key)
+        Py_INCREF(value)
+        e.h = h
+        e.token = <PyObject *>key
+        e.value = <PyObject *>value
+        e.valid_from, e.valid_until = valid_from_ns, valid_until_ns
+        e.referenced = 0
+        self.n += 1
+        Py_XDECREF(old_token)
+        Py_XDECREF(old_value)
+
+    def clear(self):
+        cdef Py_ssize_t i
+        cdef list dropped = []
+        for i in range(self.mask + 1):
+            if self.slots[i].token != NULL:
+                dropped.append(<object>self.slots[i].token)
+                dropped.append(<object>self.slots[i].value)
+                Py_DECREF(<object>self.slots[i].token)
+                Py_DECREF(<object>self.slots[i].value)
+                self.slots[i].token = NULL
+                self.slots[i].value = NULL
+        self.n = 0
+        self.hand = 0
+        del dropped     # the references go only now, with the table already empty
+
+    def __len__(self):
+        return self.n

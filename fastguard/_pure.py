@@ -28,16 +28,20 @@ find and evict the same keys and report the same stats.
 
 from __future__ import annotations
 
+import base64
 import math
+import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
 from fastguard.limits import MAX_LIMITS, Limit, decision_headers
 
-__all__ = ["Decision", "Table", "ALGORITHMS", "EVICTION_SAMPLE", "key_id", "siphash", "mix64"]
+__all__ = ["Decision", "Table", "ALGORITHMS", "EVICTION_SAMPLE", "key_id", "siphash", "mix64", "b64url_decode",
+           "split_token", "TokenCache"]
 
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
 #: Occupied slots examined per eviction.
@@ -623,3 +627,89 @@ class Table:
         _, pos = shard.find(kid, h)
         shard.slots[pos] = [kid, now, *words]
         shard.n += 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JWS helpers and the verified-token cache (twins of the compiled ones).
+# ---------------------------------------------------------------------------------------------------------------
+_B64URL = re.compile(rb"[A-Za-z0-9_-]*")
+_B64_VALUES = {c: i for i, c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
+
+
+def b64url_decode(data: bytes) -> bytes:
+    """Strict base64url (RFC 7515 §2): the alphabet only, no padding, no length of 4k+1, unused bits zero.
+    Raises ValueError otherwise, so every byte string has exactly one accepted encoding."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError("b64url_decode takes bytes")
+    n = len(data)
+    if _B64URL.fullmatch(data) is None:
+        raise ValueError("character outside the base64url alphabet")
+    if n % 4 == 1:
+        raise ValueError("impossible base64url length")
+    if n % 4 == 2 and _B64_VALUES[data[-1]] & 0x0F or n % 4 == 3 and _B64_VALUES[data[-1]] & 0x03:
+        raise ValueError("non-zero unused bits (non-canonical base64url)")
+    return base64.urlsafe_b64decode(bytes(data) + b"=" * (-n % 4))
+
+
+def split_token(token: bytes) -> tuple[int, int]:
+    """Positions of the two dots of a compact JWS; ValueError unless there are exactly two."""
+    first = token.find(b".")
+    second = token.find(b".", first + 1) if first >= 0 else -1
+    if first < 0 or second < 0 or token.find(b".", second + 1) >= 0:
+        raise ValueError("a compact JWS has exactly two dots")
+    return first, second
+
+
+class TokenCache:
+    """Verdicts by exact token, each usable for `now` in [valid_from, valid_until) (ns); at most `capacity`.
+
+    get(token, now) -> the stored value, or None (a miss; an entry outside its time window is dropped).
+    put(token, value, valid_from_ns, valid_until_ns). A full cache drops its least recently used entry (the core
+    approximates that with a CLOCK hand, so the two may pick different victims). Tokens are str (ASCII) or bytes.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
+            raise ValueError(f"cache capacity must be an int >= 0, got {capacity!r}")
+        self.capacity = capacity
+        self._entries: OrderedDict[bytes, tuple[Any, int, int]] = OrderedDict()
+        self.hits = self.misses = self.evictions = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(token: Any) -> bytes | None:
+        if isinstance(token, str):
+            return token.encode("ascii") if token.isascii() else None
+        return bytes(token) if isinstance(token, (bytes, bytearray)) else None
+
+    def get(self, token: Any, now: Any = None) -> Any:
+        t = now_ns_from(now)
+        key = self._key(token)
+        with self._lock:
+            entry = self._entries.get(key) if key is not None else None
+            if entry is None or not entry[1] <= t < entry[2]:
+                if entry is not None:
+                    del self._entries[key]
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, token: Any, value: Any, valid_from_ns: int, valid_until_ns: int) -> None:
+        key = self._key(token)
+        if key is None or self.capacity == 0:
+            return
+        with self._lock:
+            self._entries[key] = (value, valid_from_ns, valid_until_ns)
+            self._entries.move_to_end(key)
+            if len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+                self.evictions += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

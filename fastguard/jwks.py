@@ -1,0 +1,471 @@
+"""Verification keys: KeySet (JWK, JWKS, PEM, secrets) and RemoteKeySet (a JWKS over HTTP(S), with rotation).
+
+The algorithm of every verification is fixed by the key, never by the token (RFC 8725 §3.1): a key with `alg` is
+used with that algorithm only; a key without `alg` with the algorithms that fit its type. Keys that cannot be used
+safely are refused when the set is built, with `InvalidKey` naming the reason.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Iterable, Mapping
+
+from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from fastguard.errors import DisallowedAlgorithm, InvalidKey, UnknownKey
+
+__all__ = ["Key", "KeySet", "RemoteKeySet", "ALGORITHMS"]
+
+log = logging.getLogger("fastguard.jwks")
+
+_SHA = {256: hashes.SHA256, 384: hashes.SHA384, 512: hashes.SHA512}
+_HMAC = {"HS256": ("sha256", 32), "HS384": ("sha384", 48), "HS512": ("sha512", 64)}
+_RSA = {f"{p}{b}": (p, b) for p in ("RS", "PS") for b in (256, 384, 512)}
+# ES algorithm -> (curve name, cryptography curve, hash bits, coordinate bytes)
+_EC = {"ES256": ("P-256", ec.SECP256R1, 256, 32), "ES384": ("P-384", ec.SECP384R1, 384, 48),
+       "ES512": ("P-521", ec.SECP521R1, 512, 66), "ES256K": ("secp256k1", ec.SECP256K1, 256, 32)}
+_EC_BY_CURVE = {v[0]: k for k, v in _EC.items()}
+_OKP = {"Ed25519": (ed25519.Ed25519PublicKey, 32, 64), "Ed448": (ed448.Ed448PublicKey, 57, 114)}
+
+#: Every JWS algorithm fastguard verifies. `none` is never among them.
+ALGORITHMS = frozenset([*_HMAC, *_RSA, *_EC, "EdDSA", "Ed25519", "Ed448"])
+
+MIN_RSA_BITS = 2048
+# ROCA (CVE-2017-15361): moduli from the flawed Infineon generator are n = k*M + (65537^a mod M). For each of these
+# small primes p, such an n mod p lies in the subgroup that 65537 generates; a random modulus fails that for some p.
+_ROCA_PRIMES = (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97, 101,
+                103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167)
+_ROCA_SUBGROUPS = []
+for _p in _ROCA_PRIMES:
+    _g, _members = 65537 % _p, set()
+    _x = 1
+    while _x not in _members:
+        _members.add(_x)
+        _x = _x * _g % _p
+    _ROCA_SUBGROUPS.append((_p, frozenset(_members)))
+
+
+def _roca_vulnerable(n: int) -> bool:
+    return all(n % p in members for p, members in _ROCA_SUBGROUPS)
+
+
+def _b64(value: Any, what: str) -> bytes:
+    from fastguard import _impl
+
+    if not isinstance(value, str):
+        raise InvalidKey(f"{what} must be a base64url string")
+    try:
+        return _impl.b64url_decode(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise InvalidKey(f"{what} is not canonical base64url") from None
+
+
+class Key:
+    """One verification key: its kid, its type and the algorithms it may verify."""
+
+    __slots__ = ("kid", "kty", "algorithms", "_verifier")
+
+    def __init__(self, kid: str | None, kty: str, algorithms: Iterable[str], verifier: Any) -> None:
+        self.kid = kid
+        self.kty = kty
+        self.algorithms = frozenset(algorithms)
+        self._verifier = verifier
+
+    def verify(self, alg: str, signing_input: bytes, signature: bytes) -> bool:
+        """True when `signature` is `alg`'s signature of `signing_input` under this key; False otherwise."""
+        if alg not in self.algorithms:
+            return False
+        return bool(self._verifier(alg, signing_input, signature))
+
+    def __repr__(self) -> str:
+        return f"<Key kid={self.kid!r} kty={self.kty} algorithms={sorted(self.algorithms)}>"
+
+    # -- builders ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_secret(cls, secret: bytes, alg: str | None = None, kid: str | None = None) -> Key:
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        if not isinstance(secret, (bytes, bytearray)):
+            raise InvalidKey("an HMAC secret must be bytes")
+        secret = bytes(secret)
+        if _looks_like_public_key(secret):
+            raise InvalidKey("this HMAC secret is a public key: a public key is never an HMAC secret")
+        if alg is not None:
+            if alg not in _HMAC:
+                raise InvalidKey(f"alg {alg!r} is not an HMAC algorithm (HS256, HS384, HS512)")
+            algs = [alg]
+        else:
+            algs = [a for a, (_, size) in _HMAC.items() if len(secret) >= size]
+        if not secret:
+            raise InvalidKey("the HMAC secret is empty")
+        short = [a for a in algs if len(secret) < _HMAC[a][1]]
+        if short or not algs:
+            need = _HMAC[short[0] if short else "HS256"][1]
+            raise InvalidKey(f"HMAC secret of {len(secret)} bytes is shorter than the hash ({need} bytes) of "
+                             f"{short[0] if short else 'HS256'}")
+
+        def verify(a: str, data: bytes, sig: bytes) -> bool:
+            return hmac.compare_digest(hmac.digest(secret, data, _HMAC[a][0]), sig)
+
+        return cls(kid, "oct", algs, verify)
+
+    @classmethod
+    def from_public_key(cls, public_key: Any, alg: str | None = None, kid: str | None = None) -> Key:
+        """A key from a `cryptography` public key object."""
+        if isinstance(public_key, rsa.RSAPublicKey):
+            nums = public_key.public_numbers()
+            if public_key.key_size < MIN_RSA_BITS:
+                raise InvalidKey(f"RSA key of {public_key.key_size} bits: at least {MIN_RSA_BITS} are required")
+            if nums.e < 3 or nums.e % 2 == 0:
+                raise InvalidKey(f"RSA public exponent {nums.e} is not allowed")
+            if _roca_vulnerable(nums.n):
+                raise InvalidKey("RSA key has the ROCA weakness (CVE-2017-15361)")
+            algs = _check_alg(alg, _RSA, "RSA")
+            size = (public_key.key_size + 7) // 8
+
+            def verify(a: str, data: bytes, sig: bytes) -> bool:
+                if len(sig) != size:
+                    return False
+                kind, bits = _RSA[a]
+                h = _SHA[bits]()
+                pad = padding.PKCS1v15() if kind == "RS" else padding.PSS(padding.MGF1(_SHA[bits]()), h.digest_size)
+                try:
+                    public_key.verify(sig, data, pad, h)
+                    return True
+                except _CryptoInvalidSignature:
+                    return False
+
+            return cls(kid, "RSA", algs, verify)
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            es = {v[1].name: k for k, v in _EC.items()}.get(public_key.curve.name)
+            if es is None:
+                raise InvalidKey(f"EC curve {public_key.curve.name} is not used by any JWS algorithm")
+            algs = _check_alg(alg, {es: None}, f"an EC key on {_EC[es][0]}")
+            _, _, bits, width = _EC[es]
+
+            def verify(a: str, data: bytes, sig: bytes) -> bool:
+                if len(sig) != 2 * width:      # JWS uses fixed-width r || s, never DER
+                    return False
+                r, s = int.from_bytes(sig[:width], "big"), int.from_bytes(sig[width:], "big")
+                if r == 0 or s == 0:
+                    return False
+                try:
+                    public_key.verify(encode_dss_signature(r, s), data, ec.ECDSA(_SHA[bits]()))
+                    return True
+                except _CryptoInvalidSignature:
+                    return False
+
+            return cls(kid, "EC", algs, verify)
+        for curve, (klass, _, sig_len) in _OKP.items():
+            if isinstance(public_key, klass):
+                algs = _check_alg(alg, {"EdDSA": None, curve: None}, f"an {curve} key")
+
+                def verify(a: str, data: bytes, sig: bytes, _k: Any = public_key, _n: int = sig_len) -> bool:
+                    if len(sig) != _n:
+                        return False
+                    try:
+                        _k.verify(sig, data)
+                        return True
+                    except _CryptoInvalidSignature:
+                        return False
+
+                return cls(kid, "OKP", algs, verify)
+        raise InvalidKey(f"unsupported key type {type(public_key).__name__}")
+
+    @classmethod
+    def from_jwk(cls, jwk: Mapping[str, Any]) -> Key:
+        """A key from one JWK (a dict). Raises InvalidKey naming what is wrong."""
+        if not isinstance(jwk, Mapping):
+            raise InvalidKey("a JWK must be a JSON object")
+        kid = jwk.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise InvalidKey("kid must be a string")
+        label = f"key {kid!r}" if kid is not None else "key"
+        use = jwk.get("use")
+        if use is not None and use != "sig":
+            raise InvalidKey(f"{label}: use is {use!r}, not 'sig'")
+        ops = jwk.get("key_ops")
+        if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+            raise InvalidKey(f"{label}: key_ops {ops!r} does not include 'verify'")
+        alg = jwk.get("alg")
+        if alg is not None and (not isinstance(alg, str) or alg not in ALGORITHMS):
+            raise InvalidKey(f"{label}: alg {alg!r} is not a JWS signature algorithm")
+        kty = jwk.get("kty")
+        try:
+            if kty == "oct":
+                return cls.from_secret(_b64(jwk.get("k"), f"{label}: k"), alg=alg, kid=kid)
+            if kty == "RSA":
+                n = int.from_bytes(_b64(jwk.get("n"), f"{label}: n"), "big")
+                e = int.from_bytes(_b64(jwk.get("e"), f"{label}: e"), "big")
+                try:
+                    public = rsa.RSAPublicNumbers(e, n).public_key()
+                except ValueError as exc:
+                    raise InvalidKey(f"{label}: not a valid RSA public key ({exc})") from None
+                return cls.from_public_key(public, alg=alg, kid=kid)
+            if kty == "EC":
+                crv = jwk.get("crv")
+                es = _EC_BY_CURVE.get(crv) if isinstance(crv, str) else None
+                if es is None:
+                    raise InvalidKey(f"{label}: unsupported EC curve {crv!r}")
+                width = _EC[es][3]
+                x, y = _b64(jwk.get("x"), f"{label}: x"), _b64(jwk.get("y"), f"{label}: y")
+                if len(x) != width or len(y) != width:
+                    raise InvalidKey(f"{label}: x and y must be {width} bytes on {crv}")
+                try:
+                    public = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
+                                                           _EC[es][1]()).public_key()
+                except ValueError:
+                    raise InvalidKey(f"{label}: the point is not on {crv}") from None
+                return cls.from_public_key(public, alg=alg, kid=kid)
+            if kty == "OKP":
+                crv = jwk.get("crv")
+                if crv not in _OKP:
+                    raise InvalidKey(f"{label}: unsupported OKP curve {crv!r} (Ed25519 or Ed448)")
+                klass, size, _ = _OKP[crv]
+                x = _b64(jwk.get("x"), f"{label}: x")
+                if len(x) != size:
+                    raise InvalidKey(f"{label}: x must be {size} bytes for {crv}")
+                try:
+                    public = klass.from_public_bytes(x)
+                except ValueError:
+                    raise InvalidKey(f"{label}: not a valid {crv} public key") from None
+                return cls.from_public_key(public, alg=alg, kid=kid)
+        except InvalidKey as exc:
+            text = str(exc)
+            raise InvalidKey(text if text.startswith(label) else f"{label}: {text}") from None
+        raise InvalidKey(f"{label}: unsupported kty {kty!r} (oct, RSA, EC or OKP)")
+
+
+def _check_alg(alg: str | None, allowed: Mapping[str, Any], what: str) -> list[str]:
+    if alg is None:
+        return list(allowed)
+    if alg not in allowed:
+        raise InvalidKey(f"alg {alg!r} cannot be used with {what}")
+    return [alg]
+
+
+def _looks_like_public_key(secret: bytes) -> bool:
+    head = secret.lstrip()[:40]
+    return head.startswith((b"-----BEGIN", b"ssh-rsa", b"ssh-ed25519", b"ecdsa-sha2-")) or b"PUBLIC KEY" in head
+
+
+class KeySet:
+    """An immutable set of verification keys. Build it with from_jwks, from_jwk, from_secret or from_pem."""
+
+    #: Changes whenever the keys change (always 0 here; RemoteKeySet counts refreshes that changed its keys).
+    version = 0
+
+    def __init__(self, keys: Iterable[Key]) -> None:
+        keys = list(keys)
+        if not keys:
+            raise InvalidKey("the key set has no key usable for signatures")
+        kinds = {k.kty == "oct" for k in keys}
+        if len(kinds) > 1:
+            raise InvalidKey("the key set mixes secret (oct) keys with public keys")
+        by_kid: dict[str, Key] = {}
+        for k in keys:
+            if k.kid is not None:
+                if k.kid in by_kid:
+                    raise InvalidKey(f"duplicate kid {k.kid!r} in the key set")
+                by_kid[k.kid] = k
+        self.keys: tuple[Key, ...] = tuple(keys)
+        self._by_kid = by_kid
+        self._by_alg: dict[str, tuple[Key, ...]] = {}
+        for alg in ALGORITHMS:
+            self._by_alg[alg] = tuple(k for k in keys if alg in k.algorithms)[:4]
+
+    @classmethod
+    def from_jwks(cls, jwks: Mapping[str, Any] | str | bytes) -> KeySet:
+        """From a JWKS (dict or JSON text). Keys whose `use` is not `sig`, or whose `key_ops` lack `verify`, are
+        skipped (they are meant for something else); a signing key that cannot be used safely is refused."""
+        if isinstance(jwks, (str, bytes, bytearray)):
+            try:
+                jwks = json.loads(jwks, object_pairs_hook=_unique_object)
+            except ValueError as exc:
+                raise InvalidKey(f"the JWKS is not valid JSON: {exc}") from None
+        if isinstance(jwks, Mapping) and "keys" not in jwks and "kty" in jwks:
+            return cls([Key.from_jwk(jwks)])
+        if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
+            raise InvalidKey("a JWKS is a JSON object with a 'keys' list")
+        keys = []
+        for jwk in jwks["keys"]:
+            if isinstance(jwk, Mapping) and (jwk.get("use", "sig") != "sig" or
+                                             ("key_ops" in jwk and "verify" not in (jwk.get("key_ops") or ()))):
+                continue
+            keys.append(Key.from_jwk(jwk))
+        return cls(keys)
+
+    @classmethod
+    def from_jwk(cls, jwk: Mapping[str, Any] | str | bytes) -> KeySet:
+        if isinstance(jwk, (str, bytes, bytearray)):
+            try:
+                jwk = json.loads(jwk, object_pairs_hook=_unique_object)
+            except ValueError as exc:
+                raise InvalidKey(f"the JWK is not valid JSON: {exc}") from None
+        return cls([Key.from_jwk(jwk)])
+
+    @classmethod
+    def from_secret(cls, secret: bytes | str, alg: str | None = "HS256", kid: str | None = None) -> KeySet:
+        """An HMAC key (a str is taken as its UTF-8 bytes); at least as long as the hash."""
+        return cls([Key.from_secret(secret, alg=alg, kid=kid)])
+
+    @classmethod
+    def from_pem(cls, pem: bytes | str, alg: str | None = None, kid: str | None = None) -> KeySet:
+        """A PEM public key, private key (its public half is used) or X.509 certificate."""
+        if isinstance(pem, str):
+            pem = pem.encode("ascii")
+        try:
+            if b"CERTIFICATE" in pem:
+                from cryptography import x509
+
+                public = x509.load_pem_x509_certificate(pem).public_key()
+            elif b"PRIVATE KEY" in pem:
+                public = serialization.load_pem_private_key(pem, password=None).public_key()
+            else:
+                public = serialization.load_pem_public_key(pem)
+        except (ValueError, TypeError) as exc:
+            raise InvalidKey(f"not a usable PEM key: {exc}") from None
+        return cls([Key.from_public_key(public, alg=alg, kid=kid)])
+
+    # -- lookup --------------------------------------------------------------------------------------------------
+    def candidates(self, alg: str, kid: str | None) -> tuple[Key, ...]:
+        """Keys that may verify a token with this alg and kid. Raises UnknownKey / DisallowedAlgorithm."""
+        if kid is not None:
+            key = self._by_kid.get(kid)
+            if key is None:
+                raise UnknownKey(f"no key with kid {kid!r}")
+            if alg not in key.algorithms:
+                raise DisallowedAlgorithm(f"key {kid!r} does not verify {alg}")
+            return (key,)
+        found = self._by_alg.get(alg, ())
+        if not found:
+            raise DisallowedAlgorithm(f"no key of this key set verifies {alg}")
+        return found
+
+    @property
+    def is_secret(self) -> bool:
+        return self.keys[0].kty == "oct"
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __repr__(self) -> str:
+        return f"<KeySet {len(self.keys)} keys: {[k.kid for k in self.keys]}>"
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"duplicate member name {name!r}")
+            seen.add(name)
+    return obj
+
+
+class RemoteKeySet:
+    """A JWKS fetched over HTTP(S), refreshed every `refresh_interval` seconds (in the background: a verification
+    never waits for a scheduled refresh) and at once, at most every `min_refetch_interval` seconds, when a token names
+    an unknown kid. A failed refresh keeps the last good set and says so in one log line per change of state.
+    Every fetch has a `timeout` (seconds) and a size limit."""
+
+    MAX_BYTES = 1 << 20
+
+    def __init__(self, url: str, refresh_interval: float = 300.0, min_refetch_interval: float = 30.0,
+                 timeout: float = 5.0) -> None:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"RemoteKeySet needs an http:// or https:// URL, got {url!r}")
+        if refresh_interval <= 0 or min_refetch_interval < 0 or timeout <= 0:
+            raise ValueError("refresh_interval and timeout must be positive, min_refetch_interval not negative")
+        self.url = url
+        self.refresh_interval = float(refresh_interval)
+        self.min_refetch_interval = float(min_refetch_interval)
+        self.timeout = float(timeout)
+        self.version = 0
+        self._set: KeySet | None = None
+        self._body = b""
+        self._fetched_at = float("-inf")     # monotonic time of the last attempt
+        self._lock = threading.Lock()
+        self._refreshing = False
+        self._failing = False
+        self.last_error: str | None = None
+
+    def _fetch(self) -> tuple[bytes, KeySet]:
+        req = urllib.request.Request(self.url, headers={"Accept": "application/json"})
+        with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 (scheme checked above)
+            body = resp.read(self.MAX_BYTES + 1)
+        if len(body) > self.MAX_BYTES:
+            raise InvalidKey(f"the JWKS at {self.url} is larger than {self.MAX_BYTES} bytes")
+        return body, KeySet.from_jwks(body)
+
+    def refresh(self) -> bool:
+        """Fetch now. True when a new set was installed; False (and a log line on a change of state) on failure."""
+        with self._lock:
+            self._fetched_at = time.monotonic()
+        try:
+            body, fresh = self._fetch()
+        except (OSError, urllib.error.URLError, InvalidKey, ValueError) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if not self._failing:
+                self._failing = True
+                kept = "keeping the last good key set" if self._set is not None else "no key set yet"
+                log.warning("fastguard: JWKS refresh from %s failed (%s); %s", self.url, self.last_error, kept)
+            return False
+        with self._lock:
+            if body != self._body:
+                # New keys: verifiers holding cached verdicts see the new version and drop them.
+                self._set, self._body = fresh, body
+                self.version += 1
+        if self._failing:
+            self._failing = False
+            log.warning("fastguard: JWKS refresh from %s works again", self.url)
+        self.last_error = None
+        return True
+
+    def _refresh_in_background(self) -> None:
+        def run() -> None:
+            try:
+                self.refresh()
+            finally:
+                self._refreshing = False
+
+        self._refreshing = True
+        threading.Thread(target=run, name="fastguard-jwks-refresh", daemon=True).start()
+
+    def current(self) -> KeySet | None:
+        """The key set in use (fetching it first if there is none yet)."""
+        if self._set is None and time.monotonic() - self._fetched_at >= self.min_refetch_interval:
+            self.refresh()
+        elif (self._set is not None and not self._refreshing
+              and time.monotonic() - self._fetched_at >= self.refresh_interval):
+            self._refresh_in_background()
+        return self._set
+
+    def candidates(self, alg: str, kid: str | None) -> tuple[Key, ...]:
+        current = self.current()
+        if current is None:
+            raise UnknownKey(f"no key set could be fetched from {self.url} ({self.last_error})")
+        try:
+            return current.candidates(alg, kid)
+        except UnknownKey:
+            # A new kid may mean a rotation: refetch now, but not more often than min_refetch_interval.
+            if time.monotonic() - self._fetched_at < self.min_refetch_interval or not self.refresh():
+                raise
+            return self._set.candidates(alg, kid)  # type: ignore[union-attr]
+
+    @property
+    def is_secret(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"<RemoteKeySet {self.url} version={self.version}>"

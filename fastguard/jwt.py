@@ -1,0 +1,299 @@
+"""JWTVerifier: compact JWS/JWT verification with RFC 8725 hardening and a cache of verdicts.
+
+Every token is checked over the bytes received (never re-serialized JSON). The algorithm comes from the key, never
+from the token. A verified token's claims are cached until its `exp` (at most CACHE_TTL seconds) and re-checked
+against `now` on every hit; failures that cannot heal by themselves are cached for NEGATIVE_TTL seconds, so a flood
+of one bad token costs a lookup each. Any change of the key set empties both caches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping, Sequence
+
+from fastguard import _impl
+from fastguard.errors import (
+    DisallowedAlgorithm,
+    ExpiredToken,
+    InvalidAudience,
+    InvalidClaim,
+    InvalidIssuer,
+    InvalidSignature,
+    InvalidToken,
+    MalformedToken,
+    MissingClaim,
+    NotYetValid,
+    TokenTooLarge,
+    UnknownKey,
+)
+from fastguard.jwks import ALGORITHMS, KeySet, RemoteKeySet
+
+__all__ = ["JWTVerifier", "extract_token", "CACHE_TTL", "NEGATIVE_TTL", "MAX_CACHED_TOKEN_BYTES"]
+
+#: A cached verdict lives at most this long (seconds), even when the token's exp is later.
+CACHE_TTL = 300.0
+#: A cached failure lives this long (seconds).
+NEGATIVE_TTL = 10.0
+#: Longer tokens are verified every time (a cache of huge tokens would be a memory lever for attackers).
+MAX_CACHED_TOKEN_BYTES = 4096
+# Failures that stay failures whatever the clock or the key set does within NEGATIVE_TTL.
+_CACHEABLE_FAILURES = (MalformedToken, TokenTooLarge, DisallowedAlgorithm, InvalidSignature, InvalidIssuer,
+                       InvalidAudience, MissingClaim, InvalidClaim)
+_STRING_CLAIMS = ("iss", "sub", "jti")
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate member name")
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+        value = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise MalformedToken(f"the {what} is not UTF-8") from None
+    except (ValueError, RecursionError) as exc:
+        raise MalformedToken(f"the {what} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise MalformedToken(f"the {what} is not a JSON object")
+    return value
+
+
+def _as_list(value: str | Iterable[str] | None, what: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    if not items or not all(isinstance(v, str) for v in items):
+        raise ValueError(f"{what} must be a string or a non-empty list of strings")
+    return frozenset(items)
+
+
+class JWTVerifier:
+    """Verify compact JWTs against a key set.
+
+    keys: KeySet or RemoteKeySet. algorithms: the JWS algorithms allowed (default: whatever the keys allow).
+    issuer / audience: one string or several (any-of). leeway: seconds of clock skew allowed on exp/nbf/iat.
+    required_claims: claims that must be present. max_token_bytes: larger tokens are refused before any decoding.
+    cache_size: verified tokens remembered (0 disables the cache). typ: required `typ` header ("JWT" matches
+    "jwt" and "application/jwt"). max_lifetime: seconds allowed between iat and exp.
+    verify(token, now=None) -> read-only claims mapping, or raises an InvalidToken subclass.
+    """
+
+    def __init__(self, keys: KeySet | RemoteKeySet, algorithms: Sequence[str] | None = None,
+                 issuer: str | Iterable[str] | None = None, audience: str | Iterable[str] | None = None,
+                 leeway: float = 0.0, required_claims: Iterable[str] = ("exp",), max_token_bytes: int = 8192,
+                 cache_size: int = 100_000, typ: str | None = None, max_lifetime: float | None = None) -> None:
+        if not isinstance(keys, (KeySet, RemoteKeySet)):
+            raise TypeError(f"keys must be a KeySet or RemoteKeySet, not {type(keys).__name__}")
+        if algorithms is not None:
+            algorithms = frozenset(algorithms)
+            unknown = sorted(a for a in algorithms if a not in ALGORITHMS)
+            if unknown or not algorithms:
+                raise ValueError(f"unsupported algorithms {unknown}: choose from {sorted(ALGORITHMS)}")
+        if not isinstance(leeway, (int, float)) or not math.isfinite(leeway) or leeway < 0:
+            raise ValueError(f"leeway must be a non-negative number of seconds, got {leeway!r}")
+        if not isinstance(max_token_bytes, int) or max_token_bytes < 16:
+            raise ValueError(f"max_token_bytes must be an int >= 16, got {max_token_bytes!r}")
+        if max_lifetime is not None and (not isinstance(max_lifetime, (int, float)) or max_lifetime <= 0):
+            raise ValueError(f"max_lifetime must be a positive number of seconds, got {max_lifetime!r}")
+        self.keys = keys
+        self.algorithms = algorithms
+        self.issuers = _as_list(issuer, "issuer")
+        self.audiences = _as_list(audience, "audience")
+        self.leeway = float(leeway)
+        self.required_claims = tuple(required_claims)
+        self.max_token_bytes = max_token_bytes
+        self.typ = typ.lower().removeprefix("application/") if typ else None
+        self.max_lifetime = max_lifetime
+        self._cache = _impl.TokenCache(cache_size)
+        self._failures = _impl.TokenCache(min(cache_size, max(1024, cache_size // 10)))
+        self._keys_version = keys.version
+
+    # -- public API ----------------------------------------------------------------------------------------------
+    def verify(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
+        """The token's claims (read-only), or raises an InvalidToken subclass. now: epoch seconds (default: clock)."""
+        if self.keys.version != self._keys_version:
+            self._reset()
+        claims = self._cache.get(token, now)
+        if claims is not None:
+            return claims
+        failure = self._failures.get(token, now)
+        if failure is not None:
+            raise failure[0](failure[1])
+        t = time.time_ns() if now is None else math.floor(float(now) * 1e9)
+        try:
+            claims, valid_from, valid_until = self._verify(token, t)
+        except _CACHEABLE_FAILURES as exc:
+            if len(token) <= MAX_CACHED_TOKEN_BYTES:
+                self._failures.put(token, (type(exc), str(exc)), 0, t + int(NEGATIVE_TTL * 1e9))
+            raise
+        except ExpiredToken as exc:
+            # Expired stays expired as time moves on (a clock set back gets a fresh verification).
+            if len(token) <= MAX_CACHED_TOKEN_BYTES:
+                self._failures.put(token, (type(exc), str(exc)), t, t + int(NEGATIVE_TTL * 1e9))
+            raise
+        if len(token) <= MAX_CACHED_TOKEN_BYTES:
+            self._cache.put(token, claims, valid_from, min(valid_until, t + int(CACHE_TTL * 1e9)))
+        return claims
+
+    def verify_jws(self, token: str | bytes) -> tuple[dict[str, Any], bytes]:
+        """Signature and header checks only: (header, payload bytes). Raises an InvalidToken subclass."""
+        return self._verify_jws(token)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._failures.clear()
+
+    # -- the work ------------------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self._keys_version = self.keys.version
+        self.clear_cache()
+
+    def _verify_jws(self, token: str | bytes) -> tuple[dict[str, Any], bytes]:
+        if isinstance(token, str):
+            if len(token) > self.max_token_bytes:
+                raise TokenTooLarge(f"token of {len(token)} characters; at most {self.max_token_bytes} bytes")
+            try:
+                raw = token.encode("ascii")
+            except UnicodeEncodeError:
+                raise MalformedToken("the token has characters outside base64url") from None
+        elif isinstance(token, (bytes, bytearray, memoryview)):
+            raw = bytes(token)
+        else:
+            raise MalformedToken(f"a token is str or bytes, not {type(token).__name__}")
+        if len(raw) > self.max_token_bytes:
+            raise TokenTooLarge(f"token of {len(raw)} bytes; at most {self.max_token_bytes}")
+        try:
+            first, second = _impl.split_token(raw)
+            header_raw = _impl.b64url_decode(raw[:first])
+            signature = _impl.b64url_decode(raw[second + 1:])
+            payload = _impl.b64url_decode(raw[first + 1:second])
+        except ValueError as exc:
+            raise MalformedToken(f"not a compact JWS: {exc}") from None
+        header = _json_object(header_raw, "header")
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise MalformedToken("the header has no alg string")
+        if alg not in ALGORITHMS:
+            raise DisallowedAlgorithm(f"algorithm {alg!r} is not accepted")
+        if self.algorithms is not None and alg not in self.algorithms:
+            raise DisallowedAlgorithm(f"algorithm {alg} is not allowed by this verifier")
+        if "crit" in header:
+            raise MalformedToken(f"critical header parameters {header['crit']!r} are not understood")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise MalformedToken("kid must be a string")
+        if self.typ is not None:
+            typ = header.get("typ")
+            if not isinstance(typ, str) or typ.lower().removeprefix("application/") != self.typ:
+                raise InvalidClaim(f"typ {typ!r} is not {self.typ!r}")
+        # jku, x5u, jwk and x5c are never read: keys come from the key set only.
+        signing_input = raw[:second]
+        for key in self.keys.candidates(alg, kid):
+            if key.verify(alg, signing_input, signature):
+                return header, payload
+        raise InvalidSignature("the signature does not verify")
+
+    def _verify(self, token: str | bytes, now_ns: int) -> tuple[Mapping[str, Any], int, int]:
+        _, payload = self._verify_jws(token)
+        claims = _json_object(payload, "payload")
+        for name in _TIME_CLAIMS:
+            if name in claims:
+                v = claims[name]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise InvalidClaim(f"{name} must be a number of seconds")
+        for name in _STRING_CLAIMS:
+            if name in claims and not isinstance(claims[name], str):
+                raise InvalidClaim(f"{name} must be a string")
+        aud = claims.get("aud")
+        if "aud" in claims and not (isinstance(aud, str) or
+                                    (isinstance(aud, list) and all(isinstance(a, str) for a in aud))):
+            raise InvalidClaim("aud must be a string or a list of strings")
+        for name in self.required_claims:
+            if name not in claims:
+                raise MissingClaim(f"the {name} claim is required")
+        now = now_ns / 1e9
+        leeway = self.leeway
+        valid_from, valid_until = 0, 2**62
+        if "exp" in claims:
+            if now >= claims["exp"] + leeway:
+                raise ExpiredToken("the token has expired")
+            valid_until = min(valid_until, math.ceil((claims["exp"] + leeway) * 1e9))
+        if "nbf" in claims:
+            if now < claims["nbf"] - leeway:
+                raise NotYetValid("the token is not valid yet")
+            valid_from = max(0, math.ceil((claims["nbf"] - leeway) * 1e9))
+        if "iat" in claims:
+            if claims["iat"] > now + leeway:
+                raise InvalidClaim("iat is in the future")
+            if self.max_lifetime is not None and "exp" in claims and \
+                    claims["exp"] - claims["iat"] > self.max_lifetime:
+                raise InvalidClaim(f"the token lives longer than {self.max_lifetime} s (exp - iat)")
+        if self.max_lifetime is not None and ("exp" not in claims or "iat" not in claims):
+            raise MissingClaim("max_lifetime needs both iat and exp")
+        if self.issuers is not None:
+            if "iss" not in claims:
+                raise MissingClaim("the iss claim is required")
+            if claims["iss"] not in self.issuers:
+                raise InvalidIssuer(f"issuer {claims['iss']!r} is not accepted")
+        if "aud" in claims or self.audiences is not None:
+            if aud is None:
+                raise MissingClaim("the aud claim is required")
+            given = [aud] if isinstance(aud, str) else aud
+            if self.audiences is None or not self.audiences.intersection(given):
+                raise InvalidAudience(f"audience {aud!r} is not accepted")
+        return MappingProxyType(claims), valid_from, valid_until
+
+
+def extract_token(headers: Mapping[str, Any] | None = None, query: Mapping[str, Any] | None = None,
+                  cookies: Mapping[str, Any] | None = None, header_names: Sequence[str] = ("authorization",),
+                  uri_param_names: Sequence[str] = ("jwt",), cookie_names: Sequence[str] = ()) -> str | None:
+    """The bearer token of a request, or None when there is none.
+
+    Looks in the headers (`Authorization: Bearer <token>`, names matched without case; values may be lists, as
+    Kong passes them), the query parameters and the cookies, by the names given. Two different tokens are refused
+    with MalformedToken("Multiple tokens provided"), as Kong's jwt plugin does.
+    """
+    found: list[str] = []
+
+    def add(value: Any, bearer: bool) -> None:
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(v, str):
+                continue
+            v = v.strip()
+            if bearer:
+                scheme, _, rest = v.partition(" ")
+                if scheme.lower() != "bearer" or not rest.strip():
+                    continue
+                v = rest.strip()
+            if v:
+                found.append(v)
+
+    if headers:
+        lower = {str(k).lower(): v for k, v in headers.items()}
+        for name in header_names:
+            if name.lower() in lower:
+                add(lower[name.lower()], True)
+    if query:
+        for name in uri_param_names:
+            if name in query:
+                add(query[name], False)
+    if cookies:
+        for name in cookie_names:
+            if name in cookies:
+                add(cookies[name], False)
+    unique = set(found)
+    if len(unique) > 1:
+        raise MalformedToken("Multiple tokens provided")
+    return found[0] if found else None
