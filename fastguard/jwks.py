@@ -7,6 +7,7 @@ safely are refused when the set is built, with `InvalidKey` naming the reason.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -113,8 +114,23 @@ class Key:
             raise InvalidKey(f"HMAC secret of {len(secret)} bytes is shorter than the hash ({need} bytes) of "
                              f"{short[0] if short else 'HS256'}")
 
+        # HMAC (RFC 2104) with the padded key blocks hashed once: a verification is then two copies of a hash
+        # state, not a new HMAC context (half the time).
+        pads = {}
+        for a in algs:
+            new = getattr(hashlib, _HMAC[a][0])
+            block = new().block_size
+            k = new(secret).digest() if len(secret) > block else secret
+            k = k.ljust(block, b"\0")
+            pads[a] = (new(bytes(b ^ 0x36 for b in k)), new(bytes(b ^ 0x5C for b in k)))
+
         def verify(a: str, data: bytes, sig: bytes) -> bool:
-            return hmac.compare_digest(hmac.digest(secret, data, _HMAC[a][0]), sig)
+            inner, outer = pads[a]
+            i = inner.copy()
+            i.update(data)
+            o = outer.copy()
+            o.update(i.digest())
+            return hmac.compare_digest(o.digest(), sig)
 
         return cls(kid, "oct", algs, verify)
 

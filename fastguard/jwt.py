@@ -57,10 +57,14 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_no_constants)
+_HEADER_CACHE_SIZE = 256
+
+
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_no_constants)
+        value = _DECODER.decode(text)
     except UnicodeDecodeError:
         raise MalformedToken(f"the {what} is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
@@ -119,6 +123,7 @@ class JWTVerifier:
         self._cache = _impl.TokenCache(cache_size)
         self._failures = _impl.TokenCache(min(cache_size, max(1024, cache_size // 10)))
         self._keys_version = keys.version
+        self._headers: dict[bytes, dict[str, Any]] = {}
 
     # -- public API ----------------------------------------------------------------------------------------------
     def verify(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
@@ -176,12 +181,27 @@ class JWTVerifier:
             raise TokenTooLarge(f"token of {len(raw)} bytes; at most {self.max_token_bytes}")
         try:
             first, second = _impl.split_token(raw)
-            header_raw = _impl.b64url_decode(raw[:first])
+            header_b64 = raw[:first]
+            parsed = self._headers.get(header_b64)
+            if parsed is None:
+                parsed = _json_object(_impl.b64url_decode(header_b64), "header")
             signature = _impl.b64url_decode(raw[second + 1:])
             payload = _impl.b64url_decode(raw[first + 1:second])
         except ValueError as exc:
             raise MalformedToken(f"not a compact JWS: {exc}") from None
-        header = _json_object(header_raw, "header")
+        header = self._check_header(header_b64, parsed)
+        # jku, x5u, jwk and x5c are never read: keys come from the key set only.
+        signing_input = raw[:second]
+        for key in self.keys.candidates(header["alg"], header.get("kid")):
+            if key.verify(header["alg"], signing_input, signature):
+                return header, payload
+        raise InvalidSignature("the signature does not verify")
+
+    def _check_header(self, header_b64: bytes, header: dict[str, Any]) -> dict[str, Any]:
+        """The header's rules; a header that passes is remembered (by its exact encoding), as most tokens share
+        a few headers. The signature still covers the received bytes."""
+        if header_b64 in self._headers:
+            return header
         alg = header.get("alg")
         if not isinstance(alg, str):
             raise MalformedToken("the header has no alg string")
@@ -198,12 +218,10 @@ class JWTVerifier:
             typ = header.get("typ")
             if not isinstance(typ, str) or typ.lower().removeprefix("application/") != self.typ:
                 raise InvalidClaim(f"typ {typ!r} is not {self.typ!r}")
-        # jku, x5u, jwk and x5c are never read: keys come from the key set only.
-        signing_input = raw[:second]
-        for key in self.keys.candidates(alg, kid):
-            if key.verify(alg, signing_input, signature):
-                return header, payload
-        raise InvalidSignature("the signature does not verify")
+        if len(self._headers) >= _HEADER_CACHE_SIZE:
+            self._headers.clear()
+        self._headers[header_b64] = header
+        return header
 
     def _verify(self, token: str | bytes, now_ns: int) -> tuple[Mapping[str, Any], int, int]:
         _, payload = self._verify_jws(token)
