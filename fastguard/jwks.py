@@ -15,7 +15,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -296,8 +297,10 @@ class KeySet:
         self.keys: tuple[Key, ...] = tuple(keys)
         self._by_kid = by_kid
         self._by_alg: dict[str, tuple[Key, ...]] = {}
+        self._unnamed_by_alg: dict[str, tuple[Key, ...]] = {}
         for alg in ALGORITHMS:
             self._by_alg[alg] = tuple(k for k in keys if alg in k.algorithms)[:4]
+            self._unnamed_by_alg[alg] = tuple(k for k in keys if alg in k.algorithms and k.kid is None)[:4]
 
     @classmethod
     def from_jwks(cls, jwks: Mapping[str, Any] | str | bytes) -> KeySet:
@@ -357,11 +360,15 @@ class KeySet:
         """Keys that may verify a token with this alg and kid. Raises UnknownKey / DisallowedAlgorithm."""
         if kid is not None:
             key = self._by_kid.get(kid)
-            if key is None:
+            if key is not None:
+                if alg not in key.algorithms:
+                    raise DisallowedAlgorithm(f"key {kid!r} does not verify {alg}")
+                return (key,)
+            # A key given without a kid (from_secret, from_pem) answers for any kid; named keys only for theirs.
+            unnamed = self._unnamed_by_alg.get(alg, ())
+            if not unnamed:
                 raise UnknownKey(f"no key with kid {kid!r}")
-            if alg not in key.algorithms:
-                raise DisallowedAlgorithm(f"key {kid!r} does not verify {alg}")
-            return (key,)
+            return unnamed
         found = self._by_alg.get(alg, ())
         if not found:
             raise DisallowedAlgorithm(f"no key of this key set verifies {alg}")

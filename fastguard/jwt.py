@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from fastguard import _impl
 from fastguard.errors import (
@@ -22,12 +23,10 @@ from fastguard.errors import (
     InvalidClaim,
     InvalidIssuer,
     InvalidSignature,
-    InvalidToken,
     MalformedToken,
     MissingClaim,
     NotYetValid,
     TokenTooLarge,
-    UnknownKey,
 )
 from fastguard.jwks import ALGORITHMS, KeySet, RemoteKeySet
 
