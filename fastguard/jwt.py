@@ -136,18 +136,19 @@ class JWTVerifier:
         if failure is not None:
             raise failure[0](failure[1])
         t = time.time_ns() if now is None else math.floor(float(now) * 1e9)
+        cacheable = isinstance(token, (str, bytes)) and len(token) <= MAX_CACHED_TOKEN_BYTES
         try:
             claims, valid_from, valid_until = self._verify(token, t)
         except _CACHEABLE_FAILURES as exc:
-            if len(token) <= MAX_CACHED_TOKEN_BYTES:
+            if cacheable:
                 self._failures.put(token, (type(exc), str(exc)), 0, t + int(NEGATIVE_TTL * 1e9))
             raise
         except ExpiredToken as exc:
             # Expired stays expired as time moves on (a clock set back gets a fresh verification).
-            if len(token) <= MAX_CACHED_TOKEN_BYTES:
+            if cacheable:
                 self._failures.put(token, (type(exc), str(exc)), t, t + int(NEGATIVE_TTL * 1e9))
             raise
-        if len(token) <= MAX_CACHED_TOKEN_BYTES:
+        if cacheable:
             self._cache.put(token, claims, valid_from, min(valid_until, t + int(CACHE_TTL * 1e9)))
         return claims
 

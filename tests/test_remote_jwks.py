@@ -1,0 +1,139 @@
+"""RemoteKeySet against a real HTTP server on loopback: rotation, unknown kid, server down, slow server."""
+
+import http.server
+import json
+import logging
+import threading
+import time
+
+import pytest
+
+import fastguard as fg
+from tests.jwt_helpers import jwk, private_key, sign
+
+NOW = 1_800_000_000.0
+CLAIMS = {"sub": "alice", "exp": NOW + 600}
+
+
+class JWKSServer:
+    """A JWKS endpoint whose keys, delay and availability the test controls; counts its requests."""
+
+    def __init__(self):
+        self.keys = []
+        self.delay = 0.0
+        self.status = 200
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                server.requests += 1
+                time.sleep(server.delay)
+                body = json.dumps({"keys": server.keys}).encode()
+                self.send_response(server.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        if self.thread is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.thread = None
+
+
+@pytest.fixture
+def server():
+    s = JWKSServer()
+    yield s
+    s.stop()
+
+
+def es(kid, curve="P-256"):
+    return sign(CLAIMS, "ES256", header={"alg": "ES256", "kid": kid}, key=private_key(curve))
+
+
+def test_rotation_and_unknown_kid(server):
+    server.keys = [jwk("P-256", kid="old", alg="ES256")]
+    remote = fg.RemoteKeySet(server.url, refresh_interval=3600, min_refetch_interval=0.2, timeout=2)
+    v = fg.JWTVerifier(remote)
+    old_token = es("old")
+    assert v.verify(old_token, now=NOW)["sub"] == "alice"
+    assert server.requests == 1
+    # The issuer rotates: a token with the new kid triggers one refetch, then verifies.
+    server.keys = [jwk("secp256k1", kid="new", alg="ES256K")]
+    new_token = sign(CLAIMS, "ES256K", header={"alg": "ES256K", "kid": "new"}, key=private_key("secp256k1"))
+    time.sleep(0.25)
+    assert v.verify(new_token, now=NOW)["sub"] == "alice"
+    assert server.requests == 2 and remote.version == 2
+    # The old key is gone: its token stops verifying at once, although it was cached.
+    with pytest.raises(fg.UnknownKey):
+        v.verify(old_token, now=NOW)
+
+
+def test_unknown_kids_refetch_at_most_once_per_interval(server):
+    server.keys = [jwk("P-256", kid="a")]
+    remote = fg.RemoteKeySet(server.url, refresh_interval=3600, min_refetch_interval=30)
+    v = fg.JWTVerifier(remote)
+    for i in range(20):
+        with pytest.raises(fg.UnknownKey):
+            v.verify(es(f"nope-{i}"), now=NOW)
+    assert server.requests == 1
+
+
+def test_server_down_keeps_the_last_good_set(server, caplog):
+    server.keys = [jwk("P-256", kid="a")]
+    remote = fg.RemoteKeySet(server.url, refresh_interval=0.05, min_refetch_interval=0, timeout=1)
+    v = fg.JWTVerifier(remote, cache_size=0)
+    assert v.verify(es("a"), now=NOW)["sub"] == "alice"
+    server.status = 500
+    caplog.set_level(logging.WARNING, logger="fastguard.jwks")
+    for _ in range(5):
+        time.sleep(0.06)
+        assert v.verify(es("a"), now=NOW)["sub"] == "alice"   # still served from the last good set
+    deadline = time.monotonic() + 2
+    while remote.last_error is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert remote.last_error is not None
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failures) == 1                                  # one line per change of state, not per refresh
+    server.status = 200
+    deadline = time.monotonic() + 2
+    while remote.last_error is not None and time.monotonic() < deadline:
+        v.verify(es("a"), now=NOW)
+        time.sleep(0.06)
+    assert remote.last_error is None
+    assert any("works again" in r.getMessage() for r in caplog.records)
+
+
+def test_first_fetch_failing_is_unknown_key_not_a_crash(server):
+    server.stop()
+    remote = fg.RemoteKeySet(server.url, min_refetch_interval=30, timeout=0.5)
+    with pytest.raises(fg.UnknownKey, match="no key set could be fetched"):
+        fg.JWTVerifier(remote).verify(es("a"), now=NOW)
+
+
+def test_slow_server_times_out(server):
+    server.keys = [jwk("P-256", kid="a")]
+    server.delay = 3.0
+    remote = fg.RemoteKeySet(server.url, min_refetch_interval=0, timeout=0.3)
+    t0 = time.monotonic()
+    assert remote.refresh() is False
+    assert time.monotonic() - t0 < 2.0
+    assert "timed out" in remote.last_error or "Timeout" in remote.last_error
+
+
+def test_bad_urls_are_refused():
+    for url in ("file:///etc/passwd", "ftp://x", "", None):
+        with pytest.raises(ValueError):
+            fg.RemoteKeySet(url)
