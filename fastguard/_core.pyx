@@ -17,13 +17,14 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
-from libc.math cimport floor, isfinite
+from libc.math cimport ceil, floor, isfinite
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 import numpy as np
 
+from fastguard import errors as _errors
 from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
 
 from fastguard.limits import decision_headers
@@ -772,6 +773,39 @@ def b64url_decode(data):
     return out
 
 
+cdef bytes _b64url_range(const unsigned char[::1] src, Py_ssize_t start, Py_ssize_t end):
+    """b64url_decode of src[start:end], without slicing first."""
+    cdef Py_ssize_t n = end - start, i, o = 0
+    cdef uint32_t acc = 0
+    cdef int bits = 0
+    cdef unsigned char *dst
+    for i in range(start, end):
+        if _B64URL[src[i]] < 0:
+            raise ValueError("character outside the base64url alphabet")
+    if n % 4 == 1:
+        raise ValueError("impossible base64url length")
+    if (n % 4 == 2 and _B64URL[src[end - 1]] & 0x0F) or (n % 4 == 3 and _B64URL[src[end - 1]] & 0x03):
+        raise ValueError("non-zero unused bits (non-canonical base64url)")
+    out = PyBytes_FromStringAndSize(NULL, (n * 3) // 4)
+    dst = <unsigned char *>PyBytes_AS_STRING(out)
+    for i in range(start, end):
+        acc = (acc << 6) | <uint32_t>_B64URL[src[i]]
+        bits += 6
+        if bits >= 8:
+            bits -= 8
+            dst[o] = <unsigned char>((acc >> bits) & 0xFF)
+            o += 1
+    return out
+
+
+def parse_compact(token):
+    """(first dot, second dot, payload bytes, signature bytes) of a compact JWS, in one pass; ValueError unless
+    it has exactly two dots and canonical base64url payload and signature (the header is the caller's)."""
+    cdef const unsigned char[::1] src = token
+    first, second = split_token(token)
+    return first, second, _b64url_range(src, first + 1, second), _b64url_range(src, second + 1, src.shape[0])
+
+
 def split_token(token):
     """Positions of the two dots of a compact JWS; ValueError unless there are exactly two."""
     cdef const unsigned char[::1] src = token
@@ -967,3 +1001,89 @@ cdef class TokenCache:
 
     def __len__(self):
         return self.n
+
+
+def check_claims(dict claims, int64_t now_ns, int64_t leeway_ns, tuple required, issuers, audiences,
+                 max_lifetime_ns):
+    """The JWT claim rules; see fastguard._pure.check_claims, the definition this mirrors."""
+    cdef int64_t exp_ns = 0, nbf_ns = 0, iat_ns = 0, valid_from = 0, valid_until = _MAX_NOW_NS
+    cdef bint has_exp = False, has_nbf = False, has_iat = False
+    cdef object value, aud
+    value = claims.get("exp", _ABSENT)
+    if value is not _ABSENT:
+        exp_ns = _claim_ns(value, "exp")
+        has_exp = True
+    value = claims.get("nbf", _ABSENT)
+    if value is not _ABSENT:
+        nbf_ns = _claim_ns(value, "nbf")
+        has_nbf = True
+    value = claims.get("iat", _ABSENT)
+    if value is not _ABSENT:
+        iat_ns = _claim_ns(value, "iat")
+        has_iat = True
+    for name in ("iss", "sub", "jti"):
+        value = claims.get(name, _ABSENT)
+        if value is not _ABSENT and type(value) is not str:
+            raise _errors.InvalidClaim(f"{name} must be a string")
+    aud = claims.get("aud", _ABSENT)
+    if aud is not _ABSENT and type(aud) is not str:
+        if type(aud) is not list or not all(type(a) is str for a in <list>aud):
+            raise _errors.InvalidClaim("aud must be a string or a list of strings")
+    for name in required:
+        if name not in claims:
+            raise _errors.MissingClaim(f"the {name} claim is required")
+    if has_exp:
+        valid_until = _sat_add(exp_ns, leeway_ns)
+        if now_ns >= valid_until:
+            raise _errors.ExpiredToken("the token has expired")
+    if has_nbf:
+        valid_from = nbf_ns - leeway_ns if nbf_ns > leeway_ns else 0
+        if now_ns < valid_from:
+            raise _errors.NotYetValid("the token is not valid yet")
+    if has_iat and iat_ns > _sat_add(now_ns, leeway_ns):
+        raise _errors.InvalidClaim("iat is in the future")
+    if max_lifetime_ns is not None:
+        if not has_exp or not has_iat:
+            raise _errors.MissingClaim("max_lifetime needs both iat and exp")
+        if (<object>exp_ns) - iat_ns > max_lifetime_ns:     # Python ints: no overflow
+            raise _errors.InvalidClaim("the token lives longer than max_lifetime (exp - iat)")
+    if issuers is not None:
+        value = claims.get("iss", _ABSENT)
+        if value is _ABSENT:
+            raise _errors.MissingClaim("the iss claim is required")
+        if value not in issuers:
+            raise _errors.InvalidIssuer(f"issuer {value!r} is not accepted")
+    if aud is not _ABSENT or audiences is not None:
+        if aud is _ABSENT:
+            raise _errors.MissingClaim("the aud claim is required")
+        if audiences is None or ((aud not in audiences) if type(aud) is str else audiences.isdisjoint(aud)):
+            raise _errors.InvalidAudience(f"audience {aud!r} is not accepted")
+    return valid_from, valid_until
+
+
+cdef object _ABSENT = object()
+
+
+cdef inline int64_t _sat_add(int64_t a, int64_t b) noexcept:
+    return _MAX_NOW_NS if a > _MAX_NOW_NS - b else a + b
+
+
+cdef int64_t _claim_ns(object value, str name) except? -1:
+    """A time claim in ns (ceil), clamped to [-2**62, 2**62]; InvalidClaim unless a finite int or float."""
+    cdef double d
+    if type(value) is int:
+        if value > 4611686018:      # 2**62 ns is 4611686018.43 s
+            return _MAX_NOW_NS
+        if value < -4611686018:
+            return -_MAX_NOW_NS
+        return <int64_t>value * 1000000000
+    if type(value) is float:
+        d = PyFloat_AS_DOUBLE(value)
+        if isfinite(d):
+            d = ceil(d * 1e9)
+            if d >= <double>_MAX_NOW_NS:
+                return _MAX_NOW_NS
+            if d <= -<double>_MAX_NOW_NS:
+                return -_MAX_NOW_NS
+            return <int64_t>d
+    raise _errors.InvalidClaim(f"{name} must be a number of seconds")

@@ -124,3 +124,40 @@ def test_siphash_matches_the_reference_vector():
     key = bytes(range(16))
     k0, k1 = int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
     assert _pure.siphash(bytes(range(15)), k0, k1, 2, 4) == 0xA129CA6149BE45E5
+
+
+claim_values = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                         st.none(), st.text(max_size=5), st.lists(st.text(max_size=3), max_size=3),
+                         st.sampled_from([1_800_000_000, 1_800_000_000.5, 1_799_999_999]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(claims=st.dictionaries(st.sampled_from(["exp", "nbf", "iat", "iss", "sub", "jti", "aud", "x"]), claim_values),
+       now=st.integers(0, 2**62 - 1), leeway=st.sampled_from([0, 5_000_000_000]),
+       issuers=st.sampled_from([None, frozenset(["a"]), frozenset(["a", "b"])]),
+       audiences=st.sampled_from([None, frozenset(["api"])]),
+       max_lifetime=st.sampled_from([None, 3_600_000_000_000]),
+       required=st.sampled_from([(), ("exp",), ("exp", "sub")]))
+def test_claim_rules_agree(claims, now, leeway, issuers, audiences, max_lifetime, required):
+    def run(mod):
+        try:
+            return mod.check_claims(dict(claims), now, leeway, required, issuers, audiences, max_lifetime)
+        except fg.InvalidToken as exc:
+            return type(exc)
+
+    assert run(_core) == run(_pure)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=40) | st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=",
+                                             max_size=40).map(str.encode))
+def test_base64url_and_split_agree(data):
+    def run(fn):
+        try:
+            return fn(data)
+        except ValueError:
+            return "ValueError"
+
+    assert run(_core.b64url_decode) == run(_pure.b64url_decode)
+    assert run(_core.split_token) == run(_pure.split_token)
+    assert run(_core.parse_compact) == run(_pure.parse_compact)

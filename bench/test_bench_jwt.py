@@ -1,0 +1,105 @@
+"""JWT verification: fastguard against PyJWT and joserfc, with the raw `cryptography` verify as the floor.
+
+Per verification, mean of loops of OPS calls; smaller is better. Budgets (DESIGN §3) are judged by bench/report.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jwt as pyjwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from joserfc import jwk as jose_jwk
+from joserfc import jwt as jose_jwt
+
+import fastguard as fg
+from tests.jwt_helpers import KEY_FOR_ALG, SECRET, jwk, private_key, raw_signature, sign
+
+OPS = 1000
+FAMILIES = ["HS256", "RS256", "PS256", "ES256", "EdDSA"]
+
+
+def _claims():
+    now = time.time()
+    return {"sub": "consumer-42", "iss": "https://idp.example", "aud": "api", "iat": int(now),
+            "exp": int(now) + 3600, "scope": "read write"}
+
+
+def _setup(alg):
+    token = sign(_claims(), alg)
+    if alg == "HS256":
+        keys = fg.KeySet.from_secret(SECRET, alg="HS256")
+        pyjwt_key = SECRET
+        jose_key = jose_jwk.OctKey.import_key(SECRET)
+    else:
+        priv = private_key(KEY_FOR_ALG[alg])
+        keys = fg.KeySet.from_jwk(jwk(KEY_FOR_ALG[alg], alg=alg))
+        pem = priv.public_key().public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        pyjwt_key = priv.public_key()
+        jose_key = jose_jwk.import_key(jwk(KEY_FOR_ALG[alg]), None) if alg == "EdDSA" else \
+            jose_jwk.import_key(pem.decode(), {"RS": "RSA", "PS": "RSA", "ES": "EC"}[alg[:2]])
+    return token, keys, pyjwt_key, jose_key
+
+
+def _run(benchmark, fn, group, contender, alg, ops=OPS):
+    def loop():
+        for _ in range(ops):
+            fn()
+
+    benchmark.group = group
+    benchmark.extra_info.update(ops=ops, contender=contender, algorithm=alg)
+    benchmark.pedantic(loop, rounds=15, iterations=1, warmup_rounds=1)
+
+
+# -- cache hit -------------------------------------------------------------------------------------------------------
+
+def test_cached_fastguard(benchmark):
+    token, keys, _, _ = _setup("RS256")
+    v = fg.JWTVerifier(keys, issuer="https://idp.example", audience="api")
+    v.verify(token)
+    _run(benchmark, lambda: v.verify(token), "verify: cache hit", "fastguard (cached)", "RS256", ops=10_000)
+
+
+def test_cached_vs_pyjwt_rs256(benchmark):
+    token, _, key, _ = _setup("RS256")
+    _run(benchmark, lambda: pyjwt.decode(token, key, algorithms=["RS256"], audience="api",
+                                         issuer="https://idp.example"),
+         "verify: cache hit", "PyJWT", "RS256")
+
+
+# -- uncached ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alg", FAMILIES)
+def test_uncached_fastguard(benchmark, alg):
+    token, keys, _, _ = _setup(alg)
+    v = fg.JWTVerifier(keys, issuer="https://idp.example", audience="api", cache_size=0)
+    v.verify(token)
+    _run(benchmark, lambda: v.verify(token), f"verify: uncached {alg}", "fastguard", alg)
+
+
+@pytest.mark.parametrize("alg", FAMILIES)
+def test_uncached_pyjwt(benchmark, alg):
+    token, _, key, _ = _setup(alg)
+    _run(benchmark, lambda: pyjwt.decode(token, key, algorithms=[alg], audience="api", issuer="https://idp.example"),
+         f"verify: uncached {alg}", "PyJWT", alg)
+
+
+@pytest.mark.parametrize("alg", FAMILIES)
+def test_uncached_joserfc(benchmark, alg):
+    token, _, _, key = _setup(alg)
+    jose_jwt.decode(token, key, algorithms=[alg])
+    _run(benchmark, lambda: jose_jwt.decode(token, key, algorithms=[alg]), f"verify: uncached {alg}", "joserfc", alg)
+
+
+@pytest.mark.parametrize("alg", FAMILIES)
+def test_raw_crypto_floor(benchmark, alg):
+    """The signature check alone, through `cryptography` (hmac for HS256): no parsing, no claims."""
+    token, keys, _, _ = _setup(alg)
+    head, body, sig = token.split(".")
+    data = f"{head}.{body}".encode()
+    signature = raw_signature(alg, data)
+    key = keys.keys[0]
+    assert key.verify(alg, data, signature)
+    _run(benchmark, lambda: key.verify(alg, data, signature), f"verify: uncached {alg}", "floor: raw verify", alg)
