@@ -1,4 +1,4 @@
-"""Run the rate-limit benchmarks and write a Markdown report with the budgets of DESIGN §3.
+"""Run the benchmarks (rate limiting, JWT) and write a Markdown report with the budgets of DESIGN §3.
 
     python -m bench.report [--out bench/results] [pytest -k expression]
 
@@ -48,11 +48,11 @@ def render(data: dict) -> str:
     for b in benches:
         by_group.setdefault(b["group"] or b["name"], []).append(b)
 
-    lines = ["# fastguard rate-limit benchmarks", "",
+    lines = ["# fastguard benchmarks", "",
              f"Machine: {_cpu()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; "
              f"Python {platform.python_version()}; fastguard {_version('fastguard')}, limits {_version('limits')}, "
              f"numpy {_version('numpy')}, Cython {_version('Cython')}.",
-             "", "Times are per decision, mean of 30 rounds of a loop of 10,000 calls (the loop's cost is included "
+             "", "Times are per call, means over rounds of loops of 1,000-100,000 calls (the loop's cost is included "
              "for every contender). **Smaller is better.** Produced by `python -m bench.report`.", ""]
 
     def table(group: str, title: str) -> dict[tuple[str, str], float]:
@@ -91,6 +91,26 @@ def render(data: dict) -> str:
         lines += [f"| {name} | {value:,.0f} |" for name, value in sorted(mem.items(), key=lambda kv: kv[1])]
         lines.append("")
 
+    # JWT verification.
+    cached = {b["extra_info"]["contender"]: _ns(b) for b in by_group.get("verify: cache hit", [])}
+    families = ["HS256", "RS256", "PS256", "ES256", "EdDSA"]
+    uncached = {alg: {b["extra_info"]["contender"]: _ns(b) for b in by_group.get(f"verify: uncached {alg}", [])}
+                for alg in families}
+    if cached or any(uncached.values()):
+        lines += ["## JWT verification (µs per token; smaller is better)", "",
+                  "| algorithm | fastguard | PyJWT | joserfc | floor: raw `cryptography` verify |",
+                  "|---|---:|---:|---:|---:|"]
+        if cached:
+            lines.append(f"| RS256, cache hit | {cached.get('fastguard (cached)', 0) / 1000:.2f} | "
+                         f"{cached.get('PyJWT', 0) / 1000:.1f} | | |")
+        for alg in families:
+            row = uncached[alg]
+            if row:
+                cells = [f"{row[c] / 1000:.2f}" if c in row else "" for c in
+                         ("fastguard", "PyJWT", "joserfc", "floor: raw verify")]
+                lines.append(f"| {alg}, uncached | " + " | ".join(cells) + " |")
+        lines.append("")
+
     # Budgets (DESIGN §3), judged on this run only.
     checks = []
 
@@ -119,6 +139,20 @@ def render(data: dict) -> str:
     ours_mem = mem.get("fastguard")
     check("≤ 64 bytes per key (one limit)", ours_mem, None if ours_mem is None else ours_mem <= 64,
           f"{ours_mem:.0f} B" if ours_mem else "")
+    hit, pyjwt_rs = cached.get("fastguard (cached)"), cached.get("PyJWT")
+    if hit:
+        check("`verify()` cache hit ≤ 250 ns", hit, hit <= 250, f"{hit:.0f} ns")
+    if hit and pyjwt_rs:
+        check("cache hit ≥ 250× PyJWT RS256", hit, pyjwt_rs / hit >= 250, f"{pyjwt_rs / hit:.0f}×")
+    hs = uncached.get("HS256", {})
+    if "fastguard" in hs and "PyJWT" in hs:
+        ratio = hs["PyJWT"] / hs["fastguard"]
+        check("uncached HS256 ≥ 10× PyJWT", ratio, ratio >= 10, f"{ratio:.1f}×")
+    for alg in families[1:]:
+        row = uncached.get(alg, {})
+        if "fastguard" in row and "floor: raw verify" in row:
+            extra = (row["fastguard"] - row["floor: raw verify"]) / 1000
+            check(f"uncached {alg} ≤ raw verify + 3 µs", extra, extra <= 3, f"+{extra:.1f} µs")
     lines += ["## Budgets (DESIGN §3) in this run", "", "| budget | measured | verdict |", "|---|---|---|", *checks, ""]
     return "\n".join(lines)
 
@@ -130,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    raw = out / "ratelimit.json"
+    raw = out / "bench.json"
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "bench"), "-q", "-p", "no:cacheprovider",
            f"--benchmark-json={raw}", "--benchmark-columns=mean,median,rounds"]
     if args.keyword:
