@@ -48,3 +48,30 @@ class Table:
         now: float | None,
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
     def stats(self) -> dict[str, Any]: ...
+
+def b64url_decode(data: bytes | bytearray) -> bytes:
+    """Strict base64url: alphabet only, no padding, no length 4k+1, zero unused bits; else ValueError."""
+
+def split_token(token: bytes) -> tuple[int, int]:
+    """Positions of the two dots of a compact JWS; ValueError unless there are exactly two."""
+
+def parse_compact(token: bytes) -> tuple[int, int, bytes, bytes]:
+    """(first dot, second dot, payload, signature) of a compact JWS; ValueError when malformed."""
+
+def check_claims(claims: dict[str, Any], now_ns: int, leeway_ns: int, required: tuple[str, ...],
+                 issuers: frozenset[str] | None, audiences: frozenset[str] | None,
+                 max_lifetime_ns: int | None) -> tuple[int, int]:
+    """JWT claim rules; raises an fastguard.InvalidToken subclass or returns (valid_from_ns, valid_until_ns)."""
+
+class TokenCache:
+    """Verdicts by exact token bytes, each valid for now in [valid_from, valid_until) ns; CLOCK eviction."""
+
+    capacity: int
+    hits: int
+    misses: int
+    evictions: int
+    def __init__(self, capacity: int) -> None: ...
+    def get(self, token: str | bytes, now: float | None = None) -> Any: ...
+    def put(self, token: str | bytes, value: Any, valid_from_ns: int, valid_until_ns: int) -> None: ...
+    def clear(self) -> None: ...
+    def __len__(self) -> int: ...

@@ -148,15 +148,21 @@ class Key:
                 raise InvalidKey("RSA key has the ROCA weakness (CVE-2017-15361)")
             algs = _check_alg(alg, _RSA, "RSA")
             size = (public_key.key_size + 7) // 8
+            # Padding and hash objects built once per algorithm: building them per call costs more than parsing.
+            schemes = {}
+            for a in algs:
+                kind, bits = _RSA[a]
+                h = _SHA[bits]()
+                schemes[a] = (padding.PKCS1v15() if kind == "RS" else
+                              padding.PSS(padding.MGF1(_SHA[bits]()), h.digest_size), h)
+            rsa_verify = public_key.verify
 
             def verify(a: str, data: bytes, sig: bytes) -> bool:
                 if len(sig) != size:
                     return False
-                kind, bits = _RSA[a]
-                h = _SHA[bits]()
-                pad = padding.PKCS1v15() if kind == "RS" else padding.PSS(padding.MGF1(_SHA[bits]()), h.digest_size)
+                pad, h = schemes[a]
                 try:
-                    public_key.verify(sig, data, pad, h)
+                    rsa_verify(sig, data, pad, h)
                     return True
                 except _CryptoInvalidSignature:
                     return False
@@ -168,6 +174,8 @@ class Key:
                 raise InvalidKey(f"EC curve {public_key.curve.name} is not used by any JWS algorithm")
             algs = _check_alg(alg, {es: None}, f"an EC key on {_EC[es][0]}")
             _, _, bits, width = _EC[es]
+            scheme = ec.ECDSA(_SHA[bits]())
+            ec_verify = public_key.verify
 
             def verify(a: str, data: bytes, sig: bytes) -> bool:
                 if len(sig) != 2 * width:      # JWS uses fixed-width r || s, never DER
@@ -176,7 +184,7 @@ class Key:
                 if r == 0 or s == 0:
                     return False
                 try:
-                    public_key.verify(encode_dss_signature(r, s), data, ec.ECDSA(_SHA[bits]()))
+                    ec_verify(encode_dss_signature(r, s), data, scheme)
                     return True
                 except _CryptoInvalidSignature:
                     return False
