@@ -119,6 +119,7 @@ class JWTVerifier:
         self._leeway_ns = round(self.leeway * 1e9)
         self._max_lifetime_ns = None if max_lifetime is None else round(max_lifetime * 1e9)
         self._cache = _impl.TokenCache(cache_size)
+        self._cache_get = self._cache.get
         self._failures = _impl.TokenCache(min(cache_size, max(1024, cache_size // 10)))
         self._keys_version = keys.version
         self._headers: dict[bytes, dict[str, Any]] = {}
@@ -126,11 +127,12 @@ class JWTVerifier:
     # -- public API ----------------------------------------------------------------------------------------------
     def verify(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
         """The token's claims (read-only), or raises an InvalidToken subclass. now: epoch seconds (default: clock)."""
-        if self.keys.version != self._keys_version:
+        if self.keys.version == self._keys_version:
+            claims = self._cache_get(token, now)     # the hot path: one C call, no new object
+            if claims is not None:
+                return claims
+        else:
             self._reset()
-        claims = self._cache.get(token, now)
-        if claims is not None:
-            return claims
         failure = self._failures.get(token, now)
         if failure is not None:
             raise failure[0](failure[1])
