@@ -16,7 +16,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
-from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc
 from libc.math cimport ceil, floor, isfinite
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
@@ -743,38 +743,14 @@ for _i, _c in enumerate(list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 def b64url_decode(data):
     """Strict base64url (RFC 7515 §2): the alphabet only, no padding, no length of 4k+1, unused bits zero.
     Raises ValueError otherwise, so every byte string has exactly one accepted encoding."""
-    cdef const unsigned char[::1] src
-    cdef Py_ssize_t n, i, o = 0
-    cdef uint32_t acc = 0
-    cdef int bits = 0
-    cdef signed char v
-    cdef unsigned char *dst
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError("b64url_decode takes bytes")
-    src = data
-    n = src.shape[0]
-    for i in range(n):
-        if _B64URL[src[i]] < 0:
-            raise ValueError("character outside the base64url alphabet")
-    if n % 4 == 1:
-        raise ValueError("impossible base64url length")
-    if (n % 4 == 2 and _B64URL[src[n - 1]] & 0x0F) or (n % 4 == 3 and _B64URL[src[n - 1]] & 0x03):
-        raise ValueError("non-zero unused bits (non-canonical base64url)")
-    out = PyBytes_FromStringAndSize(NULL, (n * 3) // 4)
-    dst = <unsigned char *>PyBytes_AS_STRING(out)
-    for i in range(n):
-        v = _B64URL[src[i]]
-        acc = (acc << 6) | <uint32_t>v
-        bits += 6
-        if bits >= 8:
-            bits -= 8
-            dst[o] = <unsigned char>((acc >> bits) & 0xFF)
-            o += 1
-    return out
+    cdef const unsigned char[::1] src = data
+    return _b64url_range(src, 0, src.shape[0])
 
 
 cdef bytes _b64url_range(const unsigned char[::1] src, Py_ssize_t start, Py_ssize_t end):
-    """b64url_decode of src[start:end], without slicing first."""
+    """b64url_decode of src[start:end], without slicing first (see b64url_decode for the rules)."""
     cdef Py_ssize_t n = end - start, i, o = 0
     cdef uint32_t acc = 0
     cdef int bits = 0

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from fastguard.errors import DisallowedAlgorithm, InvalidKey, UnknownKey
 
-__all__ = ["Key", "KeySet", "RemoteKeySet", "ALGORITHMS"]
+__all__ = ["Key", "KeySet", "RemoteKeySet", "ALGORITHMS", "strict_json_decoder"]
 
 log = logging.getLogger("fastguard.jwks")
 
@@ -316,7 +316,7 @@ class KeySet:
         skipped (they are meant for something else); a signing key that cannot be used safely is refused."""
         if isinstance(jwks, (str, bytes, bytearray)):
             try:
-                jwks = json.loads(jwks, object_pairs_hook=_unique_object)
+                jwks = _loads_strict(jwks)
             except ValueError as exc:
                 raise InvalidKey(f"the JWKS is not valid JSON: {exc}") from None
         if isinstance(jwks, Mapping) and "keys" not in jwks and "kty" in jwks:
@@ -335,7 +335,7 @@ class KeySet:
     def from_jwk(cls, jwk: Mapping[str, Any] | str | bytes) -> KeySet:
         if isinstance(jwk, (str, bytes, bytearray)):
             try:
-                jwk = json.loads(jwk, object_pairs_hook=_unique_object)
+                jwk = _loads_strict(jwk)
             except ValueError as exc:
                 raise InvalidKey(f"the JWK is not valid JSON: {exc}") from None
         return cls([Key.from_jwk(jwk)])
@@ -396,12 +396,26 @@ class KeySet:
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        seen = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise ValueError(f"duplicate member name {name!r}")
-            seen.add(name)
+        raise ValueError("duplicate member name")
     return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json_decoder() -> json.JSONDecoder:
+    """A JSON decoder that refuses duplicate member names and NaN/Infinity (which are not JSON)."""
+    return json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_no_constants)
+
+
+_STRICT = strict_json_decoder()
+
+
+def _loads_strict(text: str | bytes | bytearray) -> Any:
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")
+    return _STRICT.decode(text)
 
 
 class RemoteKeySet:

@@ -8,7 +8,6 @@ of one bad token costs a lookup each. Any change of the key set empties both cac
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +26,7 @@ from fastguard.errors import (
     MissingClaim,
     TokenTooLarge,
 )
-from fastguard.jwks import ALGORITHMS, KeySet, RemoteKeySet
+from fastguard.jwks import ALGORITHMS, KeySet, RemoteKeySet, strict_json_decoder
 
 __all__ = ["JWTVerifier", "extract_token", "CACHE_TTL", "NEGATIVE_TTL", "MAX_CACHED_TOKEN_BYTES"]
 
@@ -42,18 +41,7 @@ _CACHEABLE_FAILURES = (MalformedToken, TokenTooLarge, DisallowedAlgorithm, Inval
                        InvalidAudience, MissingClaim, InvalidClaim)
 
 
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member name")
-    return obj
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_no_constants)
+_DECODER = strict_json_decoder()
 _HEADER_CACHE_SIZE = 256
 
 
