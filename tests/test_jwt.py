@@ -375,3 +375,33 @@ def test_jwks_json_text_and_bad_jwks():
                 '{"keys": [], "keys": []}'):
         with pytest.raises(fg.InvalidKey):
             fg.KeySet.from_jwks(bad)
+
+
+def test_verifier_is_thread_safe_with_a_small_cache(core):
+    """4 threads, a cache far smaller than the token set (constant eviction), valid and forged tokens mixed:
+    every verdict is right."""
+    import threading
+
+    v = hs_verifier(cache_size=8)
+    good = [sign({**GOOD, "sub": f"u{i}"}) for i in range(40)]
+    bad = [t[:-3] + "AAA" for t in good[:10]]
+    errors = []
+
+    def worker(seed):
+        try:
+            for i in range(400):
+                t = good[(i * 7 + seed) % len(good)]
+                assert v.verify(t, now=NOW)["sub"] == json.loads(
+                    __import__("base64").urlsafe_b64decode(t.split(".")[1] + "==").decode())["sub"]
+                b = bad[(i + seed) % len(bad)]
+                assert code_of(v, b) == "signature"
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:1]
+    assert len(v._cache) <= 8
