@@ -29,6 +29,7 @@ find and evict the same keys and report the same stats.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 import threading
@@ -41,7 +42,7 @@ from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
 from fastguard.limits import MAX_LIMITS, Limit, decision_headers
 
 __all__ = ["Decision", "Table", "ALGORITHMS", "EVICTION_SAMPLE", "key_id", "siphash", "mix64", "b64url_decode",
-           "split_token", "parse_compact", "TokenCache", "check_claims"]
+           "split_token", "parse_compact", "TokenCache", "check_claims", "parse_json_object"]
 
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
 #: Occupied slots examined per eviction.
@@ -783,3 +784,47 @@ def check_claims(claims: dict[str, Any], now_ns: int, leeway_ns: int, required: 
         if audiences is None or (aud not in audiences if type(aud) is str else audiences.isdisjoint(aud)):
             raise InvalidAudience(f"audience {aud!r} is not accepted")
     return valid_from, min(valid_until, 2**62)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Strict JSON for JOSE headers, JWT payloads and JWKS (the core's parse_json_object is its compiled twin).
+# ---------------------------------------------------------------------------------------------------------------
+JSON_MAX_DEPTH = 256
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate member name")
+    return obj
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_no_constants)
+
+
+def _depth(value: Any) -> int:
+    if type(value) is dict:
+        return 1 + max(map(_depth, value.values()), default=0)
+    if type(value) is list:
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def parse_json_object(data: bytes) -> dict[str, Any]:
+    """A JSON object (RFC 8259) from UTF-8 bytes, with the values json.loads gives, but strictly: duplicate member
+    names (at any depth), NaN/Infinity, invalid UTF-8, anything but an object at the top, or nesting deeper than
+    JSON_MAX_DEPTH raise ValueError."""
+    text = bytes(data).decode("utf-8")
+    try:
+        value = _STRICT_JSON.decode(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if type(value) is not dict:
+        raise ValueError("not a JSON object")
+    if _depth(value) > JSON_MAX_DEPTH:
+        raise ValueError("nested too deeply")
+    return value

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import threading
 import time
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from fastguard.errors import DisallowedAlgorithm, InvalidKey, UnknownKey
 
-__all__ = ["Key", "KeySet", "RemoteKeySet", "ALGORITHMS", "strict_json_decoder"]
+__all__ = ["Key", "KeySet", "RemoteKeySet", "ALGORITHMS"]
 
 log = logging.getLogger("fastguard.jwks")
 
@@ -393,29 +392,10 @@ class KeySet:
         return f"<KeySet {len(self.keys)} keys: {[k.kid for k in self.keys]}>"
 
 
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate member name")
-    return obj
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def strict_json_decoder() -> json.JSONDecoder:
-    """A JSON decoder that refuses duplicate member names and NaN/Infinity (which are not JSON)."""
-    return json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_no_constants)
-
-
-_STRICT = strict_json_decoder()
-
-
 def _loads_strict(text: str | bytes | bytearray) -> Any:
-    if isinstance(text, (bytes, bytearray)):
-        text = bytes(text).decode("utf-8")
-    return _STRICT.decode(text)
+    from fastguard import _impl
+
+    return _impl.parse_json_object(text.encode("utf-8") if isinstance(text, str) else bytes(text))
 
 
 class RemoteKeySet:

@@ -26,7 +26,7 @@ from fastguard.errors import (
     MissingClaim,
     TokenTooLarge,
 )
-from fastguard.jwks import ALGORITHMS, KeySet, RemoteKeySet, strict_json_decoder
+from fastguard.jwks import ALGORITHMS, KeySet, RemoteKeySet
 
 __all__ = ["JWTVerifier", "extract_token", "CACHE_TTL", "NEGATIVE_TTL", "MAX_CACHED_TOKEN_BYTES"]
 
@@ -41,21 +41,16 @@ _CACHEABLE_FAILURES = (MalformedToken, TokenTooLarge, DisallowedAlgorithm, Inval
                        InvalidAudience, MissingClaim, InvalidClaim)
 
 
-_DECODER = strict_json_decoder()
 _HEADER_CACHE_SIZE = 256
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        text = raw.decode("utf-8")
-        value = _DECODER.decode(text)
+        return _impl.parse_json_object(raw)
     except UnicodeDecodeError:
         raise MalformedToken(f"the {what} is not UTF-8") from None
-    except (ValueError, RecursionError) as exc:
-        raise MalformedToken(f"the {what} is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise MalformedToken(f"the {what} is not a JSON object")
-    return value
+    except ValueError as exc:
+        raise MalformedToken(f"the {what} is not a JSON object ({exc})") from None
 
 
 def _as_list(value: str | Iterable[str] | None, what: str) -> frozenset[str] | None:

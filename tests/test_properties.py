@@ -1,5 +1,7 @@
 """The compiled core and its pure twin decide identically (hypothesis), and basic invariants hold for both."""
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -161,3 +163,47 @@ def test_base64url_and_split_agree(data):
     assert run(_core.b64url_decode) == run(_pure.b64url_decode)
     assert run(_core.split_token) == run(_pure.split_token)
     assert run(_core.parse_compact) == run(_pure.parse_compact)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**30, 10**30) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.dictionaries(st.text(max_size=6), json_values, max_size=6), ascii_only=st.booleans(),
+       compact=st.booleans())
+def test_json_parsers_agree_on_valid_json(value, ascii_only, compact):
+    text = json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":") if compact else None)
+    data = text.encode("utf-8", "surrogatepass")
+    def run(mod):
+        try:
+            return ("ok", repr(mod.parse_json_object(data)))
+        except ValueError:
+            return ("ValueError", None)
+
+    assert run(_core) == run(_pure)
+
+
+@settings(max_examples=800, deadline=None)
+@given(data=st.binary(max_size=60) | st.text(alphabet='{}[]":,.-+eE0123456789 \\u\\nabtrfls\u00e9\ud800',
+                                             max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_json_parsers_agree_on_any_bytes(data):
+    def run(mod):
+        try:
+            return ("ok", repr(mod.parse_json_object(data)))
+        except ValueError:
+            return ("ValueError", None)
+
+    assert run(_core) == run(_pure)
+
+
+def test_json_depth_limit_is_the_same():
+    ok = b'{"a":' * 255 + b"1" + b"}" * 255
+    deep = b'{"a":' * 257 + b"1" + b"}" * 257
+    for mod in (_core, _pure):
+        assert mod.parse_json_object(ok)
+        with pytest.raises(ValueError):
+            mod.parse_json_object(deep)
