@@ -26,7 +26,7 @@ from fastguard.errors import (
     MissingClaim,
     TokenTooLarge,
 )
-from fastguard.jwks import ALGORITHMS, KeySet, RemoteKeySet
+from fastguard.jwks import ALGORITHMS, Key, KeySet, RemoteKeySet
 
 __all__ = ["JWTVerifier", "extract_token", "CACHE_TTL", "NEGATIVE_TTL", "MAX_CACHED_TOKEN_BYTES"]
 
@@ -147,6 +147,7 @@ class JWTVerifier:
     # -- the work ------------------------------------------------------------------------------------------------
     def _reset(self) -> None:
         self._keys_version = self.keys.version
+        self._headers.clear()
         self.clear_cache()
 
     def _verify_jws(self, token: str | bytes) -> tuple[dict[str, Any], bytes]:
@@ -165,25 +166,28 @@ class JWTVerifier:
             raise TokenTooLarge(f"token of {len(raw)} bytes; at most {self.max_token_bytes}")
         try:
             first, second, payload, signature = _impl.parse_compact(raw)
-            header_b64 = raw[:first]
-            parsed = self._headers.get(header_b64)
-            if parsed is None:
-                parsed = _json_object(_impl.b64url_decode(header_b64), "header")
         except ValueError as exc:
             raise MalformedToken(f"not a compact JWS: {exc}") from None
-        header = self._check_header(header_b64, parsed)
+        header_b64 = raw[:first]
+        known = self._headers.get(header_b64)
+        if known is None:
+            known = self._check_header(header_b64)
+        header, alg, keys = known
         # jku, x5u, jwk and x5c are never read: keys come from the key set only.
         signing_input = raw[:second]
-        for key in self.keys.candidates(header["alg"], header.get("kid")):
-            if key.verify(header["alg"], signing_input, signature):
+        for key in keys if keys is not None else self.keys.candidates(alg, header.get("kid")):
+            if key._verifier(alg, signing_input, signature):
                 return header, payload
         raise InvalidSignature("the signature does not verify")
 
-    def _check_header(self, header_b64: bytes, header: dict[str, Any]) -> dict[str, Any]:
-        """The header's rules; a header that passes is remembered (by its exact encoding), as most tokens share
-        a few headers. The signature still covers the received bytes."""
-        if header_b64 in self._headers:
-            return header
+    def _check_header(self, header_b64: bytes) -> tuple[dict[str, Any], str, tuple[Key, ...] | None]:
+        """The header's rules. A header that passes is remembered by its exact encoding (most tokens share a few
+        headers) with its alg and, for a static key set, its candidate keys. The signature still covers the bytes
+        received; a RemoteKeySet is asked for keys on every token, so its refresh schedule keeps running."""
+        try:
+            header = _json_object(_impl.b64url_decode(header_b64), "header")
+        except ValueError as exc:
+            raise MalformedToken(f"not a compact JWS: {exc}") from None
         alg = header.get("alg")
         if not isinstance(alg, str):
             raise MalformedToken("the header has no alg string")
@@ -200,14 +204,19 @@ class JWTVerifier:
             typ = header.get("typ")
             if not isinstance(typ, str) or typ.lower().removeprefix("application/") != self.typ:
                 raise InvalidClaim(f"typ {typ!r} is not {self.typ!r}")
+        keys = self.keys.candidates(alg, kid) if isinstance(self.keys, KeySet) else None
         if len(self._headers) >= _HEADER_CACHE_SIZE:
             self._headers.clear()
-        self._headers[header_b64] = header
-        return header
+        known = (header, alg, keys)
+        self._headers[header_b64] = known
+        return known
 
     def _verify(self, token: str | bytes, now_ns: int) -> tuple[Mapping[str, Any], int, int]:
-        _, payload = self._verify_jws(token)
-        claims = _json_object(payload, "payload")
+        payload = self._verify_jws(token)[1]
+        try:
+            claims = _impl.parse_json_object(payload)
+        except ValueError as exc:
+            raise MalformedToken(f"the payload is not a UTF-8 JSON object ({exc})") from None
         valid_from, valid_until = _impl.check_claims(claims, now_ns, self._leeway_ns, self.required_claims,
                                                      self.issuers, self.audiences, self._max_lifetime_ns)
         return MappingProxyType(claims), valid_from, valid_until
