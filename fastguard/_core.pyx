@@ -890,6 +890,9 @@ cdef class TokenCache:
         self.n -= 1
 
     def get(self, token, now=None):
+        return self._get(token, now)
+
+    cdef object _get(self, object token, object now):
         cdef const char *buf
         cdef Py_ssize_t n, pos
         cdef int64_t t
@@ -977,6 +980,30 @@ cdef class TokenCache:
 
     def __len__(self):
         return self.n
+
+
+cdef class CachedVerify:
+    """JWTVerifier.verify's hot path as one C call: while the key set's version is the one the cache was filled
+    under, a cached verdict is returned straight from `cache`; anything else goes to `slow(token, now)`.
+    Twin of _pure.CachedVerify."""
+
+    cdef TokenCache cache
+    cdef object keys
+    cdef object slow
+    cdef public object version
+
+    def __init__(self, TokenCache cache, keys, version, slow):
+        self.cache = cache
+        self.keys = keys
+        self.version = version
+        self.slow = slow
+
+    def __call__(self, token, now=None):
+        if self.keys.version == self.version:
+            claims = self.cache._get(token, now)
+            if claims is not None:
+                return claims
+        return self.slow(token, now)
 
 
 def check_claims(dict claims, int64_t now_ns, int64_t leeway_ns, tuple required, issuers, audiences,

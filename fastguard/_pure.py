@@ -42,7 +42,8 @@ from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
 from fastguard.limits import MAX_LIMITS, Limit, decision_headers
 
 __all__ = ["Decision", "Table", "ALGORITHMS", "EVICTION_SAMPLE", "key_id", "siphash", "mix64", "b64url_decode",
-           "split_token", "parse_compact", "TokenCache", "check_claims", "parse_json_object"]
+           "split_token", "parse_compact", "TokenCache", "CachedVerify", "check_claims",
+           "parse_json_object"]
 
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
 #: Occupied slots examined per eviction.
@@ -784,6 +785,21 @@ def check_claims(claims: dict[str, Any], now_ns: int, leeway_ns: int, required: 
         if audiences is None or (aud not in audiences if type(aud) is str else audiences.isdisjoint(aud)):
             raise InvalidAudience(f"audience {aud!r} is not accepted")
     return valid_from, min(valid_until, 2**62)
+
+
+class CachedVerify:
+    """JWTVerifier.verify's hot path: while the key set's version is the one the cache was filled under, a cached
+    verdict is returned straight from `cache`; anything else goes to `slow(token, now)`."""
+
+    def __init__(self, cache: TokenCache, keys: Any, version: Any, slow: Any) -> None:
+        self.cache, self.keys, self.version, self.slow = cache, keys, version, slow
+
+    def __call__(self, token: Any, now: Any = None) -> Any:
+        if self.keys.version == self.version:
+            claims = self.cache.get(token, now)
+            if claims is not None:
+                return claims
+        return self.slow(token, now)
 
 
 # ---------------------------------------------------------------------------------------------------------------
