@@ -20,6 +20,7 @@ class JWKSServer:
 
     def __init__(self):
         self.keys = []
+        self.redirect = None
         self.delay = 0.0
         self.status = 200
         self.requests = 0
@@ -29,6 +30,12 @@ class JWKSServer:
             def do_GET(self):  # noqa: N802 (http.server's name)
                 server.requests += 1
                 time.sleep(server.delay)
+                if server.redirect and self.path != "/moved":
+                    self.send_response(302)
+                    self.send_header("Location", server.redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = json.dumps({"keys": server.keys}).encode()
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")
@@ -137,3 +144,13 @@ def test_bad_urls_are_refused():
     for url in ("file:///etc/passwd", "ftp://x", "", None):
         with pytest.raises(ValueError):
             fg.RemoteKeySet(url)
+
+
+def test_redirects_only_to_http_and_https(server):
+    server.keys = [jwk("P-256", kid="a")]
+    server.redirect = "/moved"
+    remote = fg.RemoteKeySet(server.url, min_refetch_interval=0, timeout=2)
+    assert remote.refresh() is True and len(remote.current()) == 1
+    server.redirect = "ftp://127.0.0.1/keys"
+    refused = fg.RemoteKeySet(server.url, min_refetch_interval=0, timeout=2)
+    assert refused.refresh() is False and "refusing to follow a redirect" in refused.last_error
