@@ -152,7 +152,7 @@ def render(data: dict) -> str:
         row = uncached.get(alg, {})
         if "fastguard" in row and "floor: raw verify" in row:
             extra = (row["fastguard"] - row["floor: raw verify"]) / 1000
-            check(f"uncached {alg} ≤ raw verify + 3 µs", extra, extra <= 3, f"+{extra:.1f} µs")
+            check(f"uncached {alg} ≤ raw verify + 3 µs", extra, extra <= 3, f"{extra:+.1f} µs")
     lines += ["## Budgets (DESIGN §3) in this run", "", "| budget | measured | verdict |", "|---|---|---|", *checks, ""]
     return "\n".join(lines)
 

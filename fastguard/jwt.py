@@ -36,9 +36,10 @@ CACHE_TTL = 300.0
 NEGATIVE_TTL = 10.0
 #: Longer tokens are verified every time (a cache of huge tokens would be a memory lever for attackers).
 MAX_CACHED_TOKEN_BYTES = 4096
-# Failures that stay failures whatever the clock or the key set does within NEGATIVE_TTL.
+# Failures that stay failures whatever the clock does (a key set change empties the cache). Not cached:
+# NotYetValid and InvalidClaim (an iat slightly ahead heals with time), UnknownKey (a refetch may bring the kid).
 _CACHEABLE_FAILURES = (MalformedToken, TokenTooLarge, DisallowedAlgorithm, InvalidSignature, InvalidIssuer,
-                       InvalidAudience, MissingClaim, InvalidClaim)
+                       InvalidAudience, MissingClaim)
 
 
 _HEADER_CACHE_SIZE = 256
@@ -105,17 +106,14 @@ class JWTVerifier:
         self._failures = _impl.TokenCache(min(cache_size, max(1024, cache_size // 10)))
         self._keys_version = keys.version
         self._headers: dict[bytes, tuple[dict[str, Any], str, tuple[Key, ...] | None]] = {}
-        # `v.verify(token)` is this compiled callable: a cache hit costs one C call and no Python frame.
-        self.verify = _impl.CachedVerify(self._cache, keys, self._keys_version, self._verify_uncached)
+        self._fast = _impl.CachedVerify(self._cache, keys, self._keys_version, self._verify_uncached)
+        # `v.verify(token)` calls the compiled callable directly: a cache hit costs one C call, no Python frame.
+        self.verify = self._fast
 
     # -- public API ----------------------------------------------------------------------------------------------
     def verify(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
         """The token's claims (read-only), or raises an InvalidToken subclass. now: epoch seconds (default: clock)."""
-        if self.keys.version == self._keys_version:
-            claims = self._cache.get(token, now)
-            if claims is not None:
-                return claims
-        return self._verify_uncached(token, now)
+        return self._fast(token, now)
 
     def _verify_uncached(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
         if self.keys.version != self._keys_version:
@@ -150,7 +148,7 @@ class JWTVerifier:
 
     # -- the work ------------------------------------------------------------------------------------------------
     def _reset(self) -> None:
-        self._keys_version = self.verify.version = self.keys.version
+        self._keys_version = self._fast.version = self.keys.version
         self._headers.clear()
         self.clear_cache()
 
