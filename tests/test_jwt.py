@@ -405,3 +405,11 @@ def test_verifier_is_thread_safe_with_a_small_cache(core):
         t.join()
     assert not errors, errors[:1]
     assert len(v._cache) <= 8
+
+
+def test_a_token_issued_slightly_ahead_is_accepted_once_its_iat_passes(core):
+    """Regression: InvalidClaim (iat in the future) heals with time, so it must not sit in the negative cache."""
+    v = hs_verifier()
+    token = sign({**GOOD, "iat": NOW + 5})
+    assert code_of(v, token, now=NOW) == "claim"
+    assert code_of(v, token, now=NOW + 6) == "ok"
