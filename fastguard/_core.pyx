@@ -1103,6 +1103,7 @@ cdef extern from "Python.h":
     object PyLong_FromString(const char *s, char **pend, int base)
 
 JSON_MAX_DEPTH = 256
+cdef dict _JSON_ESCAPES = {34: '"', 92: "\\", 47: "/", 98: "\b", 102: "\f", 110: "\n", 114: "\r", 116: "\t"}
 
 ctypedef struct fg_json:
     const unsigned char *s
@@ -1272,25 +1273,11 @@ cdef object _json_string(fg_json *j):
                     k += 6
             parts.append(chr(u))
         else:
-            if c == 34:
-                parts.append('"')
-            elif c == 92:
-                parts.append("\\")
-            elif c == 47:
-                parts.append("/")
-            elif c == 98:
-                parts.append("\b")
-            elif c == 102:
-                parts.append("\f")
-            elif c == 110:
-                parts.append("\n")
-            elif c == 114:
-                parts.append("\r")
-            elif c == 116:
-                parts.append("\t")
-            else:
+            escaped = _JSON_ESCAPES.get(c)
+            if escaped is None:
                 j.i = k
                 return _json_fail(j, "bad escape")
+            parts.append(escaped)
             k += 2
         start = k
 

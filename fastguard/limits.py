@@ -87,7 +87,15 @@ class Limit:
         return f"{self.count}/{window_name(self.period).lower()}"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Limit, (self.count, self.period_ns / 1e9))
+        return (_limit_from_ns, (self.count, self.period_ns))
+
+
+def _limit_from_ns(count: int, period_ns: int) -> Limit:
+    """Rebuild a Limit from whole nanoseconds (exact, unlike going through float seconds)."""
+    limit = Limit(count, 1)
+    object.__setattr__(limit, "period_ns", period_ns)
+    object.__setattr__(limit, "period", period_ns / 1e9)
+    return limit
 
 
 def window_name(period_seconds: float) -> str:

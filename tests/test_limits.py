@@ -96,3 +96,11 @@ def test_headers_styles():
     assert "Retry-After" not in decision_headers(_D(False, math.inf))  # never admissible: no retry hint
     with pytest.raises(ValueError, match="unknown header style"):
         decision_headers(_D(True, 0.0), "xml")
+
+
+def test_limits_pickle_exactly():
+    import pickle
+
+    for lim in (fg.Limit(7, 1.000000001), fg.Limit(3, 0.1), fg.Limit(100, 86400)):
+        back = pickle.loads(pickle.dumps(lim))
+        assert back == lim and back.period_ns == lim.period_ns

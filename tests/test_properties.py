@@ -178,26 +178,21 @@ json_values = st.recursive(
 def test_json_parsers_agree_on_valid_json(value, ascii_only, compact):
     text = json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":") if compact else None)
     data = text.encode("utf-8", "surrogatepass")
-    def run(mod):
-        try:
-            return ("ok", repr(mod.parse_json_object(data)))
-        except ValueError:
-            return ("ValueError", None)
-
-    assert run(_core) == run(_pure)
+    assert _json_outcome(_core, data) == _json_outcome(_pure, data)
 
 
 @settings(max_examples=800, deadline=None)
 @given(data=st.binary(max_size=60) | st.text(alphabet='{}[]":,.-+eE0123456789 \\u\\nabtrfls\u00e9\ud800',
                                              max_size=40).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_json_parsers_agree_on_any_bytes(data):
-    def run(mod):
-        try:
-            return ("ok", repr(mod.parse_json_object(data)))
-        except ValueError:
-            return ("ValueError", None)
+    assert _json_outcome(_core, data) == _json_outcome(_pure, data)
 
-    assert run(_core) == run(_pure)
+
+def _json_outcome(mod, data):
+    try:
+        return "ok", repr(mod.parse_json_object(data))
+    except ValueError:
+        return "ValueError", None
 
 
 def test_json_depth_limit_is_the_same():
