@@ -55,8 +55,8 @@ def b64url_decode(data: bytes | bytearray) -> bytes:
 def split_token(token: bytes) -> tuple[int, int]:
     """Positions of the two dots of a compact JWS; ValueError unless there are exactly two."""
 
-def parse_compact(token: bytes) -> tuple[int, int, bytes, bytes]:
-    """(first dot, second dot, payload, signature) of a compact JWS; ValueError when malformed."""
+def parse_compact(token: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """(header segment, signing input, payload, signature) of a compact JWS; ValueError when malformed."""
 
 def check_claims(claims: dict[str, Any], now_ns: int, leeway_ns: int, required: tuple[str, ...],
                  issuers: frozenset[str] | None, audiences: frozenset[str] | None,

@@ -775,11 +775,14 @@ cdef bytes _b64url_range(const unsigned char[::1] src, Py_ssize_t start, Py_ssiz
 
 
 def parse_compact(token):
-    """(first dot, second dot, payload bytes, signature bytes) of a compact JWS, in one pass; ValueError unless
-    it has exactly two dots and canonical base64url payload and signature (the header is the caller's)."""
+    """(header segment, signing input, payload bytes, signature bytes) of a compact JWS, in one call; ValueError
+    unless it has exactly two dots and canonical base64url payload and signature (the header is the caller's)."""
     cdef const unsigned char[::1] src = token
+    cdef Py_ssize_t first, second
     first, second = split_token(token)
-    return first, second, _b64url_range(src, first + 1, second), _b64url_range(src, second + 1, src.shape[0])
+    return (PyBytes_FromStringAndSize(<const char *>&src[0], first),
+            PyBytes_FromStringAndSize(<const char *>&src[0], second),
+            _b64url_range(src, first + 1, second), _b64url_range(src, second + 1, src.shape[0]))
 
 
 def split_token(token):

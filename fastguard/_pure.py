@@ -662,11 +662,12 @@ def split_token(token: bytes) -> tuple[int, int]:
     return first, second
 
 
-def parse_compact(token: bytes) -> tuple[int, int, bytes, bytes]:
-    """(first dot, second dot, payload bytes, signature bytes) of a compact JWS; ValueError unless it has exactly
-    two dots and canonical base64url payload and signature (the header is the caller's)."""
+def parse_compact(token: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """(header segment, signing input, payload bytes, signature bytes) of a compact JWS; ValueError unless it has
+    exactly two dots and canonical base64url payload and signature (the header is the caller's)."""
     first, second = split_token(token)
-    return first, second, b64url_decode(token[first + 1:second]), b64url_decode(token[second + 1:])
+    return (bytes(token[:first]), bytes(token[:second]), b64url_decode(token[first + 1:second]),
+            b64url_decode(token[second + 1:]))
 
 
 class TokenCache:

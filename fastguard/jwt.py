@@ -167,16 +167,14 @@ class JWTVerifier:
         if len(raw) > self.max_token_bytes:
             raise TokenTooLarge(f"token of {len(raw)} bytes; at most {self.max_token_bytes}")
         try:
-            first, second, payload, signature = _impl.parse_compact(raw)
+            header_b64, signing_input, payload, signature = _impl.parse_compact(raw)
         except ValueError as exc:
             raise MalformedToken(f"not a compact JWS: {exc}") from None
-        header_b64 = raw[:first]
         known = self._headers.get(header_b64)
         if known is None:
             known = self._check_header(header_b64)
         header, alg, keys = known
         # jku, x5u, jwk and x5c are never read: keys come from the key set only.
-        signing_input = raw[:second]
         for key in keys if keys is not None else self.keys.candidates(alg, header.get("kid")):
             if key._verifier(alg, signing_input, signature):
                 return header, payload
