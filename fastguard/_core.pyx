@@ -12,6 +12,7 @@ GIL-free batch loops cannot deadlock.
 """
 
 cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
 from cpython.float cimport PyFloat_AS_DOUBLE
@@ -19,7 +20,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc
 from libc.math cimport ceil, floor, isfinite
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 import numpy as np
@@ -740,17 +741,22 @@ for _i, _c in enumerate(list(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
     _B64URL[_c] = _i
 
 
-def b64url_decode(data):
-    """Strict base64url (RFC 7515 §2): the alphabet only, no padding, no length of 4k+1, unused bits zero.
-    Raises ValueError otherwise, so every byte string has exactly one accepted encoding."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise TypeError("b64url_decode takes bytes")
-    cdef const unsigned char[::1] src = data
-    return _b64url_range(src, 0, src.shape[0])
+cdef inline const unsigned char *_buffer(object data, Py_ssize_t *n) except NULL:
+    """Pointer and length of bytes or bytearray, without a buffer object (a memoryview costs more than a decode)."""
+    if type(data) is bytes:
+        n[0] = PyBytes_GET_SIZE(data)
+        return <const unsigned char *>PyBytes_AS_STRING(data)
+    if isinstance(data, bytearray):
+        n[0] = PyByteArray_GET_SIZE(data)
+        return <const unsigned char *>PyByteArray_AS_STRING(data)
+    if isinstance(data, bytes):
+        n[0] = PyBytes_GET_SIZE(data)
+        return <const unsigned char *>PyBytes_AS_STRING(data)
+    raise TypeError(f"expected bytes, not {type(data).__name__}")
 
 
-cdef bytes _b64url_range(const unsigned char[::1] src, Py_ssize_t start, Py_ssize_t end):
-    """b64url_decode of src[start:end], without slicing first (see b64url_decode for the rules)."""
+cdef bytes _b64url_range(const unsigned char *src, Py_ssize_t start, Py_ssize_t end):
+    """Strict base64url decoding of src[start:end] (see b64url_decode for the rules)."""
     cdef Py_ssize_t n = end - start, i, o = 0
     cdef uint32_t acc = 0
     cdef int bits = 0
@@ -774,31 +780,42 @@ cdef bytes _b64url_range(const unsigned char[::1] src, Py_ssize_t start, Py_ssiz
     return out
 
 
+def b64url_decode(data):
+    """Strict base64url (RFC 7515 §2): the alphabet only, no padding, no length of 4k+1, unused bits zero.
+    Raises ValueError otherwise, so every byte string has exactly one accepted encoding."""
+    cdef Py_ssize_t n
+    cdef const unsigned char *src = _buffer(data, &n)
+    return _b64url_range(src, 0, n)
+
+
+cdef int _dots(const unsigned char *src, Py_ssize_t n, Py_ssize_t *first, Py_ssize_t *second) except -1:
+    cdef const unsigned char *p = <const unsigned char *>memchr(src, 46, n)
+    cdef const unsigned char *q
+    if p == NULL:
+        raise ValueError("a compact JWS has exactly two dots")
+    q = <const unsigned char *>memchr(p + 1, 46, n - (p + 1 - src))
+    if q == NULL or memchr(q + 1, 46, n - (q + 1 - src)) != NULL:
+        raise ValueError("a compact JWS has exactly two dots")
+    first[0] = p - src
+    second[0] = q - src
+    return 0
+
+
 def parse_compact(token):
     """(header segment, signing input, payload bytes, signature bytes) of a compact JWS, in one call; ValueError
     unless it has exactly two dots and canonical base64url payload and signature (the header is the caller's)."""
-    cdef const unsigned char[::1] src = token
-    cdef Py_ssize_t first, second
-    first, second = split_token(token)
-    return (PyBytes_FromStringAndSize(<const char *>&src[0], first),
-            PyBytes_FromStringAndSize(<const char *>&src[0], second),
-            _b64url_range(src, first + 1, second), _b64url_range(src, second + 1, src.shape[0]))
+    cdef Py_ssize_t n, first, second
+    cdef const unsigned char *src = _buffer(token, &n)
+    _dots(src, n, &first, &second)
+    return (PyBytes_FromStringAndSize(<const char *>src, first), PyBytes_FromStringAndSize(<const char *>src, second),
+            _b64url_range(src, first + 1, second), _b64url_range(src, second + 1, n))
 
 
 def split_token(token):
     """Positions of the two dots of a compact JWS; ValueError unless there are exactly two."""
-    cdef const unsigned char[::1] src = token
-    cdef Py_ssize_t i, first = -1, second = -1
-    for i in range(src.shape[0]):
-        if src[i] == 46:  # '.'
-            if first < 0:
-                first = i
-            elif second < 0:
-                second = i
-            else:
-                raise ValueError("a compact JWS has exactly two dots")
-    if second < 0:
-        raise ValueError("a compact JWS has exactly two dots")
+    cdef Py_ssize_t n, first, second
+    cdef const unsigned char *src = _buffer(token, &n)
+    _dots(src, n, &first, &second)
     return first, second
 
 
@@ -1334,10 +1351,8 @@ cdef object _json_number(fg_json *j):
 
 def parse_json_object(data):
     """A JSON object from UTF-8 bytes, strictly: ValueError for anything else (see the section comment)."""
-    cdef const unsigned char[::1] src = data
     cdef fg_json j
-    j.s = &src[0] if src.shape[0] > 0 else <const unsigned char *>b""
-    j.n = src.shape[0]
+    j.s = _buffer(data, &j.n)
     j.i = 0
     j.depth = 0
     _json_ws(&j)
