@@ -136,7 +136,8 @@ cdef void _decide(fg_params *p, int64_t *w, int64_t now, int64_t k, bint commit,
                   fg_verdict *v) noexcept nogil:
     """Decide a hit of cost `k` at `now` on state `w` (rolled and, when admitted and `commit`, consumed in place).
 
-    Rolling changes how a state is written, never what it means, so it may be stored even when nothing is counted.
+    Rolling to `now` changes how a state is written, not what it means for times >= `now`; so it may be stored by a
+    hit, which also moves the key's `touched` to `now` (earlier clocks are then clamped to it), never by a peek.
     The algorithm (and a count of 1 limit, the common case) is passed as a constant to the inlined body, so the
     compiler builds one branch-free copy of each."""
     cdef int n = p.nlimits
@@ -404,11 +405,17 @@ cdef int _hit_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_
         entry = fg_table_slot(p, s, pos)
         if entry[1] > now:
             now = entry[1]      # time went backwards for this key: decide as if no time had passed
-        _decide(p, entry + FG_HEADER_WORDS, now, k, commit, v)
-        if commit:
-            entry[1] = now
-            s.hits += 1
-            s.denials += not v.allowed
+        if not commit:
+            # A peek decides on a copy: rolling the stored state to a time the key has not been hit at would let a
+            # later hit with an earlier clock (but not before `touched`) see the windows reset.
+            memcpy(fresh, entry + FG_HEADER_WORDS, p.nlimits * p.words * sizeof(int64_t))
+            _decide(p, fresh, now, k, False, v)
+            return 0
+        # A hit rolls and counts in place: `touched` moves to `now` with it, so the rolled state stays valid.
+        _decide(p, entry + FG_HEADER_WORDS, now, k, True, v)
+        entry[1] = now
+        s.hits += 1
+        s.denials += not v.allowed
         return 0
     _fresh_words(p, fresh)
     _decide(p, fresh, now, k, commit, v)
@@ -756,27 +763,32 @@ cdef inline const unsigned char *_buffer(object data, Py_ssize_t *n) except NULL
 
 
 cdef bytes _b64url_range(const unsigned char *src, Py_ssize_t start, Py_ssize_t end):
-    """Strict base64url decoding of src[start:end] (see b64url_decode for the rules)."""
+    """Strict base64url decoding of src[start:end] (see b64url_decode for the rules), in one pass."""
     cdef Py_ssize_t n = end - start, i, o = 0
     cdef uint32_t acc = 0
     cdef int bits = 0
+    cdef signed char v, last = 0
     cdef unsigned char *dst
-    for i in range(start, end):
-        if _B64URL[src[i]] < 0:
-            raise ValueError("character outside the base64url alphabet")
     if n % 4 == 1:
+        for i in range(start, end):    # the alphabet error first, as _pure reports it
+            if _B64URL[src[i]] < 0:
+                raise ValueError("character outside the base64url alphabet")
         raise ValueError("impossible base64url length")
-    if (n % 4 == 2 and _B64URL[src[end - 1]] & 0x0F) or (n % 4 == 3 and _B64URL[src[end - 1]] & 0x03):
-        raise ValueError("non-zero unused bits (non-canonical base64url)")
     out = PyBytes_FromStringAndSize(NULL, (n * 3) // 4)
     dst = <unsigned char *>PyBytes_AS_STRING(out)
     for i in range(start, end):
-        acc = (acc << 6) | <uint32_t>_B64URL[src[i]]
+        v = _B64URL[src[i]]
+        if v < 0:
+            raise ValueError("character outside the base64url alphabet")
+        acc = (acc << 6) | <uint32_t>v
         bits += 6
         if bits >= 8:
             bits -= 8
             dst[o] = <unsigned char>((acc >> bits) & 0xFF)
             o += 1
+        last = v
+    if (n % 4 == 2 and last & 0x0F) or (n % 4 == 3 and last & 0x03):
+        raise ValueError("non-zero unused bits (non-canonical base64url)")
     return out
 
 

@@ -349,3 +349,14 @@ def test_decisions_release_what_they_hold(make):
     assert sys.getrefcount(limits) == before
     kept = lim.hit("k1", now=T0 + 600)
     assert sys.getrefcount(limits) == before + 1 and kept.limits is limits
+
+
+@pytest.mark.parametrize("alg", ["fixed_window", "sliding_window"])
+def test_a_peek_ahead_in_time_never_resets_the_window(make, alg):
+    """Regression (found by the differential test): a peek at a later time must not roll the stored windows, or a
+    hit whose clock is earlier (but not before the key's last hit) sees them reset and bursts past the limit."""
+    lim = make("3/second", alg)
+    assert lim.hit("k", now=T0 + 0.5).allowed and lim.hit("k", now=T0 + 0.5).allowed
+    assert lim.peek("k", now=T0 + 1.2).remaining == {"fixed_window": 3, "sliding_window": 1}[alg]
+    assert lim.hit("k", now=T0 + 0.6).remaining == 0          # third and last of this window
+    assert not lim.hit("k", now=T0 + 0.7).allowed
