@@ -36,7 +36,7 @@ def _fields(d):
     return (d.allowed, d.limit, d.remaining, d.reset_after, d.retry_after, d.period, d.remainings)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(alg=st.sampled_from(fg.ALGORITHMS), limits=st.sampled_from(LIMIT_SETS), seq=ops,
        max_keys=st.sampled_from([2, 3, 5, 1000]), start=st.integers(min_value=0, max_value=10**6))
 def test_core_and_pure_decide_identically(alg, limits, seq, max_keys, start):
