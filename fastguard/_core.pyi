@@ -55,7 +55,7 @@ def b64url_decode(data: bytes | bytearray) -> bytes:
 def split_token(token: bytes) -> tuple[int, int]:
     """Positions of the two dots of a compact JWS; ValueError unless there are exactly two."""
 
-def parse_compact(token: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+def parse_compact(token: bytes | str) -> tuple[bytes, bytes, bytes, bytes]:
     """(header segment, signing input, payload, signature) of a compact JWS; ValueError when malformed."""
 
 def check_claims(claims: dict[str, Any], now_ns: int, leeway_ns: int, required: tuple[str, ...],

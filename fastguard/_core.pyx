@@ -814,10 +814,18 @@ cdef int _dots(const unsigned char *src, Py_ssize_t n, Py_ssize_t *first, Py_ssi
 
 
 def parse_compact(token):
-    """(header segment, signing input, payload bytes, signature bytes) of a compact JWS, in one call; ValueError
-    unless it has exactly two dots and canonical base64url payload and signature (the header is the caller's)."""
+    """(header segment, signing input, payload bytes, signature bytes) of a compact JWS (bytes, or an ASCII str read
+    in place), in one call; ValueError unless it has exactly two dots and canonical base64url payload and
+    signature (the header is the caller's)."""
     cdef Py_ssize_t n, first, second
-    cdef const unsigned char *src = _buffer(token, &n)
+    cdef const unsigned char *src
+    if type(token) is str:
+        if not PyUnicode_IS_COMPACT_ASCII(token):
+            raise ValueError("characters outside base64url")
+        src = <const unsigned char *>PyUnicode_DATA(token)
+        n = PyUnicode_GET_LENGTH(token)
+    else:
+        src = _buffer(token, &n)
     _dots(src, n, &first, &second)
     return (PyBytes_FromStringAndSize(<const char *>src, first), PyBytes_FromStringAndSize(<const char *>src, second),
             _b64url_range(src, first + 1, second), _b64url_range(src, second + 1, n))

@@ -662,9 +662,14 @@ def split_token(token: bytes) -> tuple[int, int]:
     return first, second
 
 
-def parse_compact(token: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """(header segment, signing input, payload bytes, signature bytes) of a compact JWS; ValueError unless it has
-    exactly two dots and canonical base64url payload and signature (the header is the caller's)."""
+def parse_compact(token: bytes | str) -> tuple[bytes, bytes, bytes, bytes]:
+    """(header segment, signing input, payload bytes, signature bytes) of a compact JWS (bytes or an ASCII str);
+    ValueError unless it has exactly two dots and canonical base64url payload and signature (the header is the
+    caller's)."""
+    if isinstance(token, str):
+        if not token.isascii():
+            raise ValueError("characters outside base64url")
+        token = token.encode("ascii")
     first, second = split_token(token)
     return (bytes(token[:first]), bytes(token[:second]), b64url_decode(token[first + 1:second]),
             b64url_decode(token[second + 1:]))

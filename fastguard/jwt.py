@@ -153,13 +153,12 @@ class JWTVerifier:
         self.clear_cache()
 
     def _verify_jws(self, token: str | bytes) -> tuple[dict[str, Any], bytes]:
-        if isinstance(token, str):
+        if type(token) is str:
             if len(token) > self.max_token_bytes:
                 raise TokenTooLarge(f"token of {len(token)} characters; at most {self.max_token_bytes} bytes")
-            try:
-                raw = token.encode("ascii")
-            except UnicodeEncodeError:
-                raise MalformedToken("the token has characters outside base64url") from None
+            raw = token     # parse_compact reads an ASCII str in place and refuses any other
+        elif isinstance(token, str):
+            raw = str(token)
         elif isinstance(token, (bytes, bytearray, memoryview)):
             raw = bytes(token)
         else:
