@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from fastguard import _impl
 from fastguard.errors import DisallowedAlgorithm, InvalidKey, UnknownKey
 
 __all__ = ["Key", "KeySet", "RemoteKeySet", "ALGORITHMS"]
@@ -60,8 +61,6 @@ def _roca_vulnerable(n: int) -> bool:
 
 
 def _b64(value: Any, what: str) -> bytes:
-    from fastguard import _impl
-
     if not isinstance(value, str):
         raise InvalidKey(f"{what} must be a base64url string")
     try:
@@ -393,8 +392,6 @@ class KeySet:
 
 
 def _loads_strict(text: str | bytes | bytearray) -> Any:
-    from fastguard import _impl
-
     return _impl.parse_json_object(text.encode("utf-8") if isinstance(text, str) else bytes(text))
 
 
