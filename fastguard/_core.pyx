@@ -1187,16 +1187,41 @@ cdef object _json_value(fg_json *j):
     return _json_fail(j, "unexpected character")
 
 
-cdef object _json_object(fg_json *j):
-    cdef dict d = {}
+cdef int _json_open(fg_json *j) except -1:
+    """Enter an object or array: one level deeper (bounded), past the bracket and the blanks after it."""
     j.depth += 1
     if j.depth > JSON_MAX_DEPTH:
-        return _json_fail(j, "nested too deeply")
+        _json_fail(j, "nested too deeply")
     j.i += 1
     _json_ws(j)
-    if j.i < j.n and j.s[j.i] == 125:   # }
+    return 0
+
+
+cdef bint _json_close(fg_json *j, unsigned char closer) noexcept:
+    """Consume `closer` (leaving the level) if it is next."""
+    if j.i < j.n and j.s[j.i] == closer:
         j.i += 1
         j.depth -= 1
+        return True
+    return False
+
+
+cdef int _json_more(fg_json *j, unsigned char closer) except -1:
+    """After a member or element: 1 if a comma announces another, 0 at the closer; anything else is an error."""
+    _json_ws(j)
+    if j.i < j.n and j.s[j.i] == 44:    # ,
+        j.i += 1
+        return 1
+    if _json_close(j, closer):
+        return 0
+    _json_fail(j, f"expected ',' or '{chr(closer)}'")
+    return -1
+
+
+cdef object _json_object(fg_json *j):
+    cdef dict d = {}
+    _json_open(j)
+    if _json_close(j, 125):             # }
         return d
     while True:
         _json_ws(j)
@@ -1211,39 +1236,19 @@ cdef object _json_object(fg_json *j):
         if key in d:
             return _json_fail(j, f"duplicate member name {key!r}")
         d[key] = value
-        _json_ws(j)
-        if j.i < j.n and j.s[j.i] == 44:    # ,
-            j.i += 1
-            continue
-        if j.i < j.n and j.s[j.i] == 125:
-            j.i += 1
-            j.depth -= 1
+        if not _json_more(j, 125):
             return d
-        return _json_fail(j, "expected ',' or '}'")
 
 
 cdef object _json_array(fg_json *j):
     cdef list items = []
-    j.depth += 1
-    if j.depth > JSON_MAX_DEPTH:
-        return _json_fail(j, "nested too deeply")
-    j.i += 1
-    _json_ws(j)
-    if j.i < j.n and j.s[j.i] == 93:    # ]
-        j.i += 1
-        j.depth -= 1
+    _json_open(j)
+    if _json_close(j, 93):              # ]
         return items
     while True:
         items.append(_json_value(j))
-        _json_ws(j)
-        if j.i < j.n and j.s[j.i] == 44:
-            j.i += 1
-            continue
-        if j.i < j.n and j.s[j.i] == 93:
-            j.i += 1
-            j.depth -= 1
+        if not _json_more(j, 93):
             return items
-        return _json_fail(j, "expected ',' or ']'")
 
 
 cdef inline int _hex4(fg_json *j, Py_ssize_t at) noexcept:
