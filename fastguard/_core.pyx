@@ -1327,6 +1327,16 @@ cdef object _json_string(fg_json *j):
         start = k
 
 
+cdef Py_ssize_t _json_digits(fg_json *j, Py_ssize_t k, str what) except -1:
+    """Past one or more digits from k (a fraction's or an exponent's); ValueError `what` when there is none."""
+    if k >= j.n or not (48 <= j.s[k] <= 57):
+        j.i = k
+        _json_fail(j, what)
+    while k < j.n and 48 <= j.s[k] <= 57:
+        k += 1
+    return k
+
+
 cdef object _json_number(fg_json *j):
     cdef Py_ssize_t start = j.i, k = j.i
     cdef bint is_float = False
@@ -1349,22 +1359,13 @@ cdef object _json_number(fg_json *j):
         return _json_fail(j, "bad number")
     if k < j.n and j.s[k] == 46:        # .
         is_float = True
-        k += 1
-        if k >= j.n or not (48 <= j.s[k] <= 57):
-            j.i = k
-            return _json_fail(j, "bad fraction")
-        while k < j.n and 48 <= j.s[k] <= 57:
-            k += 1
+        k = _json_digits(j, k + 1, "bad fraction")
     if k < j.n and (j.s[k] == 101 or j.s[k] == 69):     # e E
         is_float = True
         k += 1
         if k < j.n and (j.s[k] == 43 or j.s[k] == 45):
             k += 1
-        if k >= j.n or not (48 <= j.s[k] <= 57):
-            j.i = k
-            return _json_fail(j, "bad exponent")
-        while k < j.n and 48 <= j.s[k] <= 57:
-            k += 1
+        k = _json_digits(j, k, "bad exponent")
     span = PyBytes_FromStringAndSize(<const char *>(j.s + start), k - start)   # NUL-terminated copy
     j.i = k
     if is_float:
