@@ -124,7 +124,14 @@ class JWTVerifier:
         t = time.time_ns() if now is None else math.floor(float(now) * 1e9)
         cacheable = isinstance(token, (str, bytes)) and len(token) <= MAX_CACHED_TOKEN_BYTES
         try:
-            claims, valid_from, valid_until = self._verify(token, t)
+            payload = self._verify_jws(token)[1]
+            try:
+                claims = _impl.parse_json_object(payload)
+            except ValueError as exc:
+                raise MalformedToken(f"the payload is not a UTF-8 JSON object ({exc})") from None
+            valid_from, valid_until = _impl.check_claims(claims, t, self._leeway_ns, self.required_claims,
+                                                         self.issuers, self.audiences, self._max_lifetime_ns)
+            claims = MappingProxyType(claims)
         except _CACHEABLE_FAILURES as exc:
             if cacheable:
                 self._failures.put(token, (type(exc), str(exc)), 0, t + int(NEGATIVE_TTL * 1e9))
@@ -209,16 +216,6 @@ class JWTVerifier:
         known = (header, alg, keys)
         self._headers[header_b64] = known
         return known
-
-    def _verify(self, token: str | bytes, now_ns: int) -> tuple[Mapping[str, Any], int, int]:
-        payload = self._verify_jws(token)[1]
-        try:
-            claims = _impl.parse_json_object(payload)
-        except ValueError as exc:
-            raise MalformedToken(f"the payload is not a UTF-8 JSON object ({exc})") from None
-        valid_from, valid_until = _impl.check_claims(claims, now_ns, self._leeway_ns, self.required_claims,
-                                                     self.issuers, self.audiences, self._max_lifetime_ns)
-        return MappingProxyType(claims), valid_from, valid_until
 
 
 def extract_token(headers: Mapping[str, Any] | None = None, query: Mapping[str, Any] | None = None,
