@@ -297,9 +297,6 @@ cdef inline int64_t fg_bucket_retry(fg_i128 d, int64_t C, int64_t P, int64_t k) 
 cdef inline int64_t fg_bucket_gcra_delay(const int64_t *w, int64_t now) noexcept nogil:
     return w[0] - now if w[0] > now else 0
 
-cdef inline bint fg_bucket_gcra_admits(int64_t d, int64_t C, int64_t T, int64_t k) noexcept nogil:
-    return <fg_i128>d + <fg_i128>k * T <= <fg_i128>C * T
-
 cdef inline int64_t fg_bucket_gcra_retry(int64_t d, int64_t C, int64_t T, int64_t k) noexcept nogil:
     if k > C:
         return FG_NEVER

@@ -124,7 +124,7 @@ class JWTVerifier:
         t = time.time_ns() if now is None else math.floor(float(now) * 1e9)
         cacheable = isinstance(token, (str, bytes)) and len(token) <= MAX_CACHED_TOKEN_BYTES
         try:
-            payload = self._verify_jws(token)[1]
+            payload = self.verify_jws(token)[1]
             try:
                 claims = _impl.parse_json_object(payload)
             except ValueError as exc:
@@ -145,9 +145,6 @@ class JWTVerifier:
             self._cache.put(token, claims, valid_from, min(valid_until, t + int(CACHE_TTL * 1e9)))
         return claims
 
-    def verify_jws(self, token: str | bytes) -> tuple[dict[str, Any], bytes]:
-        """Signature and header checks only: (header, payload bytes). Raises an InvalidToken subclass."""
-        return self._verify_jws(token)
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -159,7 +156,8 @@ class JWTVerifier:
         self._headers.clear()
         self.clear_cache()
 
-    def _verify_jws(self, token: str | bytes) -> tuple[dict[str, Any], bytes]:
+    def verify_jws(self, token: str | bytes) -> tuple[dict[str, Any], bytes]:
+        """Signature and header checks only: (header, payload bytes). Raises an InvalidToken subclass."""
         if type(token) is str:
             if len(token) > self.max_token_bytes:
                 raise TokenTooLarge(f"token of {len(token)} characters; at most {self.max_token_bytes} bytes")
