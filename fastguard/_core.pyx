@@ -451,6 +451,26 @@ cdef class Decision:
         """Response headers: "ietf" (RateLimit-*) or "kong" (X-RateLimit-*-<Window> plus RateLimit-*)."""
         return decision_headers(self, style)
 
+    @staticmethod
+    def of(bint allowed, int64_t limit, int64_t remaining, double reset_after, double retry_after, double period,
+           tuple limits, remainings):
+        """A Decision made elsewhere (a cluster store, a fallback): limits is the tuple of Limits, remainings one
+        int per limit. Raises ValueError when they differ in length or exceed the core's limit count."""
+        cdef Py_ssize_t i, n = len(limits)
+        if n > FG_MAX_LIMITS or len(remainings) != n:
+            raise ValueError(f"a Decision holds 1 to {FG_MAX_LIMITS} limits with one remaining each")
+        cdef Decision d = Decision.__new__(Decision)
+        d.allowed = allowed
+        d.limit = limit
+        d.remaining = remaining
+        d.reset_after = reset_after
+        d.retry_after = retry_after
+        d.period = period
+        d.limits = limits
+        for i in range(n):
+            d._remaining[i] = remainings[i]
+        return d
+
     def __bool__(self):
         return self.allowed
 

@@ -355,6 +355,18 @@ class Decision:
         """Response headers: "ietf" (RateLimit-*) or "kong" (X-RateLimit-*-<Window> plus RateLimit-*)."""
         return decision_headers(self, style)
 
+    @staticmethod
+    def of(allowed: bool, limit: int, remaining: int, reset_after: float, retry_after: float, period: float,
+           limits: tuple[Limit, ...], remainings: Sequence[int]) -> Decision:
+        """A Decision made elsewhere (a cluster store, a fallback). Raises ValueError on mismatched lengths."""
+        if len(limits) > MAX_LIMITS or len(remainings) != len(limits):
+            raise ValueError(f"a Decision holds 1 to {MAX_LIMITS} limits with one remaining each")
+        d = Decision()
+        d.allowed, d.limit, d.remaining = bool(allowed), int(limit), int(remaining)
+        d.reset_after, d.retry_after, d.period = float(reset_after), float(retry_after), float(period)
+        d.limits, d.remainings = limits, tuple(int(r) for r in remainings)
+        return d
+
     def __bool__(self) -> bool:
         return self.allowed
 

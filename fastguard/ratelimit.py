@@ -19,10 +19,15 @@ ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
 _MAX_COST = 2**62
 
 
-class Store(Protocol):
-    """What `RateLimiter(store=...)` needs: a factory of tables with the methods of `fastguard._core.Table`."""
+ON_ERROR = ("allow", "deny", "local")
 
-    def table(self, algorithm: str, limits: Sequence[Limit], max_keys: int) -> Any: ...
+
+class Store(Protocol):
+    """What `RateLimiter(store=...)` needs: a factory of tables with the methods of `fastguard._core.Table`
+    (fastguard.redis.RedisStore is one)."""
+
+    def table(self, algorithm: str, limits: Sequence[Limit], max_keys: int, *, sync: float | None,
+              on_error: str) -> Any: ...
 
 
 class RateLimiter:
@@ -31,7 +36,11 @@ class RateLimiter:
     limits: "100/minute; 10/second", a Limit, or a list of Limits (at most 8).
     algorithm: "fixed_window" | "sliding_window" | "token_bucket" | "gcra" (see fastguard._pure for each rule).
     max_keys: the most keys held at once; a new key in a full table evicts an expired or long-unused one.
-    store: None for the in-process compiled table, or an object with `table(algorithm, limits, max_keys)`.
+    store: None for the in-process compiled table, or a shared store such as fastguard.redis.RedisStore.
+    sync: with a store, None decides every hit in the store (strict); a number of seconds decides in process and
+        exchanges counts with the store that often (local-first; see fastguard.redis.SyncTable for the error bound).
+    on_error: with a store, what a decision does while the store cannot answer: "allow", "deny" or "local"
+        (decide in process). Decisions never raise for store faults; stats() counts them.
 
     hit(key, cost=1, now=None) -> Decision        key: str or bytes; cost: int >= 0; now: epoch seconds
     peek(key, now=None) -> Decision               what a hit of cost 1 would get, recording nothing
@@ -39,24 +48,34 @@ class RateLimiter:
     Raises ValueError / TypeError naming the problem for bad limits, algorithm, max_keys, key, cost or now.
     """
 
-    __slots__ = ("limits", "algorithm", "max_keys", "store", "_table", "hit", "peek", "reset")
+    __slots__ = ("limits", "algorithm", "max_keys", "store", "sync", "on_error", "_table", "hit", "peek", "reset")
 
     def __init__(self, limits: str | Limit | Sequence[Limit], algorithm: str = "sliding_window",
-                 max_keys: int = 1_000_000, store: Store | None = None, *, _core: Any = None) -> None:
+                 max_keys: int = 1_000_000, store: Store | None = None, *, sync: float | None = None,
+                 on_error: str = "allow", _core: Any = None) -> None:
         if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
         if isinstance(max_keys, bool) or not isinstance(max_keys, int):
             raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        if not isinstance(on_error, str) or on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        if sync is not None:
+            if isinstance(sync, bool) or not isinstance(sync, (int, float)) or not 0 < sync <= 3600:
+                raise ValueError(f"sync must be None or seconds between 0 and 3600, got {sync!r}")
+            if store is None:
+                raise ValueError("sync needs a store (it is the interval of exchanging counts with it)")
         self.limits: list[Limit] = parse_limits(limits)
         self.algorithm = algorithm
         self.max_keys = max_keys
         self.store = store
+        self.sync = sync
+        self.on_error = on_error
         if store is not None:
             if not callable(getattr(store, "table", None)):
                 raise TypeError(f"store must provide table(algorithm, limits, max_keys); got {type(store).__name__}")
-            self._table = store.table(algorithm, tuple(self.limits), max_keys)
+            self._table = store.table(algorithm, tuple(self.limits), max_keys, sync=sync, on_error=on_error)
         else:
             if _core is None:
                 from fastguard import _impl as _core
@@ -106,6 +125,18 @@ class RateLimiter:
         st = dict(self._table.stats())
         st["bytes_per_key"] = st["bytes"] / max(st["keys"], 1)
         return st
+
+    def close(self) -> None:
+        """Stop what the store runs for this limiter (the sync thread of local-first mode, after a last push)."""
+        close = getattr(self._table, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> RateLimiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         text = "; ".join(str(lim) for lim in self.limits)

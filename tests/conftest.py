@@ -36,3 +36,34 @@ def make(impl):
         return fg.RateLimiter(limits, algorithm=algorithm, max_keys=max_keys, _core=impl)
 
     return factory
+
+
+# -- real Redis servers (tests/redis_servers.py): started on free loopback ports, stopped by pid -------------------
+@pytest.fixture(scope="session")
+def redis_server():
+    """A standalone redis-server for the whole run."""
+    from redis_servers import RedisProcess
+
+    server = RedisProcess()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_redis():
+    """A redis-server of this test's own (for tests that kill, pause or restart it)."""
+    from redis_servers import RedisProcess
+
+    server = RedisProcess()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A 3-master Redis Cluster for the whole run."""
+    from redis_servers import RedisClusterProcesses
+
+    cluster = RedisClusterProcesses(3)
+    yield cluster
+    cluster.stop()

@@ -1,0 +1,574 @@
+-- fastguard strict-mode decisions: one atomic call decides every limit of each given key, in order, exactly as
+-- fastguard._pure.Table does (that module is the definition; this is a transcription of it).
+--
+-- KEYS     the keys' states, each a string of decimal integers: the touched time, then the words of every limit
+-- ARGV     1 algorithm f|s|b|g (fixed_window, sliding_window, token_bucket, gcra)
+--          2, 3 now as whole seconds and nanoseconds, or "", "" for this server's clock (TIME): one clock for all
+--          4 "1" to record the hits, "0" to peek
+--          5 TTL of a state in ms (longer than any state takes to become fresh, so expiry loses nothing)
+--          6 "fast" or "exact" (which arithmetic, chosen by the client from the limits; see below)
+--          7 n, the number of limits
+--          8, 9, 10 fast: the struct formats of a state and of the constants, the packed constants; exact: "", "", ""
+--          then (exact only) for each limit: count C, period P (ns), P in whole seconds (0 if not),
+--            10^9 / P (0 if not a whole divisor of a second), T = ceil(P / C), L = C * T, as decimals
+--          then one cost per key (decimal, capped by the client at the largest count + 1: the same answer)
+-- Returns  for each key: allowed 0|1, index of the reported limit (1-based), reset_after ns,
+--          retry_after ns ("-1" = never), then the remaining of every limit
+--
+-- Two transcriptions of the same rules. "fast": every period is whole seconds or a whole divisor of a second
+-- (>= 1 ms) and every C * P < 2^53, so each quantity but absolute time fits a Lua number exactly; absolute times
+-- are kept as (seconds, nanoseconds) pairs. "exact": anything else, in bignum arithmetic (slower; correct for every
+-- limit the core accepts). A state is written by one of the two only: the path follows from the limits, and so
+-- does the key's namespace.
+
+local code = ARGV[1]
+local commit = ARGV[4] == "1"
+local ttl = ARGV[5]
+local nlim = tonumber(ARGV[7])
+local now_s, now_n
+if ARGV[2] == "" then
+  local t = redis.call("TIME")
+  now_s, now_n = tonumber(t[1]), tonumber(t[2]) * 1000
+else
+  now_s, now_n = tonumber(ARGV[2]), tonumber(ARGV[3])
+end
+local reply = {}
+
+if ARGV[6] == "fast" then
+  -- ARGV[8]: the struct format of a state (little-endian doubles: exact for integers below 2^53);
+  -- ARGV[9], ARGV[10]: the format and the packed C, P, P in seconds, 10^9 / P, T, L of every limit;
+  -- the costs from ARGV[11].
+  -- A state: touched (seconds, ns), then per limit: fixed window (index, count), sliding window (index, cur,
+  -- prev), token bucket (full_at seconds, full_at ns, frac), GCRA (tat seconds, tat ns).
+  local fmt = ARGV[8]
+  local K = {struct.unpack(ARGV[9], ARGV[10])}
+  local E9 = 1000000000
+  local fmod = math.fmod
+  -- floor(a / b) and ceil(a / b) for integers a >= 0, b > 0 below 2^53: fmod is exact, so these are too
+  local function fdiv(a, b) return (a - fmod(a, b)) / b end
+  local function cdiv(a, b) local r = fmod(a, b); return (a - r) / b + (r > 0 and 1 or 0) end
+  local nw = (code == "s" or code == "b") and 3 or 2  -- words per limit
+  local st, ok, rem, resets = {}, {}, {}, {}
+  for x = 1, #KEYS do
+    local key = KEYS[x]
+    local k = tonumber(ARGV[10 + x])
+    local s, n = now_s, now_n
+    local stored = redis.call("GET", key)
+    local v = nil
+    if stored then
+      v = {struct.unpack(fmt, stored)}
+      -- time went backwards for this key: decide as if no time had passed
+      if v[1] > s or (v[1] == s and v[2] > n) then s, n = v[1], v[2] end
+    end
+    local allowed = true
+    for i = 1, nlim do
+      local at = 6 * (i - 1)
+      local Ci, Pi = K[at + 1], K[at + 2]
+      local base = 2 + (i - 1) * nw
+      local a, b, c, e = 0, 0, 0, 0
+      if code == "f" or code == "s" then
+        -- now as (window index q, offset e in the window), exact: P is whole seconds or divides a second
+        local q
+        if K[at + 3] > 0 then
+          q = fdiv(s, K[at + 3]); e = (s - q * K[at + 3]) * E9 + n
+        else
+          e = fmod(n, Pi); q = s * K[at + 4] + (n - e) / Pi
+        end
+        a = q
+        if code == "f" then
+          if v and v[base + 1] == q then b = v[base + 2] end
+          ok[i] = b + k <= Ci
+        else
+          if v then
+            if v[base + 1] == q then b, c = v[base + 2], v[base + 3]
+            elseif v[base + 1] + 1 == q then c = v[base + 2] end
+          end
+          ok[i] = b + k <= Ci and c * (Pi - e) <= (Ci - b - k) * Pi
+        end
+      elseif code == "b" then
+        -- deficit D = max(0, (full_at - now) * C + frac); full_at - now <= P, so this is exact
+        if v then
+          local fs, fn = v[base + 1], v[base + 2]
+          if fs > s or (fs == s and fn >= n) then a = ((fs - s) * E9 + (fn - n)) * Ci + v[base + 3] end
+        end
+        ok[i] = k <= Ci and a <= (Ci - k) * Pi
+      else
+        -- d = max(0, tat - now)
+        if v then
+          local ts, tn = v[base + 1], v[base + 2]
+          if ts > s or (ts == s and tn > n) then a = (ts - s) * E9 + (tn - n) end
+        end
+        ok[i] = a + k * K[at + 5] <= K[at + 6]
+      end
+      st[i] = {a, b, c, e}
+      if not ok[i] then allowed = false end
+    end
+    -- consume; the remaining and reset_after of each limit on the words after the hit
+    local out = {s, n}
+    local best = 1
+    for i = 1, nlim do
+      local at = 6 * (i - 1)
+      local Ci, Pi = K[at + 1], K[at + 2]
+      local w = st[i]
+      local a, b, c, e = w[1], w[2], w[3], w[4]
+      if code == "f" then
+        if allowed and commit then b = b + k end
+        rem[i] = Ci - b
+        resets[i] = (b > 0) and (Pi - e) or 0
+        out[#out + 1] = a; out[#out + 1] = b
+      elseif code == "s" then
+        if allowed and commit then b = b + k end
+        local room = (Ci - b) * Pi - c * (Pi - e)
+        rem[i] = room > 0 and fdiv(room, Pi) or 0
+        resets[i] = (b > 0 and 2 * Pi - e) or (c > 0 and Pi - e) or 0
+        out[#out + 1] = a; out[#out + 1] = b; out[#out + 1] = c
+      elseif code == "b" then
+        local d = a
+        if allowed and commit then
+          d = d + k * Pi
+          local frac = fmod(d, Ci)
+          local fns = n + (d - frac) / Ci  -- full_at = now + floor(d / C), as (seconds, ns)
+          local fr = fmod(fns, E9)
+          out[#out + 1] = s + (fns - fr) / E9; out[#out + 1] = fr; out[#out + 1] = frac
+        end
+        rem[i] = fdiv(Ci * Pi - d, Pi)
+        resets[i] = cdiv(d, Ci)
+      else
+        local d = a
+        if allowed and commit then
+          d = d + k * K[at + 5]
+          local tns = n + d
+          local tr = fmod(tns, E9)
+          out[#out + 1] = s + (tns - tr) / E9; out[#out + 1] = tr
+        end
+        rem[i] = fdiv(K[at + 6] - d, K[at + 5])
+        resets[i] = d
+      end
+      if i > 1 and (rem[i] < rem[best] or (rem[i] == rem[best] and Pi > K[6 * (best - 1) + 2])) then best = i end
+    end
+    local retry = 0
+    if not allowed then
+      for i = 1, nlim do
+        if not ok[i] then
+          local at = 6 * (i - 1)
+          local Ci, Pi = K[at + 1], K[at + 2]
+          if k > Ci then
+            retry = -1
+            break
+          end
+          local w = st[i]
+          local a, b, c, e = w[1], w[2], w[3], w[4]
+          local r
+          if code == "f" then
+            r = Pi - e
+          elseif code == "s" then
+            if b + k <= Ci then
+              r = (Pi - e) - fdiv((Ci - b - k) * Pi, c)  -- later in this window (c > 0: the hit was refused)
+            else
+              local qq = fdiv((Ci - k) * Pi, b)          -- in the next window (b > C - k >= 0)
+              r = (Pi - e) + (qq < Pi and Pi - qq or 0)
+            end
+          elseif code == "b" then
+            r = cdiv(a - (Ci - k) * Pi, Ci)
+          else
+            r = a + k * K[at + 5] - K[at + 6]
+          end
+          if r > retry then retry = r end
+        end
+      end
+    end
+    -- A denied newcomer leaves nothing behind; a denied known key only moves its touched time.
+    if commit and (stored or allowed) then
+      if not allowed then
+        out = v
+        out[#out] = nil  -- unpack's trailing position
+        out[1] = s
+        out[2] = n
+      end
+      redis.call("SET", key, struct.pack(fmt, unpack(out)), "PX", ttl)
+    end
+    reply[#reply + 1] = allowed and 1 or 0
+    reply[#reply + 1] = best
+    reply[#reply + 1] = resets[best]
+    reply[#reply + 1] = retry
+    for i = 1, nlim do reply[#reply + 1] = rem[i] end
+  end
+  return reply
+end
+
+do  -- "exact"
+  local BASE = 10000000
+  local EXACT = 9007199254740992  -- 2^53
+
+  local function norm(t)  -- a limb array without leading zeros -> a number when below 2^53
+    local n = #t
+    while n > 0 and t[n] == 0 do t[n] = nil; n = n - 1 end
+    if n <= 2 then return (t[2] or 0) * BASE + (t[1] or 0) end
+    if n == 3 and t[3] <= 90 then
+      local v = (t[3] * BASE + t[2]) * BASE + t[1]  -- exact when below 2^53, and at or above it when not
+      if v < EXACT then return v end
+    end
+    return t
+  end
+
+  local function limbs(x)  -- any value as a limb array (numbers split exactly: each step divides by 10^7)
+    if type(x) == "table" then return x end
+    local t = {}
+    while x > 0 do
+      local r = math.fmod(x, BASE)
+      t[#t + 1] = r
+      x = (x - r) / BASE
+    end
+    return t
+  end
+
+  local function big(s)
+    if #s <= 15 then return tonumber(s) end
+    local t, i = {}, #s
+    while i > 0 do
+      local j = i - 6
+      if j < 1 then j = 1 end
+      t[#t + 1] = tonumber(string.sub(s, j, i))
+      i = j - 1
+    end
+    return norm(t)
+  end
+
+  local function str(a)
+    if type(a) == "number" then return string.format("%.0f", a) end
+    local n = #a
+    local parts = {string.format("%d", a[n])}
+    for i = n - 1, 1, -1 do parts[#parts + 1] = string.format("%07d", a[i]) end
+    return table.concat(parts)
+  end
+
+  local function lcmp(a, b)  -- limb arrays without leading zeros
+    local na, nb = #a, #b
+    if na ~= nb then return na < nb and -1 or 1 end
+    for i = na, 1, -1 do
+      if a[i] ~= b[i] then return a[i] < b[i] and -1 or 1 end
+    end
+    return 0
+  end
+
+  local function lsub(a, b)  -- limb arrays, a >= b; the result without leading zeros
+    local r, borrow = {}, 0
+    for i = 1, #a do
+      local s = a[i] - (b[i] or 0) - borrow
+      if s < 0 then r[i] = s + BASE; borrow = 1 else r[i] = s; borrow = 0 end
+    end
+    local n = #r
+    while n > 0 and r[n] == 0 do r[n] = nil; n = n - 1 end
+    return r
+  end
+
+  local function cmp(a, b)
+    local ta, tb = type(a) == "table", type(b) == "table"
+    if not ta and not tb then
+      if a == b then return 0 end
+      return a < b and -1 or 1
+    end
+    if not ta then return -1 end  -- a number is below every bignum
+    if not tb then return 1 end
+    return lcmp(a, b)
+  end
+
+  local function add(a, b)
+    if type(a) == "number" and type(b) == "number" then
+      local s = a + b
+      if s < EXACT then return s end
+    end
+    a, b = limbs(a), limbs(b)
+    local r, carry = {}, 0
+    local n = #a
+    if #b > n then n = #b end
+    for i = 1, n do
+      local s = (a[i] or 0) + (b[i] or 0) + carry
+      if s >= BASE then r[i] = s - BASE; carry = 1 else r[i] = s; carry = 0 end
+    end
+    if carry > 0 then r[n + 1] = carry end
+    return norm(r)
+  end
+
+  local function sub(a, b)  -- a >= b
+    if type(a) == "number" then return a - b end  -- then b is a number too
+    return norm(lsub(a, limbs(b)))
+  end
+
+  local function mul(a, b)
+    if type(a) == "number" and type(b) == "number" then
+      local p = a * b
+      if p < EXACT then return p end  -- a product at or above 2^53 never rounds below it
+    end
+    a, b = limbs(a), limbs(b)
+    local na, nb = #a, #b
+    if na == 0 or nb == 0 then return 0 end
+    local r = {}
+    for i = 1, na + nb do r[i] = 0 end
+    for i = 1, na do
+      local ai, carry = a[i], 0
+      if ai ~= 0 then
+        for j = 1, nb do
+          local s = r[i + j - 1] + ai * b[j] + carry
+          local lo = math.fmod(s, BASE)
+          r[i + j - 1] = lo
+          carry = (s - lo) / BASE
+        end
+        local k = i + nb
+        while carry > 0 do
+          local s = r[k] + carry
+          local lo = math.fmod(s, BASE)
+          r[k] = lo
+          carry = (s - lo) / BASE
+          k = k + 1
+        end
+      end
+    end
+    return norm(r)
+  end
+
+  local function approx(a)
+    local f = 0
+    for i = #a, 1, -1 do f = f * BASE + a[i] end
+    return f
+  end
+
+  -- floor(a / b) and a mod b, b > 0. Numbers: fmod is exact. Bignums: schoolbook division one base-10^7 digit at a
+  -- time; each digit is estimated in floating point (relative error ~1e-15, so off by at most one) and corrected.
+  local function divmod(a, b)
+    if type(a) == "number" then
+      if type(b) == "table" then return 0, a end
+      local r = math.fmod(a, b)
+      return (a - r) / b, r
+    end
+    if cmp(a, b) < 0 then return 0, a end
+    b = limbs(b)
+    local q = {}
+    if #b == 1 then
+      local d, rem = b[1], 0
+      for i = #a, 1, -1 do
+        local cur = rem * BASE + a[i]
+        rem = math.fmod(cur, d)
+        q[i] = (cur - rem) / d
+      end
+      return norm(q), rem
+    end
+    local r = {}
+    local bf = approx(b)
+    for i = #a, 1, -1 do
+      if #r > 0 or a[i] ~= 0 then table.insert(r, 1, a[i]) end
+      local qd = 0
+      if lcmp(r, b) >= 0 then
+        qd = math.floor(approx(r) / bf)
+        if qd >= BASE then qd = BASE - 1 end
+        local p = limbs(mul(b, qd))
+        while lcmp(p, r) > 0 do qd = qd - 1; p = lsub(p, b) end
+        r = lsub(r, p)
+        while lcmp(r, b) >= 0 do qd = qd + 1; r = lsub(r, b) end
+      end
+      q[i] = qd
+    end
+    return norm(q), norm(r)
+  end
+
+  local function div(a, b) local q = divmod(a, b); return q end
+  local function ceildiv(a, b)
+    local q, r = divmod(a, b)
+    if cmp(r, 0) > 0 then q = add(q, 1) end
+    return q
+  end
+
+  local ZERO, ONE, TWO = 0, 1, 2
+
+  -- The four algorithms, as in fastguard/_pure.py. Each takes (limit, words, now) with words rolled to now.
+  -- limit: {C = count, P = period, and per algorithm derived constants}; words: a list of bignums.
+  local ALG = {}
+
+  ALG.f = {
+    n = 2,
+    roll = function(L, w, now)
+      local win = div(now, L.P)
+      if w and cmp(w[1], win) == 0 then return {w[1], w[2]} end
+      return {win, ZERO}
+    end,
+    admits = function(L, w, now, k) return cmp(add(w[2], k), L.C) <= 0 end,
+    consume = function(L, w, now, k) return {w[1], add(w[2], k)} end,
+    remaining = function(L, w, now) return sub(L.C, w[2]) end,
+    reset_after = function(L, w, now)
+      if w[2] == 0 then return ZERO end
+      return sub(mul(add(w[1], ONE), L.P), now)
+    end,
+    retry_after = function(L, w, now, k) return sub(mul(add(w[1], ONE), L.P), now) end,
+  }
+
+  local function sliding_e(L, w, now) return sub(now, mul(w[1], L.P)) end
+  local function sliding_wp(L, w, now)  -- prev * (P - e)
+    return mul(w[3], sub(L.P, sliding_e(L, w, now)))
+  end
+
+  ALG.s = {
+    n = 3,
+    roll = function(L, w, now)
+      local win = div(now, L.P)
+      if w then
+        local c = cmp(w[1], win)
+        if c == 0 then return {w[1], w[2], w[3]} end
+        if cmp(add(w[1], ONE), win) == 0 then return {win, ZERO, w[2]} end
+      end
+      return {win, ZERO, ZERO}
+    end,
+    admits = function(L, w, now, k)
+      return cmp(add(sliding_wp(L, w, now), mul(add(w[2], k), L.P)), L.CP) <= 0
+    end,
+    consume = function(L, w, now, k) return {w[1], add(w[2], k), w[3]} end,
+    remaining = function(L, w, now)
+      local used = add(sliding_wp(L, w, now), mul(w[2], L.P))
+      if cmp(used, L.CP) >= 0 then return ZERO end
+      return div(sub(L.CP, used), L.P)
+    end,
+    reset_after = function(L, w, now)
+      if w[2] ~= 0 then return sub(mul(add(w[1], TWO), L.P), now) end
+      if w[3] ~= 0 then return sub(mul(add(w[1], ONE), L.P), now) end
+      return ZERO
+    end,
+    retry_after = function(L, w, now, k)
+      local rest = sub(L.P, sliding_e(L, w, now))  -- P - e
+      local ck = add(w[2], k)
+      if cmp(ck, L.C) <= 0 then
+        -- later in this window: (P - e) - floor((C - cur - k) * P / prev); prev > 0 since the hit was refused
+        return sub(rest, div(mul(sub(L.C, ck), L.P), w[3]))
+      end
+      -- in the next window: (P - e) + max(0, P - floor((C - k) * P / cur)); cur > C - k >= 0
+      local q = div(mul(sub(L.C, k), L.P), w[2])
+      if cmp(q, L.P) < 0 then return add(rest, sub(L.P, q)) end
+      return rest
+    end,
+  }
+
+  local function bucket_deficit(L, w, now)  -- max(0, (full_at - now) * C + frac)
+    if cmp(w[1], now) < 0 then return ZERO end
+    return add(mul(sub(w[1], now), L.C), w[2])
+  end
+
+  ALG.b = {
+    n = 2,
+    roll = function(L, w, now)
+      if w then return {w[1], w[2]} end
+      return {ZERO, ZERO}
+    end,
+    admits = function(L, w, now, k) return cmp(add(bucket_deficit(L, w, now), mul(k, L.P)), L.CP) <= 0 end,
+    consume = function(L, w, now, k)
+      local q, r = divmod(add(bucket_deficit(L, w, now), mul(k, L.P)), L.C)
+      return {add(now, q), r}
+    end,
+    remaining = function(L, w, now) return div(sub(L.CP, bucket_deficit(L, w, now)), L.P) end,
+    reset_after = function(L, w, now) return ceildiv(bucket_deficit(L, w, now), L.C) end,
+    retry_after = function(L, w, now, k)
+      -- ceil((D - (C - k) * P) / C), positive since the hit was refused
+      return ceildiv(sub(bucket_deficit(L, w, now), mul(sub(L.C, k), L.P)), L.C)
+    end,
+  }
+
+  local function gcra_d(w, now)
+    if cmp(w[1], now) > 0 then return sub(w[1], now) end
+    return ZERO
+  end
+
+  ALG.g = {
+    n = 1,
+    roll = function(L, w, now)
+      if w then return {w[1]} end
+      return {ZERO}
+    end,
+    admits = function(L, w, now, k) return cmp(add(gcra_d(w, now), mul(k, L.T)), L.L) <= 0 end,
+    consume = function(L, w, now, k) return {add(add(now, gcra_d(w, now)), mul(k, L.T))} end,
+    remaining = function(L, w, now) return div(sub(L.L, gcra_d(w, now)), L.T) end,
+    reset_after = function(L, w, now) return gcra_d(w, now) end,
+    retry_after = function(L, w, now, k) return sub(add(gcra_d(w, now), mul(k, L.T)), L.L) end,
+  }
+
+  -- ---------------------------------------------------------------------------------------------------------------
+  local alg = ALG[code]
+  local clock = add(mul(now_s, 1000000000), now_n)
+  local limits = {}
+  for i = 1, nlim do
+    local at = 11 + 6 * (i - 1)
+    local L = {C = big(ARGV[at]), P = big(ARGV[at + 1]), T = big(ARGV[at + 4]), L = big(ARGV[at + 5])}
+    L.CP = mul(L.C, L.P)
+    limits[i] = L
+  end
+
+  local function decide(key, k, reply)
+    local now = clock
+    -- The stored state, if any: touched, then alg.n words per limit.
+    local stored = redis.call("GET", key)
+    local words = nil
+    if stored then
+      local nums = {}
+      for tok in string.gmatch(stored, "%d+") do nums[#nums + 1] = big(tok) end
+      words = {}
+      for i = 1, nlim do
+        local w = {}
+        for j = 1, alg.n do w[j] = nums[1 + (i - 1) * alg.n + j] end
+        words[i] = w
+      end
+      -- time went backwards for this key: decide as if no time had passed
+      if cmp(nums[1], now) > 0 then now = nums[1] end
+    end
+
+    local rolled, admits, allowed = {}, {}, true
+    for i = 1, nlim do
+      rolled[i] = alg.roll(limits[i], words and words[i], now)
+      admits[i] = alg.admits(limits[i], rolled[i], now, k)
+      if not admits[i] then allowed = false end
+    end
+    local after = rolled
+    if allowed and commit then
+      after = {}
+      for i = 1, nlim do after[i] = alg.consume(limits[i], rolled[i], now, k) end
+    end
+
+    local remainings, best = {}, 1
+    for i = 1, nlim do
+      remainings[i] = alg.remaining(limits[i], after[i], now)
+      if i > 1 then
+        local c = cmp(remainings[i], remainings[best])
+        if c < 0 or (c == 0 and cmp(limits[i].P, limits[best].P) > 0) then best = i end
+      end
+    end
+
+    local retry, never = ZERO, false
+    if not allowed then
+      for i = 1, nlim do
+        if not admits[i] then
+          if cmp(k, limits[i].C) > 0 then
+            never = true
+          else
+            local r = alg.retry_after(limits[i], rolled[i], now, k)
+            if cmp(r, retry) > 0 then retry = r end
+          end
+        end
+      end
+    end
+
+    -- A denied newcomer leaves nothing behind; a denied known key only moves its touched time.
+    if commit and (stored or allowed) then
+      local out = {str(now)}
+      local keep = allowed and after or words
+      for i = 1, nlim do
+        for j = 1, alg.n do out[#out + 1] = str(keep[i][j]) end
+      end
+      redis.call("SET", key, table.concat(out, " "), "PX", ttl)
+    end
+
+    reply[#reply + 1] = allowed and 1 or 0
+    reply[#reply + 1] = best
+    reply[#reply + 1] = str(alg.reset_after(limits[best], after[best], now))
+    reply[#reply + 1] = never and "-1" or str(retry)
+    for i = 1, nlim do reply[#reply + 1] = str(remainings[i]) end
+  end
+
+  for i = 1, #KEYS do decide(KEYS[i], big(ARGV[10 + 6 * nlim + i]), reply) end
+
+end
+return reply

@@ -1,0 +1,463 @@
+"""RedisStore and its strict table: one atomic script call per decision, on Redis or Redis Cluster."""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+import fastguard
+import redis
+from fastguard import Decision, Limit
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.retry import Retry
+
+__all__ = ["RedisStore", "StrictTable", "ON_ERROR", "FAULTS", "Health"]
+
+log = logging.getLogger("fastguard.redis")
+
+#: What a decision does while Redis cannot answer: admit, refuse, or ask the in-process core.
+ON_ERROR = ("allow", "deny", "local")
+#: The Lua source of every decision (a transcription of fastguard._pure's rules in exact integer arithmetic).
+SCRIPT = resources.files(__package__).joinpath("decide.lua").read_text(encoding="utf-8")
+_ALG_CODES = {"fixed_window": b"f", "sliding_window": b"s", "token_bucket": b"b", "gcra": b"g"}
+#: Keys per script call in hit_many on a standalone server (one call holds the server for ~this many decisions).
+BATCH_KEYS = 256
+#: Reconnect backoff: first retry after 20 ms, doubling to at most 0.4 s, so a recovered Redis is used within 1 s.
+BACKOFF_FIRST = 0.02
+BACKOFF_MAX = 0.4
+#: Retry-After given by on_error="deny" while Redis is unreachable (s).
+DENY_RETRY_AFTER = 1.0
+_MAX_NOW_NS = 2**62
+#: What counts as "Redis cannot answer" (redis-py raises RedisClusterException, not a RedisError, when it cannot
+#: reach any node of a cluster).
+FAULTS = (RedisError, RedisClusterException, OSError)
+#: Part of every key name: a release that changes how states are written changes it, so old states are not misread.
+STATE_VERSION = 1
+
+
+_E9 = 1_000_000_000
+
+
+def fast_arithmetic(lim: Limit) -> bool:
+    """Whether the script decides this limit in plain Lua numbers: the period is whole seconds or a whole
+    divisor of a second (>= 1 ms), and count * period (ns) < 2^53. Otherwise it uses its exact bignum path."""
+    p = lim.period_ns
+    return (p % _E9 == 0 or (_E9 % p == 0 and p >= 1_000_000)) and lim.count * p < 2**53
+
+
+def now_ns(now: Any) -> int | None:
+    """`now=` (float epoch seconds or None) as int nanoseconds, floor(now * 1e9) as the in-process core takes it."""
+    if now is None:
+        return None
+    if isinstance(now, bool) or not isinstance(now, (int, float)):
+        raise TypeError(f"now must be epoch seconds as a float, not {type(now).__name__}")
+    try:
+        ns = float(now) * 1e9
+    except OverflowError:
+        ns = math.inf
+    if not math.isfinite(ns) or ns < 0 or ns >= _MAX_NOW_NS:
+        raise ValueError(f"now must be epoch seconds between 0 and 2**62 ns, got {now!r}")
+    return math.floor(ns)
+
+
+def check_cost(cost: Any) -> int:
+    if isinstance(cost, bool) or not isinstance(cost, int):
+        raise TypeError(f"cost must be an int, not {type(cost).__name__}")
+    if cost < 0:
+        raise ValueError(f"cost must not be negative, got {cost}")
+    return cost
+
+
+def key_bytes(key: Any) -> bytes:
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes):
+        return key
+    raise TypeError(f"rate-limit key must be str or bytes, not {type(key).__name__}")
+
+
+class Health:
+    """Whether Redis answers, with reconnect backoff and one log line per change of state.
+
+    While down, calls go to the fallback without touching the network until the backoff expires; then one caller
+    probes (the others keep falling back) and the first success ends the outage.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.up = True
+        self.retry_at = 0.0
+        self.backoff = BACKOFF_FIRST
+        self.errors = 0
+        self.fallbacks = 0
+        self.changes = 0
+        self.last_error = ""
+        self._lock = threading.Lock()
+
+    def may_try(self) -> bool:
+        if self.up:
+            return True
+        with self._lock:
+            t = time.monotonic()
+            if t < self.retry_at:
+                return False
+            self.retry_at = t + self.backoff  # this caller probes; the others fall back meanwhile
+            return True
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if self.up:
+                self.up = False
+                self.changes += 1
+                self.backoff = BACKOFF_FIRST
+                log.warning("fastguard: Redis unreachable for %s (%s); deciding by on_error until it answers",
+                            self.what, self.last_error)
+            else:
+                self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+            self.retry_at = time.monotonic() + self.backoff
+
+    def succeeded(self) -> None:
+        if self.up:
+            return
+        with self._lock:
+            if not self.up:
+                self.up = True
+                self.changes += 1
+                log.warning("fastguard: Redis answers again for %s; decisions use it again", self.what)
+
+    def stats(self) -> dict[str, Any]:
+        return {"redis_up": self.up, "redis_errors": self.errors, "fallbacks": self.fallbacks,
+                "state_changes": self.changes, "last_error": self.last_error}
+
+
+class RedisStore:
+    """A Redis (standalone or Cluster) that rate limiters share.
+
+    RedisStore(client=redis.Redis(...) | redis.cluster.RedisCluster(...), prefix="fg")
+    RedisStore.from_url(url, timeout=0.25, connect_timeout=0.25, prefix="fg")
+        url: redis://[user:password@]host:port/db, rediss://... (TLS), unix:///path/to/socket?db=0,
+             redis+cluster://host:port[,host:port...] (Redis Cluster; MOVED/ASK redirections are followed).
+
+    A limiter's state lives under `<prefix>:<algorithm>:<limits>:{<key>}`: limiters with the same algorithm and
+    limits share counters (that is how several gateway nodes share one count), the key is its own hash tag (one
+    Cluster slot per key), and every state expires once it would decide like a new key.
+    The hiredis parser is used when the `hiredis` package is installed (redis-py picks it).
+    Clients made by from_url never retry inside redis-py: an unreachable Redis costs one timeout, then the
+    limiter's own backoff applies (see `on_error` in `table`).
+    """
+
+    def __init__(self, client: redis.Redis | RedisCluster | None = None, *, prefix: str = "fg",
+                 _connect: Any = None) -> None:
+        if client is None and _connect is not None:
+            self.cluster = True  # from_url's lazily made RedisCluster (it connects as it is made)
+        elif isinstance(client, (redis.Redis, RedisCluster)):
+            self.cluster = isinstance(client, RedisCluster)
+        else:
+            raise TypeError(f"client must be a redis.Redis or redis.cluster.RedisCluster, not {type(client).__name__}")
+        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{} "):
+            raise ValueError(f"prefix must be a non-empty str without braces or spaces, got {prefix!r}")
+        self._client = client
+        self._connect = _connect
+        self._lock = threading.Lock()
+        self.prefix = prefix
+        self.sha = _sha1(SCRIPT)
+
+    @property
+    def client(self) -> redis.Redis | RedisCluster:
+        """The redis-py client. A cluster client from from_url is made on first use; while no node answers,
+        this raises RedisClusterException (one of FAULTS), which decisions treat as Redis being down."""
+        c = self._client
+        if c is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._connect()
+                c = self._client
+        return c
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 0.25, connect_timeout: float = 0.25, prefix: str = "fg",
+                 **client_options: Any) -> RedisStore:
+        """A store on `url` (see the class docstring) with read and connect timeouts in seconds.
+
+        Raises ValueError for an unknown scheme or a malformed cluster node list. Does not connect: the first
+        decision does, so a gateway starts even while Redis is down.
+        """
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout,
+                                   "retry": Retry(redis.backoff.NoBackoff(), 0)}
+        options.update(client_options)
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme in ("redis", "rediss", "unix"):
+            return cls(redis.Redis.from_url(url, **options), prefix=prefix)
+        if scheme in ("redis+cluster", "rediss+cluster"):
+            parts = urlsplit(url)
+            nodes = []
+            for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
+                host, sep, port = hostport.rpartition(":")
+                if not sep or not host or not port.isdigit():
+                    raise ValueError(f"cluster node {hostport!r} in {url!r} is not host:port")
+                nodes.append(ClusterNode(host.strip("[]"), int(port)))
+            if parts.username:
+                options.setdefault("username", unquote(parts.username))
+            if parts.password:
+                options.setdefault("password", unquote(parts.password))
+            if scheme == "rediss+cluster":
+                options.setdefault("ssl", True)
+            options.setdefault("require_full_coverage", False)
+            return cls(prefix=prefix, _connect=lambda: RedisCluster(startup_nodes=nodes, **options))
+        raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or redis+cluster://")
+
+    def table(self, algorithm: str, limits: Sequence[Limit], max_keys: int, *, sync: float | None = None,
+              on_error: str = "allow") -> Any:
+        """The table behind a RateLimiter: StrictTable (sync=None) or SyncTable (sync=seconds)."""
+        if sync is None:
+            return StrictTable(self, algorithm, limits, max_keys, on_error)
+        from fastguard.redis.sync import SyncTable
+
+        return SyncTable(self, algorithm, limits, max_keys, sync, on_error)
+
+    def namespace(self, algorithm: str, limits: Sequence[Limit]) -> bytes:
+        spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in limits)
+        return f"{self.prefix}:v{STATE_VERSION}:{_ALG_CODES[algorithm].decode()}:{spec}:".encode()
+
+    def call_script(self, keys: list[bytes], args: list[Any]) -> Any:
+        """EVALSHA, loading the script with EVAL when the server lacks it (a restart, a new Cluster node)."""
+        try:
+            return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return self.client.execute_command("EVAL", SCRIPT, len(keys), *keys, *args)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisStore({'cluster' if self.cluster else 'standalone'}, prefix={self.prefix!r})"
+
+
+def _sha1(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class StrictTable:
+    """Strict mode: each hit is one atomic script call deciding every limit of the key with the rules of
+    fastguard._pure (bit for bit: the script works in exact integers). One clock for all nodes: Redis TIME,
+    or `now=`. While Redis is unreachable each decision follows `on_error` and never raises:
+    "allow" admits (remaining reported as the full count), "deny" refuses with Retry-After 1 s, "local" asks an
+    in-process table (max_keys entries). Redis is tried again after a backoff of 20 ms doubling to 0.4 s.
+    """
+
+    def __init__(self, store: RedisStore, algorithm: str, limits: Sequence[Limit], max_keys: int,
+                 on_error: str) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        self.store = store
+        self.algorithm = algorithm
+        self.limits = tuple(limits)
+        self.max_keys = max_keys
+        self.on_error = on_error
+        self.health = Health(f"{algorithm} {'; '.join(str(lim) for lim in self.limits)}")
+        self._prefix = store.namespace(algorithm, self.limits)
+        self._counts = [lim.count for lim in self.limits]
+        self._max_count = max(self._counts)
+        longest = max(lim.period_ns for lim in self.limits)
+        # Every state is fresh after 2 periods (sliding window) plus C ns (GCRA); a second of margin.
+        ttl_ms = (2 * longest + self._max_count) // 1_000_000 + 1000
+        self.fast = all(fast_arithmetic(lim) for lim in self.limits)
+        self._head = [_ALG_CODES[algorithm]]
+        self._tail = [str(ttl_ms).encode(), b"fast" if self.fast else b"exact", str(len(self.limits)).encode()]
+        constants: list[int] = []
+        for lim in self.limits:
+            c, p = lim.count, lim.period_ns
+            t = -(-p // c)
+            constants += [c, p, p // _E9 if p % _E9 == 0 else 0, _E9 // p if _E9 % p == 0 else 0, t, c * t]
+        if self.fast:
+            words = {"fixed_window": 2, "sliding_window": 3, "token_bucket": 3, "gcra": 2}[algorithm]
+            state_fmt = "<" + "d" * (2 + words * len(self.limits))
+            const_fmt = "<" + "d" * len(constants)
+            self._tail += [state_fmt.encode(), const_fmt.encode(), struct.pack(const_fmt, *constants)]
+        else:
+            self._tail += [b"", b"", b"", *[str(x).encode() for x in constants]]
+        self._local = fastguard._impl.Table(algorithm, self.limits, max_keys) if on_error == "local" else None
+        self.calls = 0
+        self.decisions = 0
+
+    # -- names and replies ------------------------------------------------------------------------------------
+    def name(self, key: Any) -> bytes:
+        return self._prefix + b"{" + key_bytes(key) + b"}"
+
+    def id_name(self, kid: int) -> bytes:
+        return self._prefix + b"#{" + str(kid).encode() + b"}"
+
+    def _args(self, t: int | None, commit: bytes, costs: list[int]) -> list[Any]:
+        cap = self._max_count + 1  # any cost above every count gets the same answer
+        when = [b"", b""] if t is None else [str(t // _E9).encode(), str(t % _E9).encode()]
+        return [*self._head, *when, commit, *self._tail, *[c if c < cap else cap for c in costs]]
+
+    def _decision(self, r: list[Any], at: int) -> Decision:
+        n = len(self.limits)
+        best = int(r[at + 1]) - 1
+        retry = int(r[at + 3])
+        remainings = [int(x) for x in r[at + 4:at + 4 + n]]
+        lim = self.limits[best]
+        return Decision.of(r[at] == 1, lim.count, remainings[best], int(r[at + 2]) / 1e9,
+                           math.inf if retry < 0 else retry / 1e9, lim.period, self.limits, remainings)
+
+    # -- while Redis is unreachable --------------------------------------------------------------------------
+    def _fallback(self, key: Any, cost: int, now: Any, commit: bool = True) -> Decision:
+        self.health.fallbacks += 1
+        if self._local is not None:
+            return self._local.hit(key, cost, now) if commit else self._local.peek(key, now)
+        return self._constant(self.on_error == "allow")
+
+    def _constant(self, allowed: bool) -> Decision:
+        lim = self.limits[0]
+        remaining = lim.count if allowed else 0
+        retry = 0.0 if allowed else DENY_RETRY_AFTER
+        return Decision.of(allowed, lim.count, remaining, retry, retry, lim.period, self.limits,
+                           self._counts if allowed else [0] * len(self.limits))
+
+    # -- the table API (fastguard._core.Table's) -------------------------------------------------------------
+    def hit(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision:
+        """Count a hit of `cost` against `key` if every limit admits it (one script call). Never raises for
+        Redis faults (see on_error); raises TypeError/ValueError for a bad key, cost or now."""
+        name = self.name(key)
+        k = check_cost(cost)
+        t = now_ns(now)
+        if not self.health.may_try():
+            return self._fallback(key, k, now)
+        try:
+            r = self.store.call_script([name], self._args(t, b"1", [k]))
+        except FAULTS as exc:
+            self.health.failed(exc)
+            return self._fallback(key, k, now)
+        self.health.succeeded()
+        self.calls += 1
+        self.decisions += 1
+        return self._decision(r, 0)
+
+    def peek(self, key: str | bytes, now: float | None = None) -> Decision:
+        """The decision a hit of cost 1 would get, recording nothing (one script call)."""
+        name = self.name(key)
+        t = now_ns(now)
+        if not self.health.may_try():
+            return self._fallback(key, 1, now, commit=False)
+        try:
+            r = self.store.call_script([name], self._args(t, b"0", [1]))
+        except FAULTS as exc:
+            self.health.failed(exc)
+            return self._fallback(key, 1, now, commit=False)
+        self.health.succeeded()
+        self.calls += 1
+        return self._decision(r, 0)
+
+    def reset(self, key: str | bytes) -> None:
+        """Forget `key` everywhere. Raises redis.exceptions.RedisError when Redis cannot be reached (a reset
+        that silently did nothing would be a wrong answer)."""
+        name = self.name(key)
+        if self._local is not None:
+            self._local.reset(key)
+        self.store.client.delete(name)
+
+    def hit_many(self, keys: Any, costs: Any, now: float | None) -> tuple[Any, Any, Any, Any]:
+        """Decide keys in order, in one pipelined round trip: BATCH_KEYS keys per script call on a standalone
+        server, one call per hash slot on a Cluster. With now=None each script call reads Redis TIME once."""
+        n = len(keys)
+        ids = isinstance(keys, np.ndarray)
+        names = [self.id_name(int(x)) for x in keys] if ids else [self.name(key) for key in keys]
+        cost_list = [1] * n if costs is None else [int(c) for c in costs]
+        t = now_ns(now)
+        allowed = np.zeros(n, dtype=bool)
+        remaining = np.zeros(n, dtype=np.int64)
+        retry = np.zeros(n, dtype=np.float64)
+        reset = np.zeros(n, dtype=np.float64)
+        if self.store.cluster:
+            groups: dict[int, list[int]] = {}
+            for i, name in enumerate(names):
+                groups.setdefault(key_slot(name), []).append(i)
+            batches = list(groups.values())
+        else:
+            batches = [list(range(i, min(i + BATCH_KEYS, n))) for i in range(0, n, BATCH_KEYS)]
+        failed: list[int] = []
+        if batches and self.health.may_try():
+            try:
+                pipe = self.store.client.pipeline(transaction=False)
+                for batch in batches:
+                    pipe.execute_command("EVALSHA", self.store.sha, len(batch), *[names[i] for i in batch],
+                                         *self._args(t, b"1", [cost_list[i] for i in batch]))
+                replies = pipe.execute(raise_on_error=False)
+            except FAULTS as exc:
+                replies = [exc] * len(batches)
+            ok = False
+            for batch, r in zip(batches, replies, strict=True):
+                if isinstance(r, NoScriptError):
+                    try:
+                        r = self.store.call_script([names[i] for i in batch],
+                                                   self._args(t, b"1", [cost_list[i] for i in batch]))
+                    except FAULTS as exc:
+                        r = exc
+                if isinstance(r, BaseException):
+                    self.health.failed(r)
+                    failed += batch
+                    continue
+                ok = True
+                self.calls += 1
+                width = 4 + len(self.limits)
+                for j, i in enumerate(batch):
+                    at = j * width
+                    allowed[i] = r[at] == 1
+                    best = int(r[at + 1]) - 1
+                    remaining[i] = int(r[at + 4 + best])
+                    reset[i] = int(r[at + 2]) / 1e9
+                    rt = int(r[at + 3])
+                    retry[i] = math.inf if rt < 0 else rt / 1e9
+            if ok:
+                self.health.succeeded()
+            self.decisions += n - len(failed)
+        else:
+            failed = list(range(n))
+        if failed:
+            self.health.fallbacks += len(failed)
+            if self._local is not None:
+                sub_keys = keys[failed] if ids else [keys[i] for i in failed]
+                sub_costs = None if costs is None else np.asarray([cost_list[i] for i in failed], dtype=np.int64)
+                a, rem, rt, rs = self._local.hit_many(sub_keys, sub_costs, now)
+                allowed[failed], remaining[failed], retry[failed], reset[failed] = a, rem, rt, rs
+            else:
+                d = self._constant(self.on_error == "allow")
+                allowed[failed], remaining[failed] = d.allowed, d.remaining
+                retry[failed], reset[failed] = d.retry_after, d.reset_after
+        return allowed, remaining, retry, reset
+
+    def stats(self) -> dict[str, Any]:
+        """Redis calls and decisions, errors, fallbacks, state; the in-process fallback table's keys/bytes."""
+        st: dict[str, Any] = {"store": "redis-cluster" if self.store.cluster else "redis", "mode": "strict",
+                              "on_error": self.on_error, "algorithm": self.algorithm, "redis_calls": self.calls,
+                              "redis_decisions": self.decisions, "hiredis": redis.utils.HIREDIS_AVAILABLE,
+                              "compiled": fastguard.COMPILED}
+        st.update(self.health.stats())
+        local = self._local.stats() if self._local is not None else {"keys": 0, "bytes": 0}
+        st["keys"], st["bytes"] = local["keys"], local["bytes"]
+        return st
+
+    def close(self) -> None:
+        """Nothing to stop in strict mode (the store's connections belong to the store)."""

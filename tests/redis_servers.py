@@ -1,0 +1,164 @@
+"""Real redis-server processes for the tests: standalone servers and a Redis Cluster on free loopback ports.
+
+Each server is a child process of the test run, started with no persistence in a temporary folder and stopped
+by its pid. Nothing here fakes Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import redis
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_cluster_port() -> int:
+    """A free port P below 55536 whose cluster bus port P + 10000 is free too."""
+    import random
+
+    rnd = random.Random()
+    for _ in range(200):
+        port = rnd.randrange(20000, 45000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+class RedisProcess:
+    """One redis-server on 127.0.0.1:port; `kill()` / `start()` simulate a crash and a restart (same port, dir)."""
+
+    def __init__(self, port: int | None = None, *, cluster: bool = False, workdir: str | None = None) -> None:
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not installed (.ci/run installs it: apt-get install redis-server)")
+        self.port = port or (free_cluster_port() if cluster else free_port())
+        self.cluster = cluster
+        self.dir = workdir or tempfile.mkdtemp(prefix=f"fg-redis-{self.port}-")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"]
+        if self.cluster:
+            # Without full coverage a dead master stops only its own slots (the behaviour the tests check).
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf",
+                     "--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
+                    return
+            except redis.RedisError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} exited with {self.proc.returncode}") from None
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server on port {self.port} did not answer within 10 s")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: connections drop without a goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing (a slow or hung Redis)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class RedisClusterProcesses:
+    """A Redis Cluster of `masters` masters (no replicas) made with `redis-cli --cluster create`."""
+
+    def __init__(self, masters: int = 3) -> None:
+        if REDIS_CLI is None:
+            raise RuntimeError("redis-cli is not installed (it comes with redis-server)")
+        self.dir = tempfile.mkdtemp(prefix="fg-cluster-")
+        self.nodes = [RedisProcess(cluster=True, workdir=self.dir) for _ in range(masters)]
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run([REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        self.wait_ok()
+
+    def wait_ok(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if all(self._state(n) == "ok" for n in self.nodes):
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+
+    @staticmethod
+    def _state(node: RedisProcess) -> str:
+        info = redis.Redis(port=node.port, decode_responses=True, socket_timeout=1).execute_command("CLUSTER INFO")
+        if isinstance(info, dict):
+            return str(info.get("cluster_state"))
+        return "ok" if "cluster_state:ok" in info else "fail"
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def node_of_slot(self, slot: int) -> RedisProcess:
+        ranges = self.nodes[0].client().execute_command("CLUSTER SLOTS")
+        for start, end, master, *_ in ranges:
+            if start <= slot <= end:
+                port = int(master[1])
+                return next(n for n in self.nodes if n.port == port)
+        raise LookupError(slot)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,192 @@
+"""Strict cluster mode against a real redis-server: the script decides exactly as fastguard._pure does."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import numpy as np
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastguard as fg
+from fastguard import _pure
+from fastguard.redis import RedisStore
+from fastguard.redis.store import fast_arithmetic
+
+# Limit sets that take the script's fast path (whole seconds or divisors of a second, count * period < 2^53) and
+# its exact bignum path (fractional periods, 1 µs periods, products past 2^53, counts up to 2^53).
+LIMIT_SETS = {
+    "fast-one": [fg.Limit(3, 1)],
+    "fast-two": [fg.Limit(5, 60), fg.Limit(2, 1)],
+    "fast-ms": [fg.Limit(4, 0.25), fg.Limit(10, 3)],
+    "fast-big": [fg.Limit(100, 86_400), fg.Limit(7, 2)],
+    "exact-frac": [fg.Limit(3, 1.5), fg.Limit(7, 3)],
+    "exact-us": [fg.Limit(3, 1e-6), fg.Limit(2, 1e-3)],
+    "exact-huge": [fg.Limit(1000, 86_400), fg.Limit(9_000_000_000, 365 * 86_400), fg.Limit(2**53, 3)],
+}
+
+
+def test_the_limit_sets_cover_both_paths():
+    paths = {name: all(fast_arithmetic(lim) for lim in lims) for name, lims in LIMIT_SETS.items()}
+    assert {v for k, v in paths.items() if k.startswith("fast")} == {True}
+    assert {v for k, v in paths.items() if k.startswith("exact")} == {False}
+
+
+def fields(d):
+    return (d.allowed, d.limit, d.remaining, d.reset_after, d.retry_after, d.period, d.remainings)
+
+
+def store_for(server) -> RedisStore:
+    # A prefix per test: nothing one test wrote is read by another.
+    return RedisStore(redis.Redis(port=server.port), prefix=f"t{uuid.uuid4().hex[:12]}")
+
+
+STEPS = st.lists(
+    st.tuples(
+        st.integers(0, 3),                                   # which key
+        st.sampled_from([0, 1, 1, 1, 2, 3, 5, 10**6, 2**62]),  # cost
+        st.sampled_from([0, 0, 1, 7, 999_999, 10**6, 10**8, 333_333_333, 10**9, 1_500_000_001, 3 * 10**9,
+                         60 * 10**9, 86_400 * 10**9, -1, -10**9]),  # ns to the next step (negative: clock skew)
+        st.booleans(),                                       # peek first
+    ),
+    min_size=1, max_size=60)
+
+
+@pytest.mark.parametrize("algorithm", fg.ALGORITHMS)
+@pytest.mark.parametrize("limit_set", sorted(LIMIT_SETS))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=STEPS, start=st.integers(0, 2**61))
+def test_redis_decides_exactly_like_the_reference(redis_server, algorithm, limit_set, steps, start):
+    limits = LIMIT_SETS[limit_set]
+    remote = fg.RateLimiter(limits, algorithm=algorithm, store=store_for(redis_server))
+    local = fg.RateLimiter(limits, algorithm=algorithm, _core=_pure)
+    t = start
+    for key_index, cost, dt, peek_first in steps:
+        t = min(max(t + dt, 0), 2**62 - 1)
+        now = t / 1e9
+        key = f"key-{key_index}"
+        if peek_first:
+            assert fields(remote.peek(key, now=now)) == fields(local.peek(key, now=now))
+        assert fields(remote.hit(key, cost, now=now)) == fields(local.hit(key, cost, now=now))
+    assert remote.stats()["redis_errors"] == 0
+
+
+@pytest.mark.parametrize("algorithm", fg.ALGORITHMS)
+@pytest.mark.parametrize("limit_set", ["fast-two", "exact-frac"])
+def test_hit_many_matches_the_reference_in_order(redis_server, algorithm, limit_set):
+    limits = LIMIT_SETS[limit_set]
+    remote = fg.RateLimiter(limits, algorithm=algorithm, store=store_for(redis_server))
+    local = fg.RateLimiter(limits, algorithm=algorithm, _core=_pure)
+    rng = np.random.default_rng(7)
+    now = 1_764_000_000.25
+    for _ in range(3):
+        keys = [f"u{int(i)}" for i in rng.integers(0, 40, size=700)]  # repeats: order within a key matters
+        costs = rng.integers(0, 3, size=700)
+        a = remote.hit_many(keys, costs=costs, now=now)
+        b = local.hit_many(keys, costs=costs, now=now)
+        for name in ("allowed", "remaining", "retry_after", "reset_after"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        ids = rng.integers(0, 50, size=500).astype(np.uint64)
+        a = remote.hit_many(ids, now=now)
+        b = local.hit_many(ids, now=now)
+        assert np.array_equal(a.allowed, b.allowed) and np.array_equal(a.remaining, b.remaining)
+        now += 0.4
+    assert remote.stats()["redis_errors"] == 0
+
+
+def test_integer_ids_and_string_keys_do_not_share_state(redis_server):
+    lim = fg.RateLimiter("1/hour", algorithm="fixed_window", store=store_for(redis_server))
+    assert lim.hit_many(np.array([7], dtype=np.uint64)).allowed[0]
+    assert lim.hit("7").allowed
+
+
+def test_the_server_clock_is_used_without_now(redis_server):
+    lim = fg.RateLimiter("3/minute", algorithm="sliding_window", store=store_for(redis_server))
+    got = [lim.hit("k").allowed for _ in range(5)]
+    assert got == [True, True, True, False, False]
+    d = lim.hit("k")
+    assert 0 < d.retry_after <= 120 and d.remaining == 0  # a sliding window may wait into the next window
+    assert d.headers()["RateLimit-Limit"] == "3"
+
+
+def test_peek_reset_and_cost(redis_server):
+    lim = fg.RateLimiter("10/minute", algorithm="token_bucket", store=store_for(redis_server))
+    assert lim.hit("k", cost=7, now=100.0).remaining == 3
+    assert lim.peek("k", now=100.0).remaining == 3
+    assert lim.peek("k", now=100.0).remaining == 3      # a peek records nothing
+    d = lim.hit("k", cost=11, now=100.0)                # more than the count: never admissible
+    assert not d.allowed and d.retry_after == math.inf
+    lim.reset("k")
+    assert lim.hit("k", cost=10, now=100.0).allowed
+
+
+def test_limiters_with_the_same_limits_share_counts_and_others_do_not(redis_server):
+    store = store_for(redis_server)
+    a = fg.RateLimiter("2/minute", algorithm="fixed_window", store=store)
+    b = fg.RateLimiter("2/minute", algorithm="fixed_window", store=store)  # another gateway node
+    c = fg.RateLimiter("3/minute", algorithm="fixed_window", store=store)
+    assert a.hit("k", now=60.0).allowed and b.hit("k", now=60.0).allowed
+    assert not a.hit("k", now=60.5).allowed
+    assert c.hit("k", now=60.5).allowed
+
+
+def test_states_expire_once_they_would_decide_like_a_new_key(redis_server):
+    store = store_for(redis_server)
+    lim = fg.RateLimiter("5/second; 100/minute", algorithm="sliding_window", store=store)
+    lim.hit("k")
+    name = lim._table.name("k")
+    ttl_ms = store.client.pttl(name)
+    assert 120_000 < ttl_ms <= 121_100  # two of the longest period, plus a second
+
+
+def test_a_flushed_script_cache_is_reloaded(redis_server):
+    store = store_for(redis_server)
+    lim = fg.RateLimiter("2/minute", store=store)
+    assert lim.hit("k", now=10.0).allowed
+    store.client.script_flush()
+    assert lim.hit("k", now=10.0).allowed
+    assert not lim.hit("k", now=10.0).allowed
+    st = lim.stats()
+    assert st["redis_errors"] == 0 and st["redis_calls"] == 3
+
+
+def test_bad_input_is_refused_before_any_round_trip(redis_server):
+    lim = fg.RateLimiter("2/minute", store=store_for(redis_server))
+    with pytest.raises(TypeError, match="str or bytes"):
+        lim.hit(5)
+    with pytest.raises(ValueError, match="negative"):
+        lim.hit("k", cost=-1)
+    with pytest.raises(ValueError, match="epoch seconds"):
+        lim.hit("k", now=float("nan"))
+    assert lim.stats()["redis_calls"] == 0
+
+
+def test_from_url_forms(redis_server, tmp_path):
+    assert not RedisStore.from_url(redis_server.url).cluster
+    assert RedisStore.from_url("redis+cluster://127.0.0.1:7000,[::1]:7001").cluster
+    rediss = RedisStore.from_url("rediss://127.0.0.1:6380/0")
+    assert rediss.client.connection_pool.connection_class.__name__ == "SSLConnection"
+    unix = RedisStore.from_url(f"unix://{tmp_path}/redis.sock?db=0")
+    assert unix.client.connection_pool.connection_kwargs["path"] == f"{tmp_path}/redis.sock"
+    for bad, match in [("http://x", "unsupported"), ("redis+cluster://hostonly", "host:port"),
+                       ("127.0.0.1:6379", "unsupported")]:
+        with pytest.raises(ValueError, match=match):
+            RedisStore.from_url(bad)
+    with pytest.raises(ValueError, match="timeout"):
+        RedisStore.from_url(redis_server.url, timeout=0)
+    with pytest.raises(TypeError, match="redis.Redis"):
+        RedisStore(client="redis://x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="prefix"):
+        RedisStore(redis.Redis(), prefix="a{b}")
+
+
+def test_limiter_options_are_checked():
+    with pytest.raises(ValueError, match="on_error"):
+        fg.RateLimiter("1/s", on_error="ignore")
+    with pytest.raises(ValueError, match="sync needs a store"):
+        fg.RateLimiter("1/s", sync=0.1)
+    with pytest.raises(ValueError, match="sync must be"):
+        fg.RateLimiter("1/s", store=RedisStore(redis.Redis()), sync=-1)
