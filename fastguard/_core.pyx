@@ -17,7 +17,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, PyObject
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
-from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc
+from cpython.mem cimport PyMem_RawCalloc, PyMem_RawFree, PyMem_RawMalloc, PyMem_RawRealloc
 from libc.math cimport ceil, floor, isfinite
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
@@ -428,6 +428,46 @@ cdef int _hit_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_
     return _insert(p, s, kid, h, now, fresh)
 
 
+cdef int _charge_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_t k,
+                        int64_t now) noexcept nogil:
+    """Count up to `k` in every limit of the key, each limit as far as it admits, without deciding (what other
+    nodes admitted, in local-first cluster mode). Mirrors _pure.Table.charge. -1 only when out of memory."""
+    cdef int64_t fresh[FG_MAX_LIMITS * FG_MAX_WORDS]
+    cdef int64_t copy[FG_MAX_WORDS]
+    cdef int64_t pos, c
+    cdef int64_t *entry = NULL
+    cdef int64_t *w
+    cdef fg_params one
+    cdef fg_verdict v
+    cdef int i
+    cdef bint counted = False
+    if s.n > 0 and fg_table_find(p, s, kid, h, &pos):
+        entry = fg_table_slot(p, s, pos)
+        if entry[1] > now:
+            now = entry[1]
+        w = entry + FG_HEADER_WORDS
+    else:
+        _fresh_words(p, fresh)
+        w = fresh
+    # Each limit on its own: a one-limit copy of the parameters decides what it alone admits.
+    one = p[0]
+    one.nlimits = 1
+    for i in range(p.nlimits):
+        one.lim[0] = p.lim[i]
+        memcpy(copy, w + i * p.words, p.words * sizeof(int64_t))
+        _decide(&one, copy, now, 1, False, &v)       # its remaining: the largest cost it admits now
+        c = k if k < v.remaining[0] else v.remaining[0]
+        if c > 0:
+            _decide(&one, w + i * p.words, now, c, True, &v)
+            counted = True
+    if entry != NULL:
+        entry[1] = now
+        return 0
+    if not counted:
+        return 0
+    return _insert(p, s, kid, h, now, fresh)
+
+
 @cython.freelist(256)
 @cython.no_gc
 cdef class Decision:
@@ -489,10 +529,17 @@ cdef class Table:
     cdef readonly str algorithm
     cdef readonly tuple limits
     cdef readonly int64_t max_keys
+    # The journal of admitted hits (key object, cost), kept only while recording (local-first cluster mode).
+    cdef bint recording
+    cdef PyObject **jkeys
+    cdef int64_t *jcosts
+    cdef Py_ssize_t jlen, jcap
 
     def __cinit__(self, str algorithm, limits, max_keys):
         cdef int i
         self.shards = NULL
+        self.jkeys = NULL
+        self.jcosts = NULL
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
         if isinstance(max_keys, bool) or not isinstance(max_keys, int):
@@ -531,10 +578,68 @@ cdef class Table:
 
     def __dealloc__(self):
         cdef int i
+        cdef Py_ssize_t j
         if self.shards != NULL:
             for i in range(self.nshards):
                 PyMem_RawFree(self.shards[i].slots)
             PyMem_RawFree(self.shards)
+        for j in range(self.jlen):
+            Py_XDECREF(self.jkeys[j])
+        PyMem_RawFree(self.jkeys)
+        PyMem_RawFree(self.jcosts)
+
+    cdef int _record(self, object key, int64_t k) except -1:
+        cdef Py_ssize_t cap
+        cdef PyObject **keys
+        cdef int64_t *costs
+        if self.jlen == self.jcap:
+            cap = self.jcap * 2 if self.jcap else 1024
+            keys = <PyObject **>PyMem_RawRealloc(self.jkeys, cap * sizeof(PyObject *))
+            if keys == NULL:
+                raise MemoryError()
+            self.jkeys = keys
+            costs = <int64_t *>PyMem_RawRealloc(self.jcosts, cap * sizeof(int64_t))
+            if costs == NULL:
+                raise MemoryError()
+            self.jcosts = costs
+            self.jcap = cap
+        Py_INCREF(key)
+        self.jkeys[self.jlen] = <PyObject *>key
+        self.jcosts[self.jlen] = k
+        self.jlen += 1
+        return 0
+
+    def record_hits(self, bint on):
+        """Start (True) or stop (False) keeping a journal of admitted hits for drain_hits()."""
+        self.recording = on
+
+    def drain_hits(self):
+        """The admitted hits of `hit()` since the last drain, as a list of (key, cost), and an empty journal.
+        (`hit_many` is not journaled: its callers see its decisions in its result arrays.)"""
+        cdef Py_ssize_t j, n = self.jlen
+        cdef list out = [None] * n
+        cdef object key
+        for j in range(n):
+            key = <object>self.jkeys[j]
+            Py_DECREF(key)
+            out[j] = (key, self.jcosts[j])
+        self.jlen = 0
+        return out
+
+    def charge(self, key, cost, now=None):
+        """Count `cost` against every limit of `key` without deciding, each limit taking as much as it can admit
+        (so none goes past exhausted): what other nodes admitted, in local-first cluster mode. Not journaled."""
+        cdef uint64_t kid = _key_id(key)
+        cdef uint64_t h = fg_table_hash(&self.p, kid)
+        cdef int64_t k = _cost(cost)
+        cdef int64_t t = _now_ns(now)
+        cdef fg_shard *s = self._shard(h)
+        cdef int rc
+        fg_spin_lock(&s.lock)
+        rc = _charge_locked(&self.p, s, kid, h, k, t)
+        fg_spin_unlock(&s.lock)
+        if rc < 0:
+            raise MemoryError("rate-limit table: out of memory for a new key")
 
     cdef inline fg_shard *_shard(self, uint64_t h) noexcept nogil:
         return &self.shards[h & <uint64_t>(self.nshards - 1)]
@@ -580,7 +685,11 @@ cdef class Table:
         """
         cdef uint64_t kid = _key_id(key)
         cdef uint64_t h = self._locate(kid)
-        return self._one(kid, h, _cost(cost), _now_ns(now), True)
+        cdef int64_t k = _cost(cost)
+        cdef Decision d = self._one(kid, h, k, _now_ns(now), True)
+        if self.recording and d.allowed and k > 0:
+            self._record(key, k)
+        return d
 
     def peek(self, key, now=None):
         """The decision a hit of cost 1 would get now, recording nothing."""

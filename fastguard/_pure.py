@@ -466,6 +466,8 @@ class Table:
         self._shards = [Shard() for _ in range(1 if max_keys < SMALL_TABLE else SHARDS)]
         self._total = 0
         self._lock = threading.Lock()  # one decision at a time (the core has a lock per shard)
+        self._recording = False
+        self._journal: list[tuple[Any, int]] = []
 
     def _shard(self, h: int) -> Shard:
         return self._shards[h & (len(self._shards) - 1)]
@@ -535,7 +537,51 @@ class Table:
         """Count a hit of `cost` against `key` if every limit admits it. Raises TypeError/ValueError on bad input."""
         kid, k, t = key_id(key), cost_from(cost), now_ns_from(now)
         with self._lock:
-            return self._hit_id(kid, k, t)
+            d = self._hit_id(kid, k, t)
+            if self._recording and d.allowed and k > 0:
+                self._journal.append((key, k))
+            return d
+
+    def record_hits(self, on: bool) -> None:
+        """Start (True) or stop (False) keeping a journal of admitted hits for drain_hits()."""
+        self._recording = bool(on)
+
+    def drain_hits(self) -> list[tuple[Any, int]]:
+        """The admitted hits of `hit()` since the last drain, as a list of (key, cost), and an empty journal."""
+        with self._lock:
+            out, self._journal = self._journal, []
+            return out
+
+    def charge(self, key: str | bytes, cost: int, now: float | None = None) -> None:
+        """Count `cost` against every limit of `key` without deciding, each limit taking as much as it can admit
+        (its `remaining`, so none goes past exhausted): what other nodes admitted, in local-first cluster mode.
+        A key that takes nothing and was not held is not added."""
+        kid, k, t = key_id(key), cost_from(cost), now_ns_from(now)
+        h = table_hash(kid)
+        with self._lock:
+            shard = self._shard(h)
+            entry = None
+            if shard.n > 0:
+                found, pos = shard.find(kid, h)
+                entry = shard.slots[pos] if found else None
+            if entry is not None and entry[1] > t:
+                t = entry[1]
+            words = self._words
+            stored = entry[2:] if entry is not None else self._new_words
+            out: list[int] = []
+            counted = False
+            for i, alg in enumerate(self._algs):
+                w = alg.roll(stored[i * words:(i + 1) * words], t)
+                c = min(k, alg.remaining(w, t))
+                if c > 0:
+                    w = alg.consume(w, t, c)
+                    counted = True
+                out += w
+            if entry is not None:
+                entry[1] = t
+                entry[2:] = out
+            elif counted:
+                self._insert(shard, kid, h, t, out)
 
     def peek(self, key: str | bytes, now: float | None = None) -> Decision:
         """The decision a hit of cost 1 would get now, recording nothing."""

@@ -23,7 +23,7 @@ LIMIT_SETS = [
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["hit", "hit", "hit", "hit", "peek", "reset"]),
+        st.sampled_from(["hit", "hit", "hit", "hit", "peek", "reset", "charge"]),
         st.sampled_from(["a", "b", "c", "d", "e", "ключ", b"\x00"]),
         st.integers(min_value=0, max_value=12),            # cost
         st.integers(min_value=-2_000_000_000, max_value=3_000_000_000),   # time step in ns (backwards allowed)
@@ -42,6 +42,8 @@ def _fields(d):
 def test_core_and_pure_decide_identically(alg, limits, seq, max_keys, start):
     parsed = tuple(fg.parse_limits(limits))
     c, p = _core.Table(alg, parsed, max_keys), _pure.Table(alg, parsed, max_keys)
+    c.record_hits(True)
+    p.record_hits(True)
     t = start * 1_000_000_000
     for op, key, cost, step in seq:
         t = max(0, t + step)
@@ -50,12 +52,17 @@ def test_core_and_pure_decide_identically(alg, limits, seq, max_keys, start):
             assert _fields(c.hit(key, cost, now)) == _fields(p.hit(key, cost, now))
         elif op == "peek":
             assert _fields(c.peek(key, now)) == _fields(p.peek(key, now))
+        elif op == "charge":
+            c.charge(key, cost, now)
+            p.charge(key, cost, now)
         else:
             c.reset(key)
             p.reset(key)
         sc, sp = c.stats(), p.stats()
         sp["compiled"] = True
         assert sc == sp
+    assert c.drain_hits() == p.drain_hits()
+    assert c.drain_hits() == p.drain_hits() == []
 
 
 @settings(max_examples=100, deadline=None)

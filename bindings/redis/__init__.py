@@ -10,5 +10,6 @@ See `RedisStore` for both, and for what happens while Redis is unreachable.
 """
 
 from fastguard.redis.store import ON_ERROR, RedisStore, StrictTable
+from fastguard.redis.sync import SyncTable
 
-__all__ = ["RedisStore", "StrictTable", "ON_ERROR"]
+__all__ = ["RedisStore", "StrictTable", "SyncTable", "ON_ERROR"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import struct
@@ -13,14 +14,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
-
-import fastguard
 import redis
-from fastguard import Decision, Limit
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
+
+import fastguard
+from fastguard import Decision, Limit
 
 __all__ = ["RedisStore", "StrictTable", "ON_ERROR", "FAULTS", "Health"]
 
@@ -173,7 +174,7 @@ class RedisStore:
         self._connect = _connect
         self._lock = threading.Lock()
         self.prefix = prefix
-        self.sha = _sha1(SCRIPT)
+        self.sha = sha1(SCRIPT)
 
     @property
     def client(self) -> redis.Redis | RedisCluster:
@@ -252,9 +253,8 @@ class RedisStore:
         return f"RedisStore({'cluster' if self.cluster else 'standalone'}, prefix={self.prefix!r})"
 
 
-def _sha1(text: str) -> str:
-    import hashlib
-
+def sha1(text: str) -> str:
+    """The SHA1 by which EVALSHA names a script."""
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 

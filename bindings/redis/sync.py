@@ -1,0 +1,290 @@
+"""Local-first cluster mode: the in-process core decides, a background thread exchanges counts with Redis."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError
+
+import fastguard
+from fastguard import Decision, Limit
+from fastguard.redis.store import (
+    BATCH_KEYS,
+    DENY_RETRY_AFTER,
+    FAULTS,
+    ON_ERROR,
+    STATE_VERSION,
+    Health,
+    RedisStore,
+    key_bytes,
+    sha1,
+)
+
+__all__ = ["SyncTable", "SYNC_SCRIPT"]
+
+log = logging.getLogger("fastguard.redis")
+
+#: Adds each key's delta to its counter (refreshing its TTL) and returns every counter's total.
+SYNC_SCRIPT = """
+local out = {}
+for i = 1, #KEYS do
+  local d = tonumber(ARGV[i + 1])
+  if d > 0 then
+    out[i] = redis.call("INCRBY", KEYS[i], d)
+    redis.call("PEXPIRE", KEYS[i], ARGV[1])
+  else
+    out[i] = tonumber(redis.call("GET", KEYS[i]) or "0")
+  end
+end
+return out
+"""
+
+
+class _Seen:
+    """What this node knows of one key in the current epoch."""
+
+    __slots__ = ("key", "epoch", "mine", "others", "active", "used")
+
+    def __init__(self, key: Any, used: int) -> None:
+        self.key = key        # the str/bytes the local table knows it by
+        self.epoch = -1       # the epoch of the counter that mine / others describe
+        self.mine = 0         # cost this node pushed into the epoch's counter
+        self.others = 0       # cost of the other nodes in the epoch, already charged to the local table
+        self.active = True    # admitted a hit since the previous sync
+        self.used = used      # the epoch of its latest admitted hit here
+
+
+class SyncTable:
+    """Local-first mode (`sync=seconds`): every decision is the in-process core's (`hit` *is* its compiled method,
+    plus a journal entry for admitted hits), and every `sync` seconds a background thread pushes each active key's
+    admitted cost to Redis and pulls what the other nodes admitted, in one pipelined round trip per slot group
+    (standalone: one script call per 256 keys). What the others admitted is charged to the local table with
+    `Table.charge` (every limit counts it, up to exhausted). `hit()` never waits for Redis.
+
+    Counters live per epoch (the longest period, aligned to the epoch on each node's clock): a node that meets a
+    key for the first time in an epoch is charged everything the others admitted in it. Each exchange carries
+    every key this node admitted in the current or the previous epoch (so the round trip grows with the keys a
+    node serves per longest period).
+
+    Error bound: a hit admitted on one node reaches Redis at that node's next exchange (within `sync`), and the
+    other nodes learn of it at their next exchange (within `sync` more; a node meeting the key for the first time
+    learns everything of the epoch at its first exchange, within `sync` of its first hit). So no node decides
+    more than 2 x sync + one round trip behind the others, and within any window the nodes together admit at most
+
+        count + (nodes - 1) * rate * (2 * sync + round trip)
+
+    more or less nodes x rate x sync (rate: hits per second one node admits). The error the other way is small:
+    a node is charged only what the others really admitted, though up to 2 x sync after the fact (for the token
+    bucket and GCRA that delays the refill of those tokens by as much). tests/test_redis_sync.py measures the
+    bound with 3 processes.
+
+    While Redis is unreachable the counts stay local and are pushed when it answers again (nothing is lost);
+    on_error "allow" and "local" both keep deciding in process, "deny" refuses every hit until Redis answers.
+    `hit_many` takes str/bytes keys only here (counts are shared by key name). `reset` forgets the key locally
+    and deletes its counter. `close()` stops the thread after a last push.
+    """
+
+    def __init__(self, store: RedisStore, algorithm: str, limits: Sequence[Limit], max_keys: int, sync: float,
+                 on_error: str) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        self.store = store
+        self.algorithm = algorithm
+        self.limits = tuple(limits)
+        self.interval = float(sync)
+        self.on_error = on_error
+        self.health = Health(f"sync of {algorithm} {'; '.join(str(lim) for lim in self.limits)}")
+        self._local = fastguard._impl.Table(algorithm, self.limits, max_keys)
+        self._local.record_hits(True)
+        self.peek = self._local.peek
+        if on_error != "deny":
+            self.hit = self._local.hit  # the compiled method itself: no Python frame of ours per decision
+        spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in self.limits)
+        self._prefix = f"{store.prefix}:v{STATE_VERSION}:sync:{spec}:".encode()
+        self._epoch_ns = max(lim.period_ns for lim in self.limits)
+        self._ttl_ms = str(2 * self._epoch_ns // 1_000_000 + 1000).encode()
+        self._sha = sha1(SYNC_SCRIPT)
+        self._seen: dict[bytes, _Seen] = {}
+        self._pending: dict[bytes, int] = defaultdict(int)   # admitted cost not yet pushed, by counter base name
+        self._lock = threading.Lock()                        # guards _pending and _seen against hit_many/reset
+        self.syncs = 0
+        self.pushed = 0
+        self.charged = 0
+        self.lag = 0.0  # seconds the last successful sync took
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fastguard-redis-sync", daemon=True)
+        self._thread.start()
+
+    # -- decisions ----------------------------------------------------------------------------------------------
+    def hit(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision:
+        """on_error="deny" only (otherwise `hit` is the local table's own method): refuse while Redis is down."""
+        if not self.health.up:
+            key_bytes(key)
+            self.health.fallbacks += 1
+            lim = self.limits[0]
+            return Decision.of(False, lim.count, 0, DENY_RETRY_AFTER, DENY_RETRY_AFTER, lim.period, self.limits,
+                               [0] * len(self.limits))
+        return self._local.hit(key, cost, now)
+
+    def hit_many(self, keys: Any, costs: Any, now: float | None) -> tuple[Any, Any, Any, Any]:
+        if isinstance(keys, np.ndarray):
+            raise TypeError("in sync mode hit_many takes str/bytes keys (counts are shared by key name), "
+                            "not an array of integer ids")
+        result = self._local.hit_many(keys, costs, now)
+        allowed = result[0]
+        if self.on_error == "deny" and not self.health.up:
+            self.health.fallbacks += len(keys)
+            allowed[:] = False
+            result[1][:] = 0
+            result[2][:] = DENY_RETRY_AFTER
+            return result
+        epoch = self._epoch()
+        with self._lock:
+            for i in np.flatnonzero(allowed):
+                c = 1 if costs is None else int(costs[i])
+                if c > 0:
+                    self._note(keys[i], c, epoch)
+        return result
+
+    def reset(self, key: str | bytes) -> None:
+        """Forget the key here and delete its counter (other nodes keep what they already charged)."""
+        base = self._base(key)
+        self._local.reset(key)
+        with self._lock:
+            self._pending.pop(base, None)
+            self._seen.pop(base, None)
+        self.store.client.delete(base + str(self._epoch()).encode())
+
+    # -- the exchange ---------------------------------------------------------------------------------------------
+    def _base(self, key: Any) -> bytes:
+        return self._prefix + b"{" + key_bytes(key) + b"}:"
+
+    def _epoch(self) -> int:
+        return time.time_ns() // self._epoch_ns
+
+    def _note(self, key: Any, cost: int, epoch: int) -> None:
+        base = self._base(key)
+        self._pending[base] += cost
+        seen = self._seen.get(base)
+        if seen is None:
+            self._seen[base] = _Seen(key, epoch)
+        else:
+            seen.active = True
+            seen.used = epoch
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sync_now()
+
+    def sync_now(self) -> bool:
+        """One exchange with Redis (the thread calls this every `sync` seconds). True when it succeeded."""
+        epoch = self._epoch()
+        with self._lock:
+            for key, cost in self._local.drain_hits():
+                self._note(key, cost, epoch)
+            bases = []
+            for base, seen in list(self._seen.items()):
+                # Every key admitted here in this epoch or the one before is exchanged, active or not: a key
+                # idle here may be busy elsewhere, and its next local hit must see that within one interval.
+                if seen.active or self._pending.get(base) or seen.used >= epoch - 1:
+                    bases.append(base)
+                else:
+                    del self._seen[base]  # idle here for a whole epoch: forget it
+            deltas = []
+            for base in bases:
+                seen = self._seen[base]
+                if seen.epoch != epoch:  # a new epoch: new counters everywhere
+                    seen.epoch, seen.mine, seen.others = epoch, 0, 0
+                deltas.append(self._pending.pop(base, 0))
+                seen.active = False
+        if not bases:
+            return True
+        if not self.health.may_try():
+            self._restore(bases, deltas)
+            return False
+        names = [base + str(epoch).encode() for base in bases]
+        t0 = time.monotonic()
+        try:
+            totals = self._exchange(names, deltas)
+        except FAULTS as exc:
+            self.health.failed(exc)
+            self._restore(bases, deltas)
+            return False
+        self.health.succeeded()
+        self.lag = time.monotonic() - t0
+        self.syncs += 1
+        self.pushed += sum(deltas)
+        with self._lock:
+            for base, delta, total in zip(bases, deltas, totals, strict=True):
+                seen = self._seen.get(base)
+                if seen is None or seen.epoch != epoch:
+                    continue
+                seen.mine += delta
+                others = int(total) - seen.mine
+                fresh = others - seen.others
+                if fresh > 0:
+                    seen.others = others
+                    self._local.charge(seen.key, fresh)
+                    self.charged += fresh
+        return True
+
+    def _restore(self, bases: list[bytes], deltas: list[int]) -> None:
+        """A failed push: keep its deltas for the next one."""
+        with self._lock:
+            for base, delta in zip(bases, deltas, strict=True):
+                if delta:
+                    self._pending[base] += delta
+                seen = self._seen.get(base)
+                if seen is not None:
+                    seen.active = True
+
+    def _exchange(self, names: list[bytes], deltas: list[int]) -> list[int]:
+        if self.store.cluster:
+            groups: dict[int, list[int]] = defaultdict(list)
+            for i, name in enumerate(names):
+                groups[key_slot(name)].append(i)
+            batches = list(groups.values())
+        else:
+            batches = [list(range(i, min(i + BATCH_KEYS, len(names)))) for i in range(0, len(names), BATCH_KEYS)]
+        pipe = self.store.client.pipeline(transaction=False)
+        for batch in batches:
+            pipe.execute_command("EVALSHA", self._sha, len(batch), *[names[i] for i in batch], self._ttl_ms,
+                                 *[deltas[i] for i in batch])
+        replies = pipe.execute(raise_on_error=False)
+        totals = [0] * len(names)
+        for batch, reply in zip(batches, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                reply = self.store.client.execute_command("EVAL", SYNC_SCRIPT, len(batch),
+                                                          *[names[i] for i in batch], self._ttl_ms,
+                                                          *[deltas[i] for i in batch])
+            if isinstance(reply, BaseException):
+                raise reply
+            for i, total in zip(batch, reply, strict=True):
+                totals[i] = total
+        return totals
+
+    # -- the rest of the table API --------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """The local table's stats, plus syncs, pushed and charged costs, the last sync's duration (`sync_lag`),
+        keys waiting to be pushed, and the Redis error / fallback counters."""
+        st = dict(self._local.stats())
+        st.update({"store": "redis-cluster" if self.store.cluster else "redis", "mode": "sync",
+                   "sync_interval": self.interval, "on_error": self.on_error, "syncs": self.syncs,
+                   "pushed": self.pushed, "charged": self.charged, "sync_lag": self.lag,
+                   "pending_keys": len(self._pending)})
+        st.update(self.health.stats())
+        return st
+
+    def close(self) -> None:
+        """Stop the sync thread after a last exchange (counts admitted so far reach Redis if it answers)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join(max(5.0, 2 * self.interval))
+            self.sync_now()
