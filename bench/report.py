@@ -37,6 +37,14 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def _redis_server_version() -> str:
+    try:
+        out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=10).stdout
+        return out.split(" v=")[1].split()[0].join(["redis-server ", ""]) if " v=" in out else "redis-server ?"
+    except (OSError, subprocess.SubprocessError):
+        return "redis-server not installed"
+
+
 def _ns(bench: dict) -> float:
     """Mean time of one decision in ns (benchmarks time loops of `ops` decisions)."""
     return bench["stats"]["mean"] / bench["extra_info"].get("ops", 1) * 1e9
@@ -51,7 +59,8 @@ def render(data: dict) -> str:
     lines = ["# fastguard benchmarks", "",
              f"Machine: {_cpu()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; "
              f"Python {platform.python_version()}; fastguard {_version('fastguard')}, limits {_version('limits')}, "
-             f"numpy {_version('numpy')}, Cython {_version('Cython')}.",
+             f"numpy {_version('numpy')}, Cython {_version('Cython')}, redis-py {_version('redis')}, "
+             f"hiredis {_version('hiredis')}, {_redis_server_version()}.",
              "", "Times are per call, means over rounds of loops of 1,000-100,000 calls (the loop's cost is included "
              "for every contender). **Smaller is better.** Produced by `python -m bench.report`.", ""]
 
@@ -111,6 +120,23 @@ def render(data: dict) -> str:
                 lines.append(f"| {alg}, uncached | " + " | ".join(cells) + " |")
         lines.append("")
 
+    # Cluster mode on a real redis-server.
+    redis_hit = {(b["extra_info"]["contender"], b["extra_info"]["algorithm"]): _ns(b) / 1000
+                 for b in by_group.get("redis hit", [])}
+    if redis_hit:
+        lines += ["## Cluster mode: one decision on a real Redis (µs per decision; smaller is better)", "",
+                  "| contender | algorithm | µs / decision |", "|---|---|---:|"]
+        lines += [f"| {c} | {a} | {v:.1f} |" for (c, a), v in sorted(redis_hit.items(), key=lambda kv: kv[1])]
+        lines.append("")
+    pipelined = {b["extra_info"]["algorithm"]: 1e9 / _ns(b) for b in by_group.get("redis hit_many", [])}
+    if pipelined:
+        lines += ["Pipelined strict `hit_many` (10,000 keys a call): " + ", ".join(
+            f"{alg} **{rate:,.0f} decisions/s**" for alg, rate in sorted(pipelined.items())) + ".", ""]
+    local_first = {b["extra_info"]["contender"]: _ns(b) for b in by_group.get("local-first", [])}
+    if local_first:
+        lines += ["Local-first `hit` (sliding window, 1,000 keys): " + ", ".join(
+            f"{c} {v:.0f} ns" for c, v in sorted(local_first.items(), key=lambda kv: kv[1])) + ".", ""]
+
     # Budgets (DESIGN §3), judged on this run only.
     checks = []
 
@@ -153,6 +179,21 @@ def render(data: dict) -> str:
         if "fastguard" in row and "floor: raw verify" in row:
             extra = (row["fastguard"] - row["floor: raw verify"]) / 1000
             check(f"uncached {alg} ≤ raw verify + 3 µs", extra, extra <= 3, f"{extra:+.1f} µs")
+    strict = max((v for (c, _), v in redis_hit.items() if c == "fastguard strict"), default=None)
+    floor_eval = redis_hit.get(("floor: raw EVALSHA 'return 1'", "-"))
+    same = redis_hit.get(("raw EVALSHA, same script", "sliding_window"))
+    if strict and floor_eval:
+        check("Redis strict `hit` ≤ 1.1× a raw EVALSHA round trip ('return 1')", strict,
+              strict <= 1.1 * floor_eval, f"{strict / floor_eval:.2f}× ({strict:.0f} vs {floor_eval:.0f} µs)")
+    if strict and same:
+        check("Redis strict `hit` vs redis-py EVALSHA of the same script (context)", strict, None,
+              f"{strict / same:.2f}× ({same:.0f} µs)")
+    worst_rate = min(pipelined.values(), default=None)
+    check("pipelined `hit_many` ≥ 150k decisions/s", worst_rate,
+          None if worst_rate is None else worst_rate >= 150_000, f"{worst_rate:,.0f}/s" if worst_rate else "")
+    sync_ns, local_ns = local_first.get("fastguard sync=0.1"), local_first.get("fastguard in process")
+    if sync_ns and local_ns:
+        check("`sync=0.1` `hit` ≤ 2× in process", sync_ns, sync_ns <= 2 * local_ns, f"{sync_ns / local_ns:.2f}×")
     lines += ["## Budgets (DESIGN §3) in this run", "", "| budget | measured | verdict |", "|---|---|---|", *checks, ""]
     return "\n".join(lines)
 

@@ -5,6 +5,7 @@
 # The rules are defined (and documented) by fastguard/_pure.py; every helper here mirrors one method there.
 # All helpers run without the GIL and never touch Python objects.
 
+from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint64_t, uint32_t
 
 cdef extern from *:
@@ -187,6 +188,11 @@ ctypedef struct fg_job:          # one key of a hit_many batch, in shard order
     uint64_t id
     uint64_t h
     int64_t ix                  # its position in the caller's arrays
+    int64_t cost
+
+ctypedef struct fg_jslot:        # one key of the hit journal (local-first cluster mode)
+    uint64_t kid
+    PyObject *key               # a strong reference while the slot is used; NULL when free
     int64_t cost
 
 ctypedef struct fg_verdict:

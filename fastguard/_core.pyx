@@ -529,17 +529,16 @@ cdef class Table:
     cdef readonly str algorithm
     cdef readonly tuple limits
     cdef readonly int64_t max_keys
-    # The journal of admitted hits (key object, cost), kept only while recording (local-first cluster mode).
+    # The journal of admitted hits, kept only while recording (local-first cluster mode): per key id, the key
+    # object and the summed cost, in a small open-addressing map (so a drain costs per key, not per hit).
     cdef bint recording
-    cdef PyObject **jkeys
-    cdef int64_t *jcosts
+    cdef fg_jslot *jmap
     cdef Py_ssize_t jlen, jcap
 
     def __cinit__(self, str algorithm, limits, max_keys):
         cdef int i
         self.shards = NULL
-        self.jkeys = NULL
-        self.jcosts = NULL
+        self.jmap = NULL
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
         if isinstance(max_keys, bool) or not isinstance(max_keys, int):
@@ -583,30 +582,44 @@ cdef class Table:
             for i in range(self.nshards):
                 PyMem_RawFree(self.shards[i].slots)
             PyMem_RawFree(self.shards)
-        for j in range(self.jlen):
-            Py_XDECREF(self.jkeys[j])
-        PyMem_RawFree(self.jkeys)
-        PyMem_RawFree(self.jcosts)
+        for j in range(self.jcap):
+            Py_XDECREF(self.jmap[j].key)
+        PyMem_RawFree(self.jmap)
 
-    cdef int _record(self, object key, int64_t k) except -1:
-        cdef Py_ssize_t cap
-        cdef PyObject **keys
-        cdef int64_t *costs
-        if self.jlen == self.jcap:
-            cap = self.jcap * 2 if self.jcap else 1024
-            keys = <PyObject **>PyMem_RawRealloc(self.jkeys, cap * sizeof(PyObject *))
-            if keys == NULL:
-                raise MemoryError()
-            self.jkeys = keys
-            costs = <int64_t *>PyMem_RawRealloc(self.jcosts, cap * sizeof(int64_t))
-            if costs == NULL:
-                raise MemoryError()
-            self.jcosts = costs
-            self.jcap = cap
-        Py_INCREF(key)
-        self.jkeys[self.jlen] = <PyObject *>key
-        self.jcosts[self.jlen] = k
-        self.jlen += 1
+    cdef int _record(self, object key, uint64_t kid, int64_t k) except -1:
+        cdef Py_ssize_t i, mask
+        cdef fg_jslot *slot
+        if (self.jlen + 1) * 4 > self.jcap * 3:
+            self._grow_journal()
+        mask = self.jcap - 1
+        i = <Py_ssize_t>(fg_mix(kid) & <uint64_t>mask)
+        while self.jmap[i].key != NULL and self.jmap[i].kid != kid:
+            i = (i + 1) & mask
+        slot = &self.jmap[i]
+        if slot.key == NULL:
+            Py_INCREF(key)
+            slot.key = <PyObject *>key
+            slot.kid = kid
+            slot.cost = 0
+            self.jlen += 1
+        slot.cost = slot.cost + k if slot.cost < FG_MAX_COST - k else FG_MAX_COST
+        return 0
+
+    cdef int _grow_journal(self) except -1:
+        cdef Py_ssize_t cap = self.jcap * 2 if self.jcap else 1024, j, i
+        cdef fg_jslot *old = self.jmap
+        cdef fg_jslot *new = <fg_jslot *>PyMem_RawCalloc(cap, sizeof(fg_jslot))
+        if new == NULL:
+            raise MemoryError()
+        for j in range(self.jcap):
+            if old[j].key != NULL:
+                i = <Py_ssize_t>(fg_mix(old[j].kid) & <uint64_t>(cap - 1))
+                while new[i].key != NULL:
+                    i = (i + 1) & (cap - 1)
+                new[i] = old[j]
+        PyMem_RawFree(old)
+        self.jmap = new
+        self.jcap = cap
         return 0
 
     def record_hits(self, bint on):
@@ -614,15 +627,18 @@ cdef class Table:
         self.recording = on
 
     def drain_hits(self):
-        """The admitted hits of `hit()` since the last drain, as a list of (key, cost), and an empty journal.
-        (`hit_many` is not journaled: its callers see its decisions in its result arrays.)"""
-        cdef Py_ssize_t j, n = self.jlen
-        cdef list out = [None] * n
+        """The admitted hits of `hit()` since the last drain, summed per key: a list of (key, cost) in no particular
+        order (one entry per key id), and an empty journal. `hit_many` is not journaled: its callers see its
+        decisions in its result arrays."""
+        cdef Py_ssize_t j
+        cdef list out = []
         cdef object key
-        for j in range(n):
-            key = <object>self.jkeys[j]
-            Py_DECREF(key)
-            out[j] = (key, self.jcosts[j])
+        for j in range(self.jcap):
+            if self.jmap[j].key != NULL:
+                key = <object>self.jmap[j].key
+                Py_DECREF(key)
+                out.append((key, self.jmap[j].cost))
+                self.jmap[j].key = NULL
         self.jlen = 0
         return out
 
@@ -688,7 +704,7 @@ cdef class Table:
         cdef int64_t k = _cost(cost)
         cdef Decision d = self._one(kid, h, k, _now_ns(now), True)
         if self.recording and d.allowed and k > 0:
-            self._record(key, k)
+            self._record(key, kid, k)
         return d
 
     def peek(self, key, now=None):

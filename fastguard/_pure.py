@@ -467,7 +467,7 @@ class Table:
         self._total = 0
         self._lock = threading.Lock()  # one decision at a time (the core has a lock per shard)
         self._recording = False
-        self._journal: list[tuple[Any, int]] = []
+        self._journal: dict[int, list[Any]] = {}  # key id -> [key, summed cost]
 
     def _shard(self, h: int) -> Shard:
         return self._shards[h & (len(self._shards) - 1)]
@@ -539,7 +539,11 @@ class Table:
         with self._lock:
             d = self._hit_id(kid, k, t)
             if self._recording and d.allowed and k > 0:
-                self._journal.append((key, k))
+                slot = self._journal.get(kid)
+                if slot is None:
+                    self._journal[kid] = [key, k]
+                else:
+                    slot[1] = min(slot[1] + k, MAX_COST)
             return d
 
     def record_hits(self, on: bool) -> None:
@@ -547,10 +551,11 @@ class Table:
         self._recording = bool(on)
 
     def drain_hits(self) -> list[tuple[Any, int]]:
-        """The admitted hits of `hit()` since the last drain, as a list of (key, cost), and an empty journal."""
+        """The admitted hits of `hit()` since the last drain, summed per key: a list of (key, cost) in no
+        particular order (one entry per key id; the first key object seen stands for it), and an empty journal."""
         with self._lock:
-            out, self._journal = self._journal, []
-            return out
+            out, self._journal = self._journal, {}
+            return [(key, cost) for key, cost in out.values()]
 
     def charge(self, key: str | bytes, cost: int, now: float | None = None) -> None:
         """Count `cost` against every limit of `key` without deciding, each limit taking as much as it can admit

@@ -360,3 +360,55 @@ def test_a_peek_ahead_in_time_never_resets_the_window(make, alg):
     assert lim.peek("k", now=T0 + 1.2).remaining == {"fixed_window": 3, "sliding_window": 1}[alg]
     assert lim.hit("k", now=T0 + 0.6).remaining == 0          # third and last of this window
     assert not lim.hit("k", now=T0 + 0.7).allowed
+
+
+# -- charge and the hit journal (what local-first cluster mode builds on) -------------------------------------------
+@pytest.mark.parametrize("algorithm", fg.ALGORITHMS)
+def test_charge_counts_in_every_limit_up_to_exhausted(impl, algorithm):
+    table = impl.Table(algorithm, tuple(fg.parse_limits("10/minute; 4/second")), 100)
+    table.charge("k", 3, now=100.0)
+    assert table.peek("k", now=100.0).remainings == (7, 1)
+    table.charge("k", 50, now=100.0)  # each limit takes what it can: the minute 7, the second 1
+    assert table.peek("k", now=100.0).remainings == (0, 0)
+    assert not table.hit("k", now=100.0).allowed
+    assert table.stats()["hits"] == 1  # a charge is not a decision
+
+
+def test_charge_of_nothing_stores_no_key(impl):
+    table = impl.Table("fixed_window", (fg.Limit(5, 60),), 100)
+    table.charge("k", 0, now=1.0)
+    assert table.stats()["keys"] == 0
+    table.charge("k", 1, now=1.0)
+    assert table.stats()["keys"] == 1
+
+
+def test_charge_checks_its_arguments(impl):
+    table = impl.Table("gcra", (fg.Limit(5, 60),), 100)
+    with pytest.raises(TypeError):
+        table.charge(7, 1)
+    with pytest.raises(ValueError):
+        table.charge("k", -1)
+
+
+def test_the_journal_holds_admitted_hits_only_while_recording(impl):
+    table = impl.Table("token_bucket", (fg.Limit(2, 60),), 100)
+    table.hit("before", now=1.0)
+    table.record_hits(True)
+    for key, cost in [("a", 1), (b"b", 0), ("a", 1), ("a", 1), ("c", 2)]:
+        table.hit(key, cost, now=1.0)
+    # Summed per key; cost 0 and the refused third "a" are absent.
+    assert sorted(table.drain_hits()) == [("a", 2), ("c", 2)]
+    assert table.drain_hits() == []
+    table.record_hits(False)
+    table.hit("d", now=1.0)
+    assert table.drain_hits() == []
+
+
+def test_the_journal_grows_and_sums_per_key(impl):
+    table = impl.Table("fixed_window", (fg.Limit(10**9, 60),), 100_000)
+    table.record_hits(True)
+    for i in range(6000):
+        table.hit(f"k{i % 3000}", 1 if i < 3000 else 2, now=1.0)  # each key twice, costs 1 then 2
+    drained = dict(table.drain_hits())
+    assert len(drained) == 3000 and set(drained.values()) == {3}
+    assert table.drain_hits() == []

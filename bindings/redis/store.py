@@ -297,6 +297,7 @@ class StrictTable:
             self._tail += [state_fmt.encode(), const_fmt.encode(), struct.pack(const_fmt, *constants)]
         else:
             self._tail += [b"", b"", b"", *[str(x).encode() for x in constants]]
+        self._hit_now = self._args(None, b"1", [])
         self._local = fastguard._impl.Table(algorithm, self.limits, max_keys) if on_error == "local" else None
         self.calls = 0
         self.decisions = 0
@@ -315,11 +316,18 @@ class StrictTable:
 
     def _decision(self, r: list[Any], at: int) -> Decision:
         n = len(self.limits)
-        best = int(r[at + 1]) - 1
-        retry = int(r[at + 3])
-        remainings = [int(x) for x in r[at + 4:at + 4 + n]]
+        if self.fast:  # the fast path answers in integers
+            best = r[at + 1] - 1
+            retry = r[at + 3]
+            remainings = r[at + 4:at + 4 + n]
+            reset = r[at + 2]
+        else:
+            best = int(r[at + 1]) - 1
+            retry = int(r[at + 3])
+            remainings = [int(x) for x in r[at + 4:at + 4 + n]]
+            reset = int(r[at + 2])
         lim = self.limits[best]
-        return Decision.of(r[at] == 1, lim.count, remainings[best], int(r[at + 2]) / 1e9,
+        return Decision.of(r[at] == 1, lim.count, remainings[best], reset / 1e9,
                            math.inf if retry < 0 else retry / 1e9, lim.period, self.limits, remainings)
 
     # -- while Redis is unreachable --------------------------------------------------------------------------
@@ -345,8 +353,12 @@ class StrictTable:
         t = now_ns(now)
         if not self.health.may_try():
             return self._fallback(key, k, now)
+        if t is None:  # the common call: prebuilt arguments, the server's clock
+            args = self._hit_now + [k if k <= self._max_count else self._max_count + 1]
+        else:
+            args = self._args(t, b"1", [k])
         try:
-            r = self.store.call_script([name], self._args(t, b"1", [k]))
+            r = self.store.call_script([name], args)
         except FAULTS as exc:
             self.health.failed(exc)
             return self._fallback(key, k, now)

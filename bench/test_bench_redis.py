@@ -1,0 +1,136 @@
+"""Cluster mode on a real redis-server (started here on a free port): fastguard against a raw redis-py EVALSHA
+round trip and against `limits` with its RedisStorage; pipelined `hit_many`; local-first `sync=0.1`.
+
+Figures are per decision (µs for round trips, ns for local-first). Smaller is better, except decisions/s.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from limits import parse as limits_parse
+from limits import storage as limits_storage
+from limits import strategies as limits_strategies
+
+import fastguard as fg
+from fastguard.redis import RedisStore
+from fastguard.redis.store import SCRIPT
+from tests.redis_servers import RedisProcess
+
+OPS = 1_000
+FAST = "100000/minute"      # the script's fast path (count x period < 2^53 ns)
+EXACT = "10000000/minute"   # the same shape past 2^53: the exact bignum path
+KEYS = [f"consumer-{i}" for i in range(1000)]  # rotating keys: no limit is exhausted during a run
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc = RedisProcess()
+    yield proc
+    proc.stop()
+
+
+def _per_op(benchmark, fn, ops=OPS, **info):
+    benchmark.extra_info.update(ops=ops, **info)
+    benchmark.pedantic(fn, rounds=15, iterations=1, warmup_rounds=2)
+
+
+def _loop(hit):
+    keys = KEYS
+
+    def run():
+        for i in range(OPS):
+            hit(keys[i % 1000])
+
+    return run
+
+
+@pytest.mark.parametrize("alg", ["sliding_window", "token_bucket"])
+def test_strict_fastguard(benchmark, server, alg):
+    lim = fg.RateLimiter(FAST, algorithm=alg, store=RedisStore.from_url(server.url, prefix="bench"))
+    benchmark.group = "redis hit"
+    _per_op(benchmark, _loop(lim.hit), contender="fastguard strict", algorithm=alg)
+    assert lim.stats()["redis_errors"] == 0
+
+
+def test_strict_fastguard_exact_path(benchmark, server):
+    lim = fg.RateLimiter(EXACT, algorithm="sliding_window", store=RedisStore.from_url(server.url, prefix="bench"))
+    benchmark.group = "redis hit"
+    _per_op(benchmark, _loop(lim.hit), contender="fastguard strict, exact path", algorithm="sliding_window")
+
+
+def test_raw_evalsha_same_script(benchmark, server):
+    """redis-py calling fastguard's own script with the arguments fastguard sends: the cost of the round trip
+    and the script, without fastguard's Python around it."""
+    store = RedisStore.from_url(server.url, prefix="bench")
+    table = fg.RateLimiter(FAST, algorithm="sliding_window", store=store)._table
+    client = redis.Redis(port=server.port)
+    client.script_load(SCRIPT)
+    sha = store.sha
+    calls = [(table.name(k), table._args(None, b"1", [1])) for k in KEYS]
+
+    def run():
+        for i in range(OPS):
+            name, args = calls[i % 1000]
+            client.evalsha(sha, 1, name, *args)
+
+    benchmark.group = "redis hit"
+    _per_op(benchmark, run, contender="raw EVALSHA, same script", algorithm="sliding_window")
+
+
+def test_raw_evalsha_floor(benchmark, server):
+    """The floor: one EVALSHA round trip of a script that returns at once."""
+    client = redis.Redis(port=server.port)
+    sha = client.script_load("return 1")
+
+    def run():
+        for i in range(OPS):
+            client.evalsha(sha, 1, KEYS[i % 1000])
+
+    benchmark.group = "redis hit"
+    _per_op(benchmark, run, contender="floor: raw EVALSHA 'return 1'", algorithm="-")
+
+
+@pytest.mark.parametrize("alg", ["fixed_window", "sliding_window"])
+def test_limits_redis(benchmark, server, alg):
+    store = limits_storage.RedisStorage(f"redis://127.0.0.1:{server.port}")
+    cls = {"fixed_window": limits_strategies.FixedWindowRateLimiter,
+           "sliding_window": limits_strategies.SlidingWindowCounterRateLimiter}[alg]
+    limiter, item = cls(store), limits_parse(FAST)
+    benchmark.group = "redis hit"
+    _per_op(benchmark, _loop(lambda key: limiter.hit(item, key)), contender="limits RedisStorage", algorithm=alg)
+
+
+@pytest.mark.parametrize("alg", ["sliding_window", "token_bucket"])
+def test_pipelined_hit_many(benchmark, server, alg):
+    lim = fg.RateLimiter(FAST, algorithm=alg, store=RedisStore.from_url(server.url, prefix="bench"))
+    keys = [f"batch-{i}" for i in range(10_000)]
+    benchmark.group = "redis hit_many"
+    benchmark.extra_info.update(ops=len(keys), contender="fastguard strict hit_many", algorithm=alg)
+    benchmark.pedantic(lambda: lim.hit_many(keys), rounds=8, iterations=1, warmup_rounds=1)
+    assert lim.stats()["redis_errors"] == 0
+
+
+@pytest.mark.parametrize("mode", ["in process", "sync=0.1"])
+def test_local_first(benchmark, server, mode):
+    store = RedisStore.from_url(server.url, prefix="bench") if mode != "in process" else None
+    lim = fg.RateLimiter("1000000000/minute", algorithm="sliding_window", store=store,
+                         sync=0.1 if store else None)
+    hit = lim.hit
+    ops = 100_000
+    keys = KEYS
+
+    def run():
+        for i in range(ops):
+            hit(keys[i % 1000])
+
+    benchmark.group = "local-first"
+    benchmark.extra_info.update(ops=ops, contender=f"fastguard {mode}", algorithm="sliding_window")
+    benchmark.pedantic(run, rounds=20, iterations=1, warmup_rounds=2)
+    if store:
+        time.sleep(0.25)
+        assert lim.stats()["syncs"] > 0 and lim.stats()["redis_errors"] == 0
+        lim.close()
+
