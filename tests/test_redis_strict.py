@@ -44,6 +44,15 @@ def store_for(server) -> RedisStore:
     return RedisStore(redis.Redis(port=server.port), prefix=f"t{uuid.uuid4().hex[:12]}")
 
 
+@pytest.fixture(params=["standalone", "cluster"])
+def any_store(request):
+    """A fresh-prefixed store on the standalone server, then on the 3-master cluster."""
+    if request.param == "standalone":
+        return store_for(request.getfixturevalue("redis_server"))
+    cluster = request.getfixturevalue("redis_cluster")
+    return RedisStore.from_url(cluster.url, prefix=f"t{uuid.uuid4().hex[:12]}")
+
+
 STEPS = st.lists(
     st.tuples(
         st.integers(0, 3),                                   # which key
@@ -76,9 +85,9 @@ def test_redis_decides_exactly_like_the_reference(redis_server, algorithm, limit
 
 @pytest.mark.parametrize("algorithm", fg.ALGORITHMS)
 @pytest.mark.parametrize("limit_set", ["fast-two", "exact-frac"])
-def test_hit_many_matches_the_reference_in_order(redis_server, algorithm, limit_set):
+def test_hit_many_matches_the_reference_in_order(any_store, algorithm, limit_set):
     limits = LIMIT_SETS[limit_set]
-    remote = fg.RateLimiter(limits, algorithm=algorithm, store=store_for(redis_server))
+    remote = fg.RateLimiter(limits, algorithm=algorithm, store=any_store)
     local = fg.RateLimiter(limits, algorithm=algorithm, _core=_pure)
     rng = np.random.default_rng(7)
     now = 1_764_000_000.25
@@ -103,8 +112,8 @@ def test_integer_ids_and_string_keys_do_not_share_state(redis_server):
     assert lim.hit("7").allowed
 
 
-def test_the_server_clock_is_used_without_now(redis_server):
-    lim = fg.RateLimiter("3/minute", algorithm="sliding_window", store=store_for(redis_server))
+def test_the_server_clock_is_used_without_now(any_store):
+    lim = fg.RateLimiter("3/minute", algorithm="sliding_window", store=any_store)
     got = [lim.hit("k").allowed for _ in range(5)]
     assert got == [True, True, True, False, False]
     d = lim.hit("k")
@@ -142,8 +151,8 @@ def test_states_expire_once_they_would_decide_like_a_new_key(redis_server):
     assert 120_000 < ttl_ms <= 121_100  # two of the longest period, plus a second
 
 
-def test_a_flushed_script_cache_is_reloaded(redis_server):
-    store = store_for(redis_server)
+def test_a_flushed_script_cache_is_reloaded(any_store):
+    store = any_store
     lim = fg.RateLimiter("2/minute", store=store)
     assert lim.hit("k", now=10.0).allowed
     store.client.script_flush()

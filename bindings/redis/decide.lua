@@ -48,7 +48,9 @@ if ARGV[6] == "fast" then
   local function fdiv(a, b) return (a - fmod(a, b)) / b end
   local function cdiv(a, b) local r = fmod(a, b); return (a - r) / b + (r > 0 and 1 or 0) end
   local nw = (code == "s" or code == "b") and 3 or 2  -- words per limit
-  local st, ok, rem, resets = {}, {}, {}, {}
+  local ok, rem, resets = {}, {}, {}
+  local SA, SB, SC, SE = {}, {}, {}, {}  -- per limit: the rolled words (a, b, c) and the offset e in the window
+  local nreply = 0
   for x = 1, #KEYS do
     local key = KEYS[x]
     local k = tonumber(ARGV[10 + x])
@@ -100,7 +102,7 @@ if ARGV[6] == "fast" then
         end
         ok[i] = a + k * K[at + 5] <= K[at + 6]
       end
-      st[i] = {a, b, c, e}
+      SA[i], SB[i], SC[i], SE[i] = a, b, c, e
       if not ok[i] then allowed = false end
     end
     -- consume; the remaining and reset_after of each limit on the words after the hit
@@ -109,8 +111,7 @@ if ARGV[6] == "fast" then
     for i = 1, nlim do
       local at = 6 * (i - 1)
       local Ci, Pi = K[at + 1], K[at + 2]
-      local w = st[i]
-      local a, b, c, e = w[1], w[2], w[3], w[4]
+      local a, b, c, e = SA[i], SB[i], SC[i], SE[i]
       if code == "f" then
         if allowed and commit then b = b + k end
         rem[i] = Ci - b
@@ -156,8 +157,7 @@ if ARGV[6] == "fast" then
             retry = -1
             break
           end
-          local w = st[i]
-          local a, b, c, e = w[1], w[2], w[3], w[4]
+          local a, b, c, e = SA[i], SB[i], SC[i], SE[i]
           local r
           if code == "f" then
             r = Pi - e
@@ -187,11 +187,12 @@ if ARGV[6] == "fast" then
       end
       redis.call("SET", key, struct.pack(fmt, unpack(out)), "PX", ttl)
     end
-    reply[#reply + 1] = allowed and 1 or 0
-    reply[#reply + 1] = best
-    reply[#reply + 1] = resets[best]
-    reply[#reply + 1] = retry
-    for i = 1, nlim do reply[#reply + 1] = rem[i] end
+    reply[nreply + 1] = allowed and 1 or 0
+    reply[nreply + 2] = best
+    reply[nreply + 3] = resets[best]
+    reply[nreply + 4] = retry
+    for i = 1, nlim do reply[nreply + 4 + i] = rem[i] end
+    nreply = nreply + 4 + nlim
   end
   return reply
 end
