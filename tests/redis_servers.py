@@ -46,11 +46,14 @@ def free_cluster_port() -> int:
 class RedisProcess:
     """One redis-server on 127.0.0.1:port; `kill()` / `start()` simulate a crash and a restart (same port, dir)."""
 
-    def __init__(self, port: int | None = None, *, cluster: bool = False, workdir: str | None = None) -> None:
+    def __init__(self, port: int | None = None, *, cluster: bool = False, workdir: str | None = None,
+                 extra: list[str] | None = None, password: str | None = None) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed (.ci/run installs it: apt-get install redis-server)")
         self.port = port or (free_cluster_port() if cluster else free_port())
         self.cluster = cluster
+        self.extra = list(extra or [])
+        self.password = password
         self.dir = workdir or tempfile.mkdtemp(prefix=f"fg-redis-{self.port}-")
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -58,6 +61,9 @@ class RedisProcess:
     def start(self) -> None:
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"]
+        args += self.extra
+        if self.password:
+            args += ["--requirepass", self.password]
         if self.cluster:
             # Without full coverage a dead master stops only its own slots (the behaviour the tests check).
             args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf",
@@ -66,7 +72,7 @@ class RedisProcess:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
+                if redis.Redis(port=self.port, password=self.password, socket_timeout=0.5).ping():
                     return
             except redis.RedisError:
                 if self.proc.poll() is not None:
@@ -108,7 +114,7 @@ class RedisProcess:
         self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+        return redis.Redis(port=self.port, password=self.password)
 
     @property
     def url(self) -> str:
@@ -122,11 +128,18 @@ class RedisClusterProcesses:
         if REDIS_CLI is None:
             raise RuntimeError("redis-cli is not installed (it comes with redis-server)")
         self.dir = tempfile.mkdtemp(prefix="fg-cluster-")
-        self.nodes = [RedisProcess(cluster=True, workdir=self.dir) for _ in range(masters)]
-        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        subprocess.run([REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-        self.wait_ok()
+        self.nodes: list[RedisProcess] = []
+        try:  # a failure half-way stops the nodes already started
+            for _ in range(masters):
+                self.nodes.append(RedisProcess(cluster=True, workdir=self.dir))
+            addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+            subprocess.run([REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                            "--cluster-yes"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=60)
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ok(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout

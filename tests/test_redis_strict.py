@@ -199,3 +199,36 @@ def test_limiter_options_are_checked():
         fg.RateLimiter("1/s", sync=0.1)
     with pytest.raises(ValueError, match="sync must be"):
         fg.RateLimiter("1/s", store=RedisStore(redis.Redis()), sync=-1)
+
+
+# -- the lean client (bindings/redis/wire.py) ------------------------------------------------------------------
+def test_the_lean_client_serves_plain_tcp_and_unix_sockets_with_auth_and_db(tmp_path):
+    from redis_servers import RedisProcess
+
+    sock = f"{tmp_path}/r.sock"
+    server = RedisProcess(extra=["--unixsocket", sock, "--unixsocketperm", "700"], password="s3cret")
+    try:
+        urls = (f"redis://:s3cret@127.0.0.1:{server.port}/3", f"unix://:s3cret@{sock}?db=3")
+        for i, url in enumerate(urls):
+            store = RedisStore.from_url(url, prefix=f"wire{i}")
+            assert store.wire is not None
+            lim = fg.RateLimiter("2/minute", store=store)
+            assert [lim.hit("k", now=60.0).allowed for _ in range(3)] == [True, True, False]
+            assert lim.stats()["client"] == "fastguard wire" and lim.stats()["redis_errors"] == 0
+            lim.reset("k")
+            b = lim.hit_many(["a", "b", "a", "a"], now=60.0)
+            assert b.allowed.tolist() == [True, True, True, False]
+        keys = redis.Redis(port=server.port, password="s3cret", db=3).keys("wire*")
+        assert len(keys) == 4  # "a" and "b" under each prefix; in db 3, not db 0
+        bad = fg.RateLimiter("2/minute", store=RedisStore.from_url(f"redis://:wrong@127.0.0.1:{server.port}/0"),
+                             on_error="deny")
+        assert not bad.hit("k").allowed
+        assert "AuthenticationError" in bad.stats()["last_error"] or "WRONGPASS" in bad.stats()["last_error"]
+    finally:
+        server.stop()
+
+
+def test_clients_the_lean_client_does_not_serve_use_redis_py():
+    assert RedisStore.from_url("rediss://127.0.0.1:6380/0").wire is None
+    assert RedisStore(redis.Redis(protocol=3)).wire is None
+    assert RedisStore.from_url("redis+cluster://127.0.0.1:7000").wire is None

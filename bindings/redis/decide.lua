@@ -43,19 +43,22 @@ if ARGV[6] == "fast" then
   local fmt = ARGV[8]
   local K = {struct.unpack(ARGV[9], ARGV[10])}
   local E9 = 1000000000
-  local fmod = math.fmod
-  -- floor(a / b) and ceil(a / b) for integers a >= 0, b > 0 below 2^53: fmod is exact, so these are too
-  local function fdiv(a, b) return (a - fmod(a, b)) / b end
-  local function cdiv(a, b) local r = fmod(a, b); return (a - r) / b + (r > 0 and 1 or 0) end
+  -- Integers a >= 0, b > 0 below 2^53: a / b never rounds up to the next integer (it is at least 1/b below it,
+  -- more than half a unit in the last place), so a % b (Lua: a - floor(a / b) * b) and (a - a % b) / b are exact.
+  -- Written inline: a function call costs more than the arithmetic in Redis's Lua.
   local nw = (code == "s" or code == "b") and 3 or 2  -- words per limit
   local ok, rem, resets = {}, {}, {}
   local SA, SB, SC, SE = {}, {}, {}, {}  -- per limit: the rolled words (a, b, c) and the offset e in the window
   local nreply = 0
+  -- Every state in one call; `written` holds what this call stored, for a key that comes again in the batch.
+  local states = redis.call("MGET", unpack(KEYS))
+  local written = {}
   for x = 1, #KEYS do
     local key = KEYS[x]
     local k = tonumber(ARGV[10 + x])
     local s, n = now_s, now_n
-    local stored = redis.call("GET", key)
+    local stored = written[key]
+    if stored == nil then stored = states[x] end
     local v = nil
     if stored then
       v = {struct.unpack(fmt, stored)}
@@ -72,9 +75,9 @@ if ARGV[6] == "fast" then
         -- now as (window index q, offset e in the window), exact: P is whole seconds or divides a second
         local q
         if K[at + 3] > 0 then
-          q = fdiv(s, K[at + 3]); e = (s - q * K[at + 3]) * E9 + n
+          local ps = K[at + 3]; q = (s - s % ps) / ps; e = (s - q * ps) * E9 + n
         else
-          e = fmod(n, Pi); q = s * K[at + 4] + (n - e) / Pi
+          e = n % Pi; q = s * K[at + 4] + (n - e) / Pi
         end
         a = q
         if code == "f" then
@@ -120,29 +123,32 @@ if ARGV[6] == "fast" then
       elseif code == "s" then
         if allowed and commit then b = b + k end
         local room = (Ci - b) * Pi - c * (Pi - e)
-        rem[i] = room > 0 and fdiv(room, Pi) or 0
+        rem[i] = room > 0 and (room - room % Pi) / Pi or 0
         resets[i] = (b > 0 and 2 * Pi - e) or (c > 0 and Pi - e) or 0
         out[#out + 1] = a; out[#out + 1] = b; out[#out + 1] = c
       elseif code == "b" then
         local d = a
         if allowed and commit then
           d = d + k * Pi
-          local frac = fmod(d, Ci)
+          local frac = d % Ci
           local fns = n + (d - frac) / Ci  -- full_at = now + floor(d / C), as (seconds, ns)
-          local fr = fmod(fns, E9)
+          local fr = fns % E9
           out[#out + 1] = s + (fns - fr) / E9; out[#out + 1] = fr; out[#out + 1] = frac
         end
-        rem[i] = fdiv(Ci * Pi - d, Pi)
-        resets[i] = cdiv(d, Ci)
+        local room = Ci * Pi - d
+        rem[i] = (room - room % Pi) / Pi
+        local dr = d % Ci
+        resets[i] = (d - dr) / Ci + (dr > 0 and 1 or 0)
       else
         local d = a
         if allowed and commit then
           d = d + k * K[at + 5]
           local tns = n + d
-          local tr = fmod(tns, E9)
+          local tr = tns % E9
           out[#out + 1] = s + (tns - tr) / E9; out[#out + 1] = tr
         end
-        rem[i] = fdiv(K[at + 6] - d, K[at + 5])
+        local room, T = K[at + 6] - d, K[at + 5]
+        rem[i] = (room - room % T) / T
         resets[i] = d
       end
       if i > 1 and (rem[i] < rem[best] or (rem[i] == rem[best] and Pi > K[6 * (best - 1) + 2])) then best = i end
@@ -163,13 +169,17 @@ if ARGV[6] == "fast" then
             r = Pi - e
           elseif code == "s" then
             if b + k <= Ci then
-              r = (Pi - e) - fdiv((Ci - b - k) * Pi, c)  -- later in this window (c > 0: the hit was refused)
+              local x = (Ci - b - k) * Pi  -- later in this window (c > 0: the hit was refused)
+              r = (Pi - e) - (x - x % c) / c
             else
-              local qq = fdiv((Ci - k) * Pi, b)          -- in the next window (b > C - k >= 0)
+              local x = (Ci - k) * Pi  -- in the next window (b > C - k >= 0)
+              local qq = (x - x % b) / b
               r = (Pi - e) + (qq < Pi and Pi - qq or 0)
             end
           elseif code == "b" then
-            r = cdiv(a - (Ci - k) * Pi, Ci)
+            local x = a - (Ci - k) * Pi
+            local xr = x % Ci
+            r = (x - xr) / Ci + (xr > 0 and 1 or 0)
           else
             r = a + k * K[at + 5] - K[at + 6]
           end
@@ -185,7 +195,9 @@ if ARGV[6] == "fast" then
         out[1] = s
         out[2] = n
       end
-      redis.call("SET", key, struct.pack(fmt, unpack(out)), "PX", ttl)
+      local packed = struct.pack(fmt, unpack(out))
+      redis.call("SET", key, packed, "PX", ttl)
+      written[key] = packed
     end
     reply[nreply + 1] = allowed and 1 or 0
     reply[nreply + 2] = best

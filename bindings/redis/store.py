@@ -23,6 +23,13 @@ from redis.retry import Retry
 import fastguard
 from fastguard import Decision, Limit
 
+try:  # the lean client needs hiredis (the "redis" extra installs it); without it redis-py does every call
+    import hiredis
+
+    from fastguard.redis.wire import Wire, bulk, wire_for
+except ImportError:  # pragma: no cover - exercised only without hiredis
+    hiredis = None
+
 __all__ = ["RedisStore", "StrictTable", "ON_ERROR", "FAULTS", "Health"]
 
 log = logging.getLogger("fastguard.redis")
@@ -175,6 +182,8 @@ class RedisStore:
         self._lock = threading.Lock()
         self.prefix = prefix
         self.sha = sha1(SCRIPT)
+        # Standalone TCP / Unix servers get the lean per-thread client for the hot path (see wire.py).
+        self.wire: Wire | None = wire_for(client) if hiredis is not None and isinstance(client, redis.Redis) else None
 
     @property
     def client(self) -> redis.Redis | RedisCluster:
@@ -238,14 +247,48 @@ class RedisStore:
         spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in limits)
         return f"{self.prefix}:v{STATE_VERSION}:{_ALG_CODES[algorithm].decode()}:{spec}:".encode()
 
-    def call_script(self, keys: list[bytes], args: list[Any]) -> Any:
+    def call_script(self, keys: list[bytes], args: list[Any], sha: str | None = None,
+                    source: str = SCRIPT) -> Any:
         """EVALSHA, loading the script with EVAL when the server lacks it (a restart, a new Cluster node)."""
+        sha = sha or self.sha
+        wire = self.wire
+        if wire is not None:
+            try:
+                return wire.call(hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)))
+            except NoScriptError:
+                return wire.call(hiredis.pack_command(("EVAL", source, len(keys), *keys, *args)))
         try:
-            return self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
         except NoScriptError:
-            return self.client.execute_command("EVAL", SCRIPT, len(keys), *keys, *args)
+            return self.client.execute_command("EVAL", source, len(keys), *keys, *args)
+
+    def run_scripts(self, calls: list[tuple[list[bytes], list[Any]]], sha: str | None = None,
+                    source: str = SCRIPT) -> list[Any]:
+        """Many script calls in one round trip (a Cluster: one per node), replies in order; a call that failed
+        gives its exception in its place. A script the server lacks is loaded and that call repeated."""
+        sha = sha or self.sha
+        try:
+            if self.wire is not None:
+                replies = self.wire.pipeline([hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
+                                              for keys, args in calls])
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for keys, args in calls:
+                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+                replies = pipe.execute(raise_on_error=False)
+        except FAULTS as exc:
+            return [exc] * len(calls)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                try:
+                    replies[i] = self.call_script(*calls[i], sha=sha, source=source)
+                except FAULTS as exc:
+                    replies[i] = exc
+        return replies
 
     def close(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
         if self._client is not None:
             self._client.close()
 
@@ -298,6 +341,10 @@ class StrictTable:
         else:
             self._tail += [b"", b"", b"", *[str(x).encode() for x in constants]]
         self._hit_now = self._args(None, b"1", [])
+        # The common call (a hit at the server's clock) prepacked in RESP around its two variable parts.
+        self._packed_head = b"*%d\r\n" % (4 + len(self._hit_now) + 1) + bulk(b"EVALSHA") + bulk(
+            store.sha.encode()) + bulk(b"1") if hiredis is not None else b""
+        self._packed_mid = b"".join(bulk(a) for a in self._hit_now) if hiredis is not None else b""
         self._local = fastguard._impl.Table(algorithm, self.limits, max_keys) if on_error == "local" else None
         self.calls = 0
         self.decisions = 0
@@ -353,12 +400,16 @@ class StrictTable:
         t = now_ns(now)
         if not self.health.may_try():
             return self._fallback(key, k, now)
-        if t is None:  # the common call: prebuilt arguments, the server's clock
-            args = self._hit_now + [k if k <= self._max_count else self._max_count + 1]
-        else:
-            args = self._args(t, b"1", [k])
+        wire = self.store.wire
         try:
-            r = self.store.call_script([name], args)
+            if t is None and wire is not None:  # the common call: prepacked, the server's clock
+                c = str(k if k <= self._max_count else self._max_count + 1).encode()
+                try:
+                    r = wire.call(self._packed_head + bulk(name) + self._packed_mid + bulk(c))
+                except NoScriptError:
+                    r = self.store.call_script([name], self._hit_now + [c])
+            else:
+                r = self.store.call_script([name], self._args(t, b"1", [k]))
         except FAULTS as exc:
             self.health.failed(exc)
             return self._fallback(key, k, now)
@@ -391,60 +442,90 @@ class StrictTable:
         self.store.client.delete(name)
 
     def hit_many(self, keys: Any, costs: Any, now: float | None) -> tuple[Any, Any, Any, Any]:
-        """Decide keys in order, in one pipelined round trip: BATCH_KEYS keys per script call on a standalone
-        server, one call per hash slot on a Cluster. With now=None each script call reads Redis TIME once."""
+        """Decide keys in order: BATCH_KEYS keys per script call on a standalone server, streamed so that the
+        server decides one batch while this thread packs the next and reads the one before; one call per hash
+        slot on a Cluster, in one pipeline. With now=None each script call reads Redis TIME once."""
         n = len(keys)
         ids = isinstance(keys, np.ndarray)
-        names = [self.id_name(int(x)) for x in keys] if ids else [self.name(key) for key in keys]
+        name = self.id_name if ids else self.name
         cost_list = [1] * n if costs is None else [int(c) for c in costs]
         t = now_ns(now)
         allowed = np.zeros(n, dtype=bool)
         remaining = np.zeros(n, dtype=np.int64)
         retry = np.zeros(n, dtype=np.float64)
         reset = np.zeros(n, dtype=np.float64)
+        names: list[bytes] = []
         if self.store.cluster:
+            names = [name(int(x)) if ids else name(x) for x in keys]
             groups: dict[int, list[int]] = {}
-            for i, name in enumerate(names):
-                groups.setdefault(key_slot(name), []).append(i)
-            batches = list(groups.values())
+            for i, nm in enumerate(names):
+                groups.setdefault(key_slot(nm), []).append(i)
+            batches: list[Any] = list(groups.values())
         else:
-            batches = [list(range(i, min(i + BATCH_KEYS, n))) for i in range(0, n, BATCH_KEYS)]
+            batches = [range(i, min(i + BATCH_KEYS, n)) for i in range(0, n, BATCH_KEYS)]
+        width = 4 + len(self.limits)
         failed: list[int] = []
+        done = 0
+
+        def batch_names(batch: Any) -> list[bytes]:
+            if names:
+                return [names[i] for i in batch]
+            return [name(int(keys[i])) if ids else name(keys[i]) for i in batch]
+
+        def store_reply(batch: Any, r: Any) -> None:
+            nonlocal done
+            if isinstance(r, BaseException):
+                self.health.failed(r)
+                failed.extend(batch)
+                return
+            a = np.array(r if self.fast else [int(x) for x in r], dtype=np.int64).reshape(-1, width)
+            at = batch if not isinstance(batch, range) else slice(batch.start, batch.stop)
+            allowed[at] = a[:, 0] == 1
+            remaining[at] = a[np.arange(len(a)), 3 + a[:, 1]]
+            reset[at] = a[:, 2] / 1e9
+            retry[at] = np.where(a[:, 3] < 0, math.inf, a[:, 3] / 1e9)
+            self.calls += 1
+            done += len(a)
+
         if batches and self.health.may_try():
-            try:
-                pipe = self.store.client.pipeline(transaction=False)
-                for batch in batches:
-                    pipe.execute_command("EVALSHA", self.store.sha, len(batch), *[names[i] for i in batch],
-                                         *self._args(t, b"1", [cost_list[i] for i in batch]))
-                replies = pipe.execute(raise_on_error=False)
-            except FAULTS as exc:
-                replies = [exc] * len(batches)
-            ok = False
-            for batch, r in zip(batches, replies, strict=True):
-                if isinstance(r, NoScriptError):
+            wire = self.store.wire
+            if wire is not None:
+                order = iter(batches)
+                missing: list[Any] = []
+
+                def packed() -> Any:
+                    for batch in batches:
+                        yield hiredis.pack_command(("EVALSHA", self.store.sha, len(batch), *batch_names(batch),
+                                                    *self._args(t, b"1", [cost_list[i] for i in batch])))
+
+                def handle(r: Any) -> None:
+                    batch = next(order)
+                    if isinstance(r, NoScriptError):
+                        missing.append(batch)  # decided below, once the script is loaded
+                    else:
+                        store_reply(batch, r)
+
+                try:
+                    wire.stream(packed(), handle)
+                except FAULTS as exc:
+                    for batch in order:  # every batch not answered yet
+                        store_reply(batch, exc)
+                for batch in missing:
                     try:
-                        r = self.store.call_script([names[i] for i in batch],
+                        r = self.store.call_script(batch_names(batch),
                                                    self._args(t, b"1", [cost_list[i] for i in batch]))
                     except FAULTS as exc:
                         r = exc
-                if isinstance(r, BaseException):
-                    self.health.failed(r)
-                    failed += batch
-                    continue
-                ok = True
-                self.calls += 1
-                width = 4 + len(self.limits)
-                for j, i in enumerate(batch):
-                    at = j * width
-                    allowed[i] = r[at] == 1
-                    best = int(r[at + 1]) - 1
-                    remaining[i] = int(r[at + 4 + best])
-                    reset[i] = int(r[at + 2]) / 1e9
-                    rt = int(r[at + 3])
-                    retry[i] = math.inf if rt < 0 else rt / 1e9
-            if ok:
+                    store_reply(batch, r)
+            else:
+                replies = self.store.run_scripts([(batch_names(batch),
+                                                   self._args(t, b"1", [cost_list[i] for i in batch]))
+                                                  for batch in batches])
+                for batch, r in zip(batches, replies, strict=True):
+                    store_reply(batch, r)
+            if done:
                 self.health.succeeded()
-            self.decisions += n - len(failed)
+            self.decisions += done
         else:
             failed = list(range(n))
         if failed:
@@ -465,6 +546,7 @@ class StrictTable:
         st: dict[str, Any] = {"store": "redis-cluster" if self.store.cluster else "redis", "mode": "strict",
                               "on_error": self.on_error, "algorithm": self.algorithm, "redis_calls": self.calls,
                               "redis_decisions": self.decisions, "hiredis": redis.utils.HIREDIS_AVAILABLE,
+                              "client": "fastguard wire" if self.store.wire is not None else "redis-py",
                               "compiled": fastguard.COMPILED}
         st.update(self.health.stats())
         local = self._local.stats() if self._local is not None else {"keys": 0, "bytes": 0}

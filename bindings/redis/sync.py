@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
 
 import fastguard
 from fastguard import Decision, Limit
@@ -253,17 +252,10 @@ class SyncTable:
             batches = list(groups.values())
         else:
             batches = [list(range(i, min(i + BATCH_KEYS, len(names)))) for i in range(0, len(names), BATCH_KEYS)]
-        pipe = self.store.client.pipeline(transaction=False)
-        for batch in batches:
-            pipe.execute_command("EVALSHA", self._sha, len(batch), *[names[i] for i in batch], self._ttl_ms,
-                                 *[deltas[i] for i in batch])
-        replies = pipe.execute(raise_on_error=False)
+        replies = self.store.run_scripts([([names[i] for i in batch], [self._ttl_ms, *[deltas[i] for i in batch]])
+                                          for batch in batches], sha=self._sha, source=SYNC_SCRIPT)
         totals = [0] * len(names)
         for batch, reply in zip(batches, replies, strict=True):
-            if isinstance(reply, NoScriptError):
-                reply = self.store.client.execute_command("EVAL", SYNC_SCRIPT, len(batch),
-                                                          *[names[i] for i in batch], self._ttl_ms,
-                                                          *[deltas[i] for i in batch])
             if isinstance(reply, BaseException):
                 raise reply
             for i, total in zip(batch, reply, strict=True):
