@@ -161,6 +161,9 @@ def test_a_dead_master_stops_only_its_own_slots(own_cluster):
 def test_moved_and_ask_redirections_are_followed(own_cluster):
     store = RedisStore.from_url(own_cluster.url)
     lim = fg.RateLimiter("4/hour", algorithm="fixed_window", store=store)
+    batch_store = RedisStore.from_url(own_cluster.url)  # learns its slot map now, before the move
+    batch = fg.RateLimiter("4/hour", algorithm="fixed_window", store=batch_store)
+    assert batch.hit("warm-up").allowed
     key = "migrating-user"
     name = lim._table.name(key)
     slot = key_slot(name)
@@ -179,6 +182,9 @@ def test_moved_and_ask_redirections_are_followed(own_cluster):
         node.client().execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
     assert [lim.hit(key).allowed for _ in range(2)] == [True, False]  # the count survived both moves
     assert lim.stats()["redis_errors"] == 0
+    # A batch sent with a stale slot map: MOVED, followed.
+    assert batch.hit_many([key, "someone-else"]).allowed.tolist() == [False, True]
+    assert batch.stats()["redis_errors"] == 0
     assert redis.Redis(port=target.port).exists(name)
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
 
 import fastguard
@@ -50,6 +51,8 @@ _MAX_NOW_NS = 2**62
 #: What counts as "Redis cannot answer" (redis-py raises RedisClusterException, not a RedisError, when it cannot
 #: reach any node of a cluster).
 FAULTS = (RedisError, RedisClusterException, OSError)
+#: Cluster replies that redis-py's client knows how to follow.
+_REDIRECTIONS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 #: Part of every key name: a release that changes how states are written changes it, so old states are not misread.
 STATE_VERSION = 1
 
@@ -184,6 +187,8 @@ class RedisStore:
         self.sha = sha1(SCRIPT)
         # Standalone TCP / Unix servers get the lean per-thread client for the hot path (see wire.py).
         self.wire: Wire | None = wire_for(client) if hiredis is not None and isinstance(client, redis.Redis) else None
+        self._cluster_wire: bool | None = None          # whether Cluster nodes get lean clients (decided on first use)
+        self._node_wires: dict[str, Wire] = {}          # by "host:port"
 
     @property
     def client(self) -> redis.Redis | RedisCluster:
@@ -247,28 +252,63 @@ class RedisStore:
         spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in limits)
         return f"{self.prefix}:v{STATE_VERSION}:{_ALG_CODES[algorithm].decode()}:{spec}:".encode()
 
+    def wire_for(self, name: bytes) -> Wire | None:
+        """The lean client to the server that holds `name`: the standalone server's, or on a Cluster the one of
+        the master of its slot (by redis-py's slot map). None where redis-py does every call."""
+        if not self.cluster:
+            return self.wire
+        client = self.client  # may raise RedisClusterException while no node answers (a fault)
+        if self._cluster_wire is None:
+            kw = client.nodes_manager.connection_kwargs
+            self._cluster_wire = hiredis is not None and not kw.get("ssl") and kw.get("credential_provider") is None \
+                and kw.get("protocol") in (None, 2, "2") and kw.get("connection_class") in (None, redis.Connection)
+        if not self._cluster_wire:
+            return None
+        node = client.nodes_manager.get_node_from_slot(key_slot(name))
+        wire = self._node_wires.get(node.name)
+        if wire is None:
+            kw = client.nodes_manager.connection_kwargs
+            wire = self._node_wires[node.name] = Wire(
+                host=node.host, port=int(node.port), username=kw.get("username"), password=kw.get("password"),
+                timeout=kw.get("socket_timeout"), connect_timeout=kw.get("socket_connect_timeout"))
+        return wire
+
     def call_script(self, keys: list[bytes], args: list[Any], sha: str | None = None,
                     source: str = SCRIPT) -> Any:
-        """EVALSHA, loading the script with EVAL when the server lacks it (a restart, a new Cluster node)."""
+        """EVALSHA, loading the script with EVAL when the server lacks it (a restart, a new Cluster node).
+        On a Cluster, a redirection (MOVED, ASK) or a node that went away is handed to redis-py, which follows
+        it and refreshes its slot map (so the next call goes straight to the right node)."""
         sha = sha or self.sha
-        wire = self.wire
+        wire = self.wire_for(keys[0])
         if wire is not None:
             try:
-                return wire.call(hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)))
-            except NoScriptError:
-                return wire.call(hiredis.pack_command(("EVAL", source, len(keys), *keys, *args)))
+                try:
+                    return wire.call(hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)))
+                except NoScriptError:
+                    return wire.call(hiredis.pack_command(("EVAL", source, len(keys), *keys, *args)))
+            except ResponseError as exc:
+                if not (self.cluster and str(exc).startswith(_REDIRECTIONS)):
+                    raise
+            except RedisConnectionError:
+                if not self.cluster:
+                    raise
+        return self.call_script_redis_py(keys, args, sha, source)
+
+    def call_script_redis_py(self, keys: list[bytes], args: list[Any], sha: str | None = None,
+                             source: str = SCRIPT) -> Any:
+        sha = sha or self.sha
         try:
             return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
         except NoScriptError:
             return self.client.execute_command("EVAL", source, len(keys), *keys, *args)
 
     def run_scripts(self, calls: list[tuple[list[bytes], list[Any]]], sha: str | None = None,
-                    source: str = SCRIPT) -> list[Any]:
+                    source: str = SCRIPT, via_redis_py: bool = False) -> list[Any]:
         """Many script calls in one round trip (a Cluster: one per node), replies in order; a call that failed
         gives its exception in its place. A script the server lacks is loaded and that call repeated."""
         sha = sha or self.sha
         try:
-            if self.wire is not None:
+            if self.wire is not None and not via_redis_py:
                 replies = self.wire.pipeline([hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
                                               for keys, args in calls])
             else:
@@ -281,14 +321,16 @@ class RedisStore:
         for i, reply in enumerate(replies):
             if isinstance(reply, NoScriptError):
                 try:
-                    replies[i] = self.call_script(*calls[i], sha=sha, source=source)
+                    replies[i] = (self.call_script_redis_py if via_redis_py else self.call_script)(
+                        *calls[i], sha=sha, source=source)
                 except FAULTS as exc:
                     replies[i] = exc
         return replies
 
     def close(self) -> None:
-        if self.wire is not None:
-            self.wire.close()
+        for wire in [self.wire, *self._node_wires.values()]:
+            if wire is not None:
+                wire.close()
         if self._client is not None:
             self._client.close()
 
@@ -400,14 +442,22 @@ class StrictTable:
         t = now_ns(now)
         if not self.health.may_try():
             return self._fallback(key, k, now)
-        wire = self.store.wire
         try:
-            if t is None and wire is not None:  # the common call: prepacked, the server's clock
+            wire = self.store.wire_for(name) if t is None else None
+            if wire is not None:  # the common call: prepacked, the server's clock
                 c = str(k if k <= self._max_count else self._max_count + 1).encode()
                 try:
                     r = wire.call(self._packed_head + bulk(name) + self._packed_mid + bulk(c))
                 except NoScriptError:
                     r = self.store.call_script([name], self._hit_now + [c])
+                except ResponseError as exc:  # a Cluster redirection: redis-py follows it
+                    if not (self.store.cluster and str(exc).startswith(_REDIRECTIONS)):
+                        raise
+                    r = self.store.call_script_redis_py([name], self._hit_now + [c])
+                except RedisConnectionError:  # a Cluster node went away: redis-py refreshes the slot map
+                    if not self.store.cluster:
+                        raise
+                    r = self.store.call_script_redis_py([name], self._hit_now + [c])
             else:
                 r = self.store.call_script([name], self._args(t, b"1", [k]))
         except FAULTS as exc:
@@ -488,40 +538,48 @@ class StrictTable:
             done += len(a)
 
         if batches and self.health.may_try():
-            wire = self.store.wire
-            if wire is not None:
-                order = iter(batches)
-                missing: list[Any] = []
+            # Batches per server: the standalone server, or each Cluster master (by redis-py's slot map).
+            per_wire: dict[Any, list[Any]] = {}
+            slow: list[Any] = []  # batches redis-py sends (no lean client, a redirection, a NOSCRIPT)
+            try:
+                for batch in batches:
+                    wire = self.store.wire_for(batch_names(batch[:1])[0]) if self.store.cluster else self.store.wire
+                    if wire is None:
+                        slow.append(batch)
+                    else:
+                        per_wire.setdefault(wire, []).append(batch)
+            except FAULTS:
+                per_wire, slow = {}, list(batches)
+            for wire, mine in per_wire.items():
+                order = iter(mine)
 
-                def packed() -> Any:
-                    for batch in batches:
+                def packed(mine: list[Any] = mine) -> Any:
+                    for batch in mine:
                         yield hiredis.pack_command(("EVALSHA", self.store.sha, len(batch), *batch_names(batch),
                                                     *self._args(t, b"1", [cost_list[i] for i in batch])))
 
-                def handle(r: Any) -> None:
+                def handle(r: Any, order: Any = order) -> None:
                     batch = next(order)
-                    if isinstance(r, NoScriptError):
-                        missing.append(batch)  # decided below, once the script is loaded
+                    if isinstance(r, NoScriptError) or (isinstance(r, ResponseError) and self.store.cluster
+                                                        and str(r).startswith(_REDIRECTIONS)):
+                        slow.append(batch)  # sent again below: with the script loaded / where redis-py finds it
                     else:
                         store_reply(batch, r)
 
                 try:
                     wire.stream(packed(), handle)
                 except FAULTS as exc:
-                    for batch in order:  # every batch not answered yet
-                        store_reply(batch, exc)
-                for batch in missing:
-                    try:
-                        r = self.store.call_script(batch_names(batch),
-                                                   self._args(t, b"1", [cost_list[i] for i in batch]))
-                    except FAULTS as exc:
-                        r = exc
-                    store_reply(batch, r)
-            else:
+                    rest = list(order)  # every batch not answered yet
+                    if self.store.cluster and isinstance(exc, RedisConnectionError):
+                        slow.extend(rest)  # redis-py refreshes the slot map and tries again
+                    else:
+                        for batch in rest:
+                            store_reply(batch, exc)
+            if slow:
                 replies = self.store.run_scripts([(batch_names(batch),
                                                    self._args(t, b"1", [cost_list[i] for i in batch]))
-                                                  for batch in batches])
-                for batch, r in zip(batches, replies, strict=True):
+                                                  for batch in slow], via_redis_py=self.store.cluster)
+                for batch, r in zip(slow, replies, strict=True):
                     store_reply(batch, r)
             if done:
                 self.health.succeeded()
@@ -546,7 +604,8 @@ class StrictTable:
         st: dict[str, Any] = {"store": "redis-cluster" if self.store.cluster else "redis", "mode": "strict",
                               "on_error": self.on_error, "algorithm": self.algorithm, "redis_calls": self.calls,
                               "redis_decisions": self.decisions, "hiredis": redis.utils.HIREDIS_AVAILABLE,
-                              "client": "fastguard wire" if self.store.wire is not None else "redis-py",
+                              "client": "redis-py" if self.store.wire is None and not self.store._cluster_wire
+                              else "fastguard wire",
                               "compiled": fastguard.COMPILED}
         st.update(self.health.stats())
         local = self._local.stats() if self._local is not None else {"keys": 0, "bytes": 0}
