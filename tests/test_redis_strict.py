@@ -232,3 +232,23 @@ def test_clients_the_lean_client_does_not_serve_use_redis_py():
     assert RedisStore.from_url("rediss://127.0.0.1:6380/0").wire is None
     assert RedisStore(redis.Redis(protocol=3)).wire is None
     assert RedisStore.from_url("redis+cluster://127.0.0.1:7000").wire is None
+
+
+def test_a_forked_child_opens_its_own_connection(redis_server):
+    import os
+
+    lim = fg.RateLimiter("1000/minute", store=store_for(redis_server))
+    assert lim.hit("parent", now=60.0).allowed  # the parent's socket exists now
+    parent_sock = lim.store.wire._local.conn[0]
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh socket, and decisions that are right
+        try:
+            ok = [lim.hit("child", now=60.0).remaining for _ in range(50)] == list(range(999, 949, -1))
+            ok = ok and lim.store.wire._local.conn[0] is not parent_sock
+        except BaseException:
+            ok = False
+        os._exit(0 if ok else 1)
+    for i in range(50):
+        assert lim.hit("parent", now=60.0).remaining == 998 - i
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
