@@ -516,13 +516,18 @@ class Table:
         d.remainings = tuple(remainings)
         return d, allowed, after
 
+    @staticmethod
+    def _entry(shard: Shard, kid: int, h: int) -> list[Any] | None:
+        """The key's entry, or None when the shard does not hold it."""
+        if shard.n == 0:
+            return None
+        found, pos = shard.find(kid, h)
+        return shard.slots[pos] if found else None
+
     def _hit_id(self, kid: int, k: int, now: int) -> Decision:
         h = table_hash(kid)
         shard = self._shard(h)
-        entry = None
-        if shard.n > 0:
-            found, pos = shard.find(kid, h)
-            entry = shard.slots[pos] if found else None
+        entry = self._entry(shard, kid, h)
         d, allowed, after = self._decide(entry, now, k, True)
         shard.hits += 1
         if not allowed:
@@ -565,10 +570,7 @@ class Table:
         h = table_hash(kid)
         with self._lock:
             shard = self._shard(h)
-            entry = None
-            if shard.n > 0:
-                found, pos = shard.find(kid, h)
-                entry = shard.slots[pos] if found else None
+            entry = self._entry(shard, kid, h)
             if entry is not None and entry[1] > t:
                 t = entry[1]
             words = self._words
@@ -594,12 +596,7 @@ class Table:
         t = now_ns_from(now)
         h = table_hash(kid)
         with self._lock:
-            shard = self._shard(h)
-            entry = None
-            if shard.n > 0:
-                found, pos = shard.find(kid, h)
-                entry = shard.slots[pos] if found else None
-            d, _, _ = self._decide(entry, t, 1, False)
+            d, _, _ = self._decide(self._entry(self._shard(h), kid, h), t, 1, False)
         return d
 
     def reset(self, key: str | bytes) -> None:

@@ -90,6 +90,11 @@ def check_cost(cost: Any) -> int:
     return cost
 
 
+def check_on_error(on_error: Any) -> None:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+
+
 def key_bytes(key: Any) -> bytes:
     if isinstance(key, str):
         return key.encode("utf-8")
@@ -353,8 +358,7 @@ class StrictTable:
 
     def __init__(self, store: RedisStore, algorithm: str, limits: Sequence[Limit], max_keys: int,
                  on_error: str) -> None:
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        check_on_error(on_error)
         self.store = store
         self.algorithm = algorithm
         self.limits = tuple(limits)

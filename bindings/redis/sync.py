@@ -18,10 +18,10 @@ from fastguard.redis.store import (
     BATCH_KEYS,
     DENY_RETRY_AFTER,
     FAULTS,
-    ON_ERROR,
     STATE_VERSION,
     Health,
     RedisStore,
+    check_on_error,
     key_bytes,
     sha1,
 )
@@ -92,8 +92,7 @@ class SyncTable:
 
     def __init__(self, store: RedisStore, algorithm: str, limits: Sequence[Limit], max_keys: int, sync: float,
                  on_error: str) -> None:
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        check_on_error(on_error)
         self.store = store
         self.algorithm = algorithm
         self.limits = tuple(limits)

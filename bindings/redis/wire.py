@@ -8,9 +8,11 @@ providers stay with redis-py). Errors are redis-py's exception types, so callers
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import hiredis
@@ -125,14 +127,12 @@ class Wire:
             reply = reader.gets()
         return reply
 
-    # -- commands ----------------------------------------------------------------------------------------------
-    def call(self, packed: bytes) -> Any:
-        """Send one packed command; its reply, or a redis-py exception (ResponseError, NoScriptError, ...,
-        ConnectionError, TimeoutError)."""
-        sock, reader = self._connection()
+    @contextlib.contextmanager
+    def _io(self) -> Iterator[None]:
+        """Socket errors as redis-py's exceptions; a socket that failed mid-command is closed (its state is
+        unknown), so the next call reconnects."""
         try:
-            sock.sendall(packed)
-            reply = self._read(sock, reader)
+            yield
         except TimeoutError as exc:
             self.close()
             raise RedisTimeoutError(f"{self!r}: {exc or 'timed out'}") from exc
@@ -142,6 +142,15 @@ class Wire:
         except RedisConnectionError:
             self.close()
             raise
+
+    # -- commands ----------------------------------------------------------------------------------------------
+    def call(self, packed: bytes) -> Any:
+        """Send one packed command; its reply, or a redis-py exception (ResponseError, NoScriptError, ...,
+        ConnectionError, TimeoutError)."""
+        sock, reader = self._connection()
+        with self._io():
+            sock.sendall(packed)
+            reply = self._read(sock, reader)
         if type(reply) is hiredis.ReplyError:
             raise _error(reply)
         return reply
@@ -149,18 +158,9 @@ class Wire:
     def pipeline(self, packed: list[bytes]) -> list[Any]:
         """Send every command in one write, then read every reply; error replies come back as exceptions."""
         sock, reader = self._connection()
-        try:
+        with self._io():
             sock.sendall(b"".join(packed))
             replies = [self._read(sock, reader) for _ in packed]
-        except TimeoutError as exc:
-            self.close()
-            raise RedisTimeoutError(f"{self!r}: {exc or 'timed out'}") from exc
-        except OSError as exc:
-            self.close()
-            raise RedisConnectionError(f"{self!r}: {exc}") from exc
-        except RedisConnectionError:
-            self.close()
-            raise
         return [_error(r) if type(r) is hiredis.ReplyError else r for r in replies]
 
 
@@ -170,7 +170,7 @@ class Wire:
         packs command i + 1 and reads reply i - 1: on two cores the client's work and the server's overlap."""
         sock, reader = self._connection()
         unanswered = 0
-        try:
+        with self._io():
             for command in packed:
                 sock.sendall(command)
                 unanswered += 1
@@ -182,15 +182,6 @@ class Wire:
                 r = self._read(sock, reader)
                 unanswered -= 1
                 handle(_error(r) if type(r) is hiredis.ReplyError else r)
-        except TimeoutError as exc:
-            self.close()
-            raise RedisTimeoutError(f"{self!r}: {exc or 'timed out'}") from exc
-        except OSError as exc:
-            self.close()
-            raise RedisConnectionError(f"{self!r}: {exc}") from exc
-        except RedisConnectionError:
-            self.close()
-            raise
 
 
 def wire_for(client: redis.Redis) -> Wire | None:
