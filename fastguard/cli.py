@@ -1,6 +1,7 @@
 """The `fastguard` command.
 
-    fastguard demo     the limiter deciding a scripted burst of traffic, then a million-key batch
+    fastguard demo                 the limiter deciding a scripted burst of traffic, then a million-key batch
+    fastguard kong-server NAME     serve one fastguard plugin to Kong (see docs/kong.md; needs fastguard[kong])
 """
 
 from __future__ import annotations
@@ -61,10 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--gap", type=float, default=0.1, help="seconds between requests (default: %(default)s)")
     demo.add_argument("--keys", type=int, default=1_000_000, help="size of the batch part (default: %(default)s)")
     demo.set_defaults(func=_demo)
+    sub.add_parser("kong-server", help="serve one fastguard plugin to Kong: fastguard kong-server NAME --socket PATH "
+                                       "(or --dump); see fastguard kong-server --help", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["kong-server"]:
+        # Its own parser (fastguard.kong.server): the entry point Kong's start_cmd / query_cmd run.
+        try:
+            from fastguard.kong.server import main as kong_server
+        except ImportError as exc:
+            sys.stderr.write(f"fastguard kong-server needs kong-pdk: pip install 'fastguard[kong]' ({exc})\n")
+            return 2
+        return kong_server(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "requests", 1) < 0 or getattr(args, "keys", 1) < 0 or getattr(args, "gap", 1.0) < 0:

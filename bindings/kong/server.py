@@ -1,0 +1,287 @@
+"""`fastguard kong-server NAME`: one plugin per process, on kong-pdk's plugin server, with its defects fixed.
+
+This is kong-pdk's `PluginServer` (same MessagePack-RPC protocol, same plugin API, served by kong-pdk's own Unix
+socket listener), subclassed where kong-pdk 0.36 goes wrong:
+
+* kong-pdk holds a global event lock from HandleEvent until the handler's first PDK call, and a handler that raises
+  before that call never releases it: the whole server deadlocks. Here no lock is held while a handler works,
+  and every way a handler can end (a PDK call, a return, an exception) answers the RPC.
+* kong-pdk starts a thread (or greenlet) per event, and in gevent mode leaks one per `kong.response.exit`. Here
+  fastguard's plugins run as generators of PDK calls, one step per RPC, in the RPC's own thread: no thread at all.
+  Other kong-pdk plugins run on a bounded thread pool; a handler that outlives its event (after an exit, or when
+  Kong stops stepping it) is woken by a timeout and returns its thread.
+* every wait has a timeout (`--timeout`, 10 s): a plugin that does not answer is answered 500 for it.
+* events that Kong abandoned are forgotten after that timeout too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kong_pdk.exception import PluginServerException
+from kong_pdk.listener import UnixStreamServer
+from kong_pdk.logger import Logger
+from kong_pdk.module import Module
+from kong_pdk.pdk import Kong
+from kong_pdk.server import PluginServer
+
+import fastguard
+from fastguard.kong.plugins import PLUGINS, PRIORITIES, TERMINAL, PDKError
+
+__all__ = ["FastguardPluginServer", "main", "plugin_module"]
+
+log = logging.getLogger("fastguard.kong")
+
+MSG_RET = "ret"
+_FAIL_CLOSED = {"Method": "kong.response.exit",
+                "Args": [500, {"message": "An unexpected error occurred"}, {}]}
+
+
+class _Event:
+    __slots__ = ("steps", "channel", "deadline")
+
+    def __init__(self, steps: Any = None, channel: Any = None, deadline: float = 0.0) -> None:
+        self.steps = steps        # a fastguard plugin's generator of PDK calls
+        self.channel = channel    # or the queues of a kong-pdk handler running on the pool
+        self.deadline = deadline
+
+
+class _Channel:
+    """What kong-pdk's `Kong` object talks to, for a handler on the pool: `put` a PDK call or "ret", `get` the
+    answer (data, err). The handler's `get` times out, so a handler whose event was abandoned ends."""
+
+    def __init__(self, timeout: float) -> None:
+        self.to_server: queue.Queue[Any] = queue.Queue()
+        self.to_plugin: queue.Queue[Any] = queue.Queue()
+        self.timeout = timeout
+
+    def put(self, message: Any) -> None:
+        self.to_server.put(message)
+
+    def get(self) -> Any:
+        try:
+            return self.to_plugin.get(timeout=self.timeout)
+        except queue.Empty:
+            raise PDKError(f"no answer from Kong within {self.timeout:g} s") from None
+
+
+def plugin_module(name: str) -> type:
+    """A kong-pdk plugin module (Plugin, Schema, version, priority) for one of fastguard's plugins."""
+    if name not in PLUGINS:
+        raise KeyError(f"unknown plugin {name!r}: use one of {', '.join(PLUGINS)}")
+    cls = PLUGINS[name]
+
+    class mod:  # noqa: N801 - the shape kong_pdk.module.Module reads
+        Plugin = cls
+        Schema = cls.schema()
+        version = fastguard.__version__
+        priority = PRIORITIES[name]
+
+    return mod
+
+
+class FastguardPluginServer(PluginServer):
+    """kong-pdk's PluginServer with the fixes listed in this module's docstring."""
+
+    def __init__(self, name: str, module_path: str | None = None, *, timeout: float = 10.0, workers: int = 32,
+                 loglevel: int = Logger.WARNING) -> None:
+        super().__init__(loglevel=loglevel, name=name, lua_style=True)
+        self.name = name
+        self.timeout = timeout
+        self.plugins[name] = Module(name, path=module_path) if module_path else \
+            Module(name, module=plugin_module(name))
+        self._lock = threading.Lock()   # guards the instance and event tables only, never a handler's work
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kong-handler")
+        self._sweep_at = time.monotonic() + timeout
+
+    # -- instances ------------------------------------------------------------------------------------------------
+    def start_instance(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        name = cfg["Name"]
+        if name not in self.plugins:
+            raise PluginServerException(f"{name} not initizlied")  # kong-pdk's words, which Kong matches
+        try:
+            config = json.loads(cfg["Config"])
+        except (TypeError, ValueError) as exc:
+            raise PluginServerException(f"invalid config JSON: {exc}") from None
+        try:
+            instance = self.plugins[name].new(config)  # the plugin checks its config here
+        except ValueError as exc:
+            raise PluginServerException(f"{name}: {exc}") from None
+        with self._lock:
+            iid = self.instance_id
+            self.instances[iid] = instance
+            self.instance_id = iid + 1
+        return {"Name": name, "Id": iid, "Config": config, "StartTime": time.time()}
+
+    def close_instance(self, iid: int) -> dict[str, Any]:
+        with self._lock:
+            instance = self.instances.pop(iid, None)
+        if instance is None:
+            raise PluginServerException(f"no plugin instance #{iid}")
+        close = getattr(instance.cls, "close", None)
+        if close is not None:
+            close()
+        instance.close_cb()
+        return {"Name": instance.name, "Id": iid, "Config": instance.config}
+
+    def get_status(self, *_: Any) -> dict[str, Any]:
+        with self._lock:
+            return {"Pid": os.getpid(), "Instances": len(self.instances), "Events": len(self.events),
+                    "Threads": threading.active_count()}
+
+    # -- events ---------------------------------------------------------------------------------------------------
+    def handle_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        iid = event["InstanceId"]
+        instance = self.instances.get(iid)
+        if instance is None:
+            raise PluginServerException(f"no plugin instance #{iid}")  # Kong restarts the instance on this text
+        instance.reset_expire_ts()
+        plugin = instance.cls
+        phase = event["EventName"]
+        if not hasattr(plugin, phase):
+            raise PluginServerException(f"{instance.name} has no {phase} handler")
+        with self._lock:
+            eid = self.event_id
+            self.event_id = eid + 1
+        self._sweep()
+        if phase == "access" and hasattr(plugin, "steps"):
+            return self._advance(eid, _Event(plugin.steps()), "start", None)
+        channel = _Channel(self.timeout)
+        self._pool.submit(self._run_handler, getattr(plugin, phase), channel)
+        return self._relay(eid, _Event(channel=channel))
+
+    def step(self, data: dict[str, Any]) -> dict[str, Any]:
+        return self._step(data, False)
+
+    def step_error(self, data: dict[str, Any]) -> dict[str, Any]:
+        return self._step(data, True)
+
+    step_multi_map = step_credential = step_consumer = step_route = step_service = step_plugin = step
+    step_memory_stats = step
+
+    def _step(self, data: dict[str, Any], is_error: bool) -> dict[str, Any]:
+        eid = data["EventId"]
+        with self._lock:
+            ev = self.events.pop(eid, None)
+        if ev is None:
+            raise PluginServerException(f"event id {eid} not found")
+        value = data.get("Data")  # no Data key: the PDK call returned nil
+        if ev.steps is not None:
+            return self._advance(eid, ev, "throw" if is_error else "send", value)
+        ev.channel.to_plugin.put((None, value) if is_error else (value, None))
+        return self._relay(eid, ev)
+
+    def _advance(self, eid: int, ev: _Event, how: str, value: Any) -> dict[str, Any]:
+        """One step of a fastguard plugin's generator, in this RPC's thread."""
+        try:
+            if how == "start":
+                call = next(ev.steps)
+            elif how == "send":
+                call = ev.steps.send(value)
+            else:
+                call = ev.steps.throw(PDKError(str(value)))
+        except StopIteration:
+            return {"Data": MSG_RET, "EventId": eid}
+        except Exception as exc:  # noqa: BLE001 - the plugins answer their own errors; this is the last net
+            log.error("fastguard kong-server: plugin raised, answering 500: %r", exc, exc_info=exc)
+            return {"Data": _FAIL_CLOSED, "EventId": eid}
+        method, args = call
+        if method in TERMINAL:
+            ev.steps.close()  # Kong sends nothing more for this event
+        else:
+            ev.deadline = time.monotonic() + self.timeout
+            with self._lock:
+                self.events[eid] = ev
+        return {"Data": {"Method": method, "Args": list(args)}, "EventId": eid}
+
+    def _relay(self, eid: int, ev: _Event) -> dict[str, Any]:
+        """The next message of a kong-pdk handler running on the pool (with a timeout)."""
+        try:
+            message = ev.channel.to_server.get(timeout=self.timeout)
+        except queue.Empty:
+            log.error("fastguard kong-server: handler silent for %g s, answering 500", self.timeout)
+            return {"Data": _FAIL_CLOSED, "EventId": eid}
+        if isinstance(message, BaseException):
+            log.error("fastguard kong-server: handler raised, answering 500: %r", message)
+            return {"Data": _FAIL_CLOSED, "EventId": eid}
+        if message != MSG_RET and not (isinstance(message, dict) and message.get("Method") in TERMINAL):
+            ev.deadline = time.monotonic() + self.timeout
+            with self._lock:
+                self.events[eid] = ev
+        return {"Data": message, "EventId": eid}
+
+    def _run_handler(self, handler: Any, channel: _Channel) -> None:
+        try:
+            handler(Kong(channel, self.lua_style).kong)
+        except BaseException as exc:  # noqa: BLE001 - reported to the waiting RPC, never lost
+            channel.put(exc)
+            return
+        channel.put(MSG_RET)
+
+    def _sweep(self) -> None:
+        """Forget events Kong abandoned (no Step within the timeout)."""
+        now = time.monotonic()
+        if now < self._sweep_at:
+            return
+        self._sweep_at = now + self.timeout
+        with self._lock:
+            stale = [eid for eid, ev in self.events.items() if ev.deadline < now]
+            dropped = [self.events.pop(eid) for eid in stale]
+        for ev in dropped:
+            if ev.steps is not None:
+                ev.steps.close()
+            else:
+                ev.channel.to_plugin.put((None, "event abandoned"))
+
+    def cleanup(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastguard kong-server",
+                                     description="Serve one fastguard plugin to Kong (a kong-pdk plugin server).")
+    parser.add_argument("name", help=f"the plugin this process serves: {', '.join(PLUGINS)} (or any name with "
+                                     "--module)")
+    parser.add_argument("--module", help="serve this kong-pdk plugin module (a .py file with Plugin, Schema, "
+                                         "version, priority) instead of a fastguard plugin, with the same fixes")
+    parser.add_argument("--socket", help="Unix socket path (Kong's pluginserver_<name>_socket); default "
+                                         "/usr/local/kong/<name>.socket")
+    parser.add_argument("--dump", action="store_true", help="print the plugin info Kong's query_cmd expects")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds any wait may take (default 10)")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    if not args.timeout > 0:
+        parser.error("--timeout must be positive")
+    if args.module is None and args.name not in PLUGINS:
+        parser.error(f"unknown plugin {args.name!r}: use one of {', '.join(PLUGINS)}, or give --module")
+    if args.module is not None and not os.path.isfile(args.module):
+        parser.error(f"--module {args.module} is not a file")
+    logging.basicConfig(level=logging.WARNING - 10 * args.verbose, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server = FastguardPluginServer(args.name, args.module, timeout=args.timeout,
+                                   loglevel=Logger.WARNING - args.verbose)
+    if args.dump:
+        sys.stdout.write(json.dumps([server.get_plugin_info(args.name)]))
+        sys.stdout.write("\n")
+        return 0
+    path = args.socket or f"/usr/local/kong/{args.name}.socket"
+    folder, sock_name = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        parser.error(f"the socket's folder {folder} does not exist")
+    listener = UnixStreamServer(server, folder, sock_name=sock_name, use_gevent=False)
+    try:
+        listener.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.cleanup()
+    return 0
