@@ -6,7 +6,6 @@ like the package: so this module also stands in for the package (its names and i
 `import fastguard...` in the server process would find this file instead.
 """
 
-import sys
 
 import fastguard as _package
 from fastguard.kong.server import plugin_module
