@@ -137,6 +137,21 @@ def render(data: dict) -> str:
         lines += ["Local-first `hit` (sliding window, 1,000 keys): " + ", ".join(
             f"{c} {v:.0f} ns" for c, v in sorted(local_first.items(), key=lambda kv: kv[1])) + ".", ""]
 
+    # Kong plugins through real plugin servers.
+    kong = [b["extra_info"] for b in by_group.get("kong events", [])]
+    kong_by = {(k["server"], k["case"], k["concurrency"]): k for k in kong}
+    if kong:
+        lines += ["## Kong plugins through real plugin servers (per request: p50 / p99 µs; events/s)", "",
+                  "| plugin | server | concurrency 1 | concurrency 4 |", "|---|---|---:|---:|"]
+        for case in dict.fromkeys(k["case"] for k in kong):
+            for server in ("stock kong-pdk", "fastguard kong-server"):
+                cells = []
+                for c in (1, 4):
+                    k = kong_by.get((server, case, c))
+                    cells.append(f"{k['p50_us']:,.0f} / {k['p99_us']:,.0f} µs, {k['events_per_s']:,.0f}/s" if k else "")
+                lines.append(f"| {case} | {server} | {cells[0]} | {cells[1]} |")
+        lines.append("")
+
     # Budgets (DESIGN §3), judged on this run only.
     checks = []
 
@@ -194,6 +209,21 @@ def render(data: dict) -> str:
     sync_ns, local_ns = local_first.get("fastguard sync=0.1"), local_first.get("fastguard in process")
     if sync_ns and local_ns:
         check("`sync=0.1` `hit` ≤ 2× in process", sync_ns, sync_ns <= 2 * local_ns, f"{sync_ns / local_ns:.2f}×")
+    floor = "floor (1 PDK call)"
+    for server in ("stock kong-pdk", "fastguard kong-server"):
+        base = kong_by.get((server, floor, 1))
+        for case in dict.fromkeys(k["case"] for k in kong):
+            k = kong_by.get((server, case, 1))
+            if base and k and case != floor:
+                ratio = k["p50_us"] / base["p50_us"]
+                check(f"Kong: {case} ≤ 1.1× the floor per request ({server}, p50)", ratio, ratio <= 1.1,
+                      f"{ratio:.2f}×")
+    for case in dict.fromkeys(k["case"] for k in kong):
+        ours, stock = kong_by.get(("fastguard kong-server", case, 4)), kong_by.get(("stock kong-pdk", case, 4))
+        if ours and stock:
+            ratio = ours["events_per_s"] / stock["events_per_s"]
+            check(f"Kong: fastguard kong-server ≥ 2× stock throughput at concurrency 4 ({case})", ratio,
+                  ratio >= 2, f"{ratio:.2f}×")
     lines += ["## Budgets (DESIGN §3) in this run", "", "| budget | measured | verdict |", "|---|---|---|", *checks, ""]
     return "\n".join(lines)
 
