@@ -6,15 +6,13 @@ answered. `fastguard kong-server` runs that generator directly, one step per RPC
 `access(kong)` method drives the same generator through kong-pdk's `kong` object, so the modules also load
 unchanged in the stock `kong-python-pluginserver -d DIR` (see fastguard/kong/plugins/).
 
-Round trips (PDK calls per event, allow path / deny path):
-  rate limiting, limit_by consumer: 2 / 2 when the request has a consumer (get_consumer, then set_headers or exit;
-      without one Kong's fallback adds get_credential, then get_forwarded_ip); credential likewise;
-      ip, service, header, path: 2 / 2; hide_client_headers: 1 on the allow path.
-  jwt: 1 (get_headers; +1 get_query when uri_param_names is set and the headers hold no token; +1
-      service.request.set_headers with claims_to_headers) / 2 (get_headers, exit); +1 get_method when
-      run_on_preflight is false.
-  fastguard (both): the jwt plugin's calls, with the rate-limit headers set in the same call as... each its own:
-      get_headers + set_headers (+1 when claims_to_headers is also set) / 2.
+Round trips (PDK calls per event, allow path / refusal; docs/kong.md has the full table):
+  rate limiting: 2 / 2 (the caller's identity, then set_headers or exit); 1 on the allow path with
+      hide_client_headers; limit_by consumer without a consumer adds Kong's fallbacks (get_credential,
+      get_forwarded_ip).
+  jwt: 1 / 2 (get_headers, then nothing or exit); +1 get_query when the token is in the query string, +1
+      service.request.set_headers with claims_to_headers, +1 get_method when run_on_preflight is false.
+  fastguard (both): 2 / 2 (get_headers, then set_headers or exit); +1 with claims_to_headers.
 """
 
 from __future__ import annotations
@@ -346,6 +344,22 @@ class _Verifying:
             raise _TooLong()
         return dict(claims)
 
+    def verified(self) -> Generator[PDKCall, Any, tuple[dict[str, Any] | None, PDKCall | None]]:
+        """Read and verify the request's token: (claims, None), or (None, the 401 that refuses it)."""
+        try:
+            token, _ = yield from self.token_steps()
+        except fg.InvalidToken as exc:
+            return None, self.refusal(exc, True)
+        if token is None:
+            return None, self.refusal(None, False)
+        try:
+            return self.check(token), None
+        except _TooLong:
+            return None, _json_exit(401, {"exp": "exceeds maximum allowed expiration"},
+                                    {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        except fg.InvalidToken as exc:
+            return None, self.refusal(exc, True)
+
     def upstream_headers(self, claims: dict[str, Any]) -> dict[str, str]:
         out = {}
         for claim, header in self.claims_to_headers.items():
@@ -482,19 +496,9 @@ class JWTPlugin(_Base):
             yield answer
 
     def _verify(self) -> Generator[PDKCall, Any, PDKCall | None]:
-        try:
-            token, _ = yield from self.part.token_steps()
-        except fg.InvalidToken as exc:
-            return self.part.refusal(exc, True)
-        if token is None:
-            return self.part.refusal(None, False)
-        try:
-            claims = self.part.check(token)
-        except _TooLong:
-            return _json_exit(401, {"exp": "exceeds maximum allowed expiration"},
-                              {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        except fg.InvalidToken as exc:
-            return self.part.refusal(exc, True)
+        claims, refusal = yield from self.part.verified()
+        if claims is None:
+            return refusal
         upstream = self.part.upstream_headers(claims)
         return ("kong.service.request.set_headers", [upstream]) if upstream else None
 
@@ -520,19 +524,9 @@ class GuardPlugin(JWTPlugin):
         self.limiting.close()
 
     def _verify(self) -> Generator[PDKCall, Any, PDKCall | None]:
-        try:
-            token, _ = yield from self.part.token_steps()
-        except fg.InvalidToken as exc:
-            return self.part.refusal(exc, True)
-        if token is None:
-            return self.part.refusal(None, False)
-        try:
-            claims = self.part.check(token)
-        except _TooLong:
-            return _json_exit(401, {"exp": "exceeds maximum allowed expiration"},
-                              {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        except fg.InvalidToken as exc:
-            return self.part.refusal(exc, True)
+        claims, refusal = yield from self.part.verified()
+        if claims is None:
+            return refusal
         who = claims.get(self.config["limit_by_claim"])
         if who is None:
             return self.part.refusal(fg.MissingClaim(f"missing claim '{self.config['limit_by_claim']}'"), True)
