@@ -15,6 +15,7 @@ from joserfc import jwk as jose_jwk
 from joserfc import jwt as jose_jwt
 
 import fastguard as fg
+from bench.conftest import rounds
 from tests.jwt_helpers import KEY_FOR_ALG, SECRET, jwk, private_key, raw_signature, sign
 
 OPS = 1000
@@ -51,7 +52,7 @@ def _run(benchmark, fn, group, contender, alg, ops=OPS):
 
     benchmark.group = group
     benchmark.extra_info.update(ops=ops, contender=contender, algorithm=alg)
-    benchmark.pedantic(loop, rounds=15, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(loop, rounds=rounds(15), iterations=1, warmup_rounds=1)
 
 
 # -- cache hit -------------------------------------------------------------------------------------------------------

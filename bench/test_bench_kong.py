@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from bench.conftest import QUICK
 from fastguard.kong import PLUGIN_DIR
 from tests.jwt_helpers import jwk, sign
 from tests.kong_client import KongClient, fastguard_server, stock_server
 
 FLOOR = str(Path(__file__).with_name("kong_floor.py"))
-EVENTS = 1500
+EVENTS = 300 if QUICK else 1500
 JWKS = json.dumps({"keys": [jwk("RSA", kid="rsa1", alg="RS256")]})
 TOKEN = sign({"iss": "https://idp.example", "sub": "alice", "exp": int(time.time()) + 3600}, "RS256",
              {"alg": "RS256", "kid": "rsa1"})

@@ -18,6 +18,7 @@ from limits import strategies as limits_strategies
 
 import fastguard as fg
 from bench.competitors import DictTokenBucket
+from bench.conftest import rounds
 
 OPS = 10_000
 N_KEYS = 1_000_000
@@ -27,7 +28,7 @@ KEYS = [f"consumer-{i}" for i in range(N_KEYS)]
 
 def _per_op(benchmark, fn, ops=OPS, **info):
     benchmark.extra_info.update(ops=ops, **info)
-    benchmark.pedantic(fn, rounds=30, iterations=1, warmup_rounds=2)
+    benchmark.pedantic(fn, rounds=rounds(30), iterations=1, warmup_rounds=2)
 
 
 def _limits(strategy: str):
@@ -62,6 +63,20 @@ def test_hot_limits(benchmark, alg):
 
     benchmark.group = "hot key"
     _per_op(benchmark, run, contender="limits", algorithm=alg)
+
+
+def test_hot_pyrate(benchmark):
+    """pyrate-limiter's in-memory bucket (a sliding log), non-blocking."""
+    from pyrate_limiter import Duration, InMemoryBucket, Limiter, Rate
+
+    limiter = Limiter(InMemoryBucket([Rate(10**9, Duration.MINUTE)]))
+
+    def run():
+        for _ in range(OPS):
+            limiter.try_acquire("consumer-42", blocking=False)
+
+    benchmark.group = "hot key"
+    _per_op(benchmark, run, contender="pyrate-limiter", algorithm="sliding_window")
 
 
 def test_hot_dict_bucket(benchmark):

@@ -15,6 +15,7 @@ from limits import storage as limits_storage
 from limits import strategies as limits_strategies
 
 import fastguard as fg
+from bench.conftest import rounds
 from fastguard.redis import RedisStore
 from fastguard.redis.store import SCRIPT
 from tests.redis_servers import RedisProcess
@@ -34,7 +35,7 @@ def server():
 
 def _per_op(benchmark, fn, ops=OPS, **info):
     benchmark.extra_info.update(ops=ops, **info)
-    benchmark.pedantic(fn, rounds=15, iterations=1, warmup_rounds=2)
+    benchmark.pedantic(fn, rounds=rounds(15), iterations=1, warmup_rounds=2)
 
 
 def _loop(hit):
@@ -109,7 +110,7 @@ def test_pipelined_hit_many(benchmark, server, alg):
     keys = [f"batch-{i}" for i in range(10_000)]
     benchmark.group = "redis hit_many"
     benchmark.extra_info.update(ops=len(keys), contender="fastguard strict hit_many", algorithm=alg)
-    benchmark.pedantic(lambda: lim.hit_many(keys), rounds=8, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(lambda: lim.hit_many(keys), rounds=rounds(8), iterations=1, warmup_rounds=1)
     assert lim.stats()["redis_errors"] == 0
 
 
@@ -128,7 +129,7 @@ def test_local_first(benchmark, server, mode):
 
     benchmark.group = "local-first"
     benchmark.extra_info.update(ops=ops, contender=f"fastguard {mode}", algorithm="sliding_window")
-    benchmark.pedantic(run, rounds=20, iterations=1, warmup_rounds=2)
+    benchmark.pedantic(run, rounds=rounds(20), iterations=1, warmup_rounds=2)
     if store:
         time.sleep(0.25)
         assert lim.stats()["syncs"] > 0 and lim.stats()["redis_errors"] == 0

@@ -1,5 +1,8 @@
 """The `fastguard` command.
 
+    fastguard simulate             the main job: real plugin servers guarding a simulated Kong route (fastguard[kong])
+    fastguard bench [--quick]      the comparison benchmarks, as a Markdown report and a PNG chart (source checkout)
+    fastguard verify TOKEN         verify a JWT against a JWKS, a secret or a PEM key; print its claims
     fastguard demo                 the limiter deciding a scripted burst of traffic, then a million-key batch
     fastguard kong-server NAME     serve one fastguard plugin to Kong (see docs/kong.md; needs fastguard[kong])
 """
@@ -51,6 +54,81 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from fastguard.simulate import MIX, Options, run
+
+    mix = None
+    if args.mix:
+        mix = {}
+        for part in args.mix.split(","):
+            name, sep, value = part.partition("=")
+            if not sep or name.strip() not in MIX:
+                raise ValueError(f"--mix takes name=weight pairs for {', '.join(MIX)}, got {part!r}")
+            try:
+                mix[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(f"--mix weight {value!r} for {name.strip()} is not a number") from None
+        mix = {**dict.fromkeys(MIX, 0.0), **mix}
+    opts = Options(requests=args.requests, consumers=args.consumers, concurrency=args.concurrency,
+                   limits=args.limits, login_limits=args.login_limits, algorithm=args.algorithm, mix=mix,
+                   redis=args.redis, seed=args.seed)
+    try:
+        run(opts, as_json=args.json)
+    except ImportError as exc:
+        sys.stderr.write(f"fastguard simulate needs the Kong extra: pip install 'fastguard[kong]' ({exc})\n")
+        return 2
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    sources = [x for x in (args.jwks, args.secret, args.secret_file, args.pem) if x is not None]
+    if len(sources) != 1:
+        raise _Usage("give exactly one of --jwks, --secret, --secret-file, --pem")
+    try:
+        if args.jwks is not None:
+            if args.jwks.startswith(("https://", "http://")):
+                keys: fg.KeySet | fg.RemoteKeySet = fg.RemoteKeySet(args.jwks)
+            else:
+                with open(args.jwks, "rb") as fh:
+                    keys = fg.KeySet.from_jwks(fh.read())
+        elif args.secret is not None:
+            keys = fg.KeySet.from_secret(args.secret.encode("utf-8"), alg=args.alg or "HS256")
+        elif args.secret_file is not None:
+            with open(args.secret_file, "rb") as fh:
+                keys = fg.KeySet.from_secret(fh.read(), alg=args.alg or "HS256")
+        else:
+            if not os.path.isfile(args.pem):
+                raise _Usage(f"--pem {args.pem}: no such file")
+            with open(args.pem, "rb") as fh:
+                keys = fg.KeySet.from_pem(fh.read(), alg=args.alg) if args.alg else fg.KeySet.from_pem(fh.read())
+        verifier = fg.JWTVerifier(keys, issuer=args.issuer, audience=args.audience, leeway=args.leeway,
+                                  required_claims=())
+    except OSError as exc:
+        raise _Usage(f"cannot read the key: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise _Usage(f"unusable key: {exc}") from None
+    try:
+        claims = verifier.verify(args.token.strip())
+    except fg.InvalidToken as exc:
+        sys.stdout.write(json.dumps({"valid": False, "code": exc.code, "message": str(exc)}) + "\n")
+        return 1
+    sys.stdout.write(json.dumps(dict(claims), indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+class _Usage(Exception):
+    """A wrong or missing argument: exit status 2 with its message."""
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from fastguard.benchrun import run_bench
+
+    return run_bench(out=args.out, quick=args.quick, keyword=args.keyword)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastguard", description="Rate limiting for API gateways.")
     parser.add_argument("--version", action="version", version=f"fastguard {fg.__version__}")
@@ -62,6 +140,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--gap", type=float, default=0.1, help="seconds between requests (default: %(default)s)")
     demo.add_argument("--keys", type=int, default=1_000_000, help="size of the batch part (default: %(default)s)")
     demo.set_defaults(func=_demo)
+
+    sim = sub.add_parser("simulate", help="real plugin servers guarding a simulated Kong route (the main job)")
+    sim.add_argument("--requests", type=int, default=20_000, help="requests to play (default: %(default)s)")
+    sim.add_argument("--consumers", type=int, default=1000, help="distinct JWT subjects (default: %(default)s)")
+    sim.add_argument("--concurrency", type=int, default=4, help="Kong-side threads (default: %(default)s)")
+    sim.add_argument("--limits", default="20/second; 600/minute", help="per consumer on /api (default: %(default)s)")
+    sim.add_argument("--login-limits", default="5/minute", help="per IP on /login (default: %(default)s)")
+    sim.add_argument("--algorithm", default="sliding_window", choices=fg.ALGORITHMS)
+    sim.add_argument("--mix", help="traffic weights, e.g. valid=0.7,abusive=0.15,expired=0.05,forged=0.05,"
+                                   "malformed=0.05")
+    sim.add_argument("--redis", metavar="URL", help="keep the counts in Redis: redis://host:port/db or "
+                                                    "redis+cluster://host:port,...")
+    sim.add_argument("--seed", type=int, default=1, help="random seed of the traffic plan (default: %(default)s)")
+    sim.add_argument("--json", action="store_true", help="print only the summary, as JSON (progress on stderr)")
+    sim.set_defaults(func=_simulate)
+
+    ver = sub.add_parser("verify", help="verify a JWT and print its claims (exit 0 valid, 1 invalid, 2 usage)")
+    ver.add_argument("token")
+    ver.add_argument("--jwks", metavar="FILE|URL", help="a JWKS file, or an http(s) URL")
+    ver.add_argument("--secret", metavar="TEXT", help="HMAC key: the UTF-8 bytes of TEXT")
+    ver.add_argument("--secret-file", metavar="FILE", help="HMAC key: the bytes of FILE")
+    ver.add_argument("--pem", metavar="FILE", help="a public key in PEM")
+    ver.add_argument("--alg", help="the algorithm of a --secret/--secret-file/--pem key (default HS256 for secrets)")
+    ver.add_argument("--issuer", action="append", help="accepted iss (repeatable)")
+    ver.add_argument("--audience", action="append", help="accepted aud (repeatable)")
+    ver.add_argument("--leeway", type=float, default=0.0, help="seconds of clock skew allowed (default 0)")
+    ver.set_defaults(func=_verify)
+
+    ben = sub.add_parser("bench", help="run bench/ and write report.md and chart.png (from a source checkout)")
+    ben.add_argument("--out", default="bench/results", help="folder for the report (default: %(default)s)")
+    ben.add_argument("--quick", action="store_true", help="fewer rounds and a subset: under 2 minutes")
+    ben.add_argument("-k", dest="keyword", help="only benchmarks matching this pytest -k expression")
+    ben.set_defaults(func=_bench)
     sub.add_parser("kong-server", help="serve one fastguard plugin to Kong: fastguard kong-server NAME --socket PATH "
                                        "(or --dump); see fastguard kong-server --help", add_help=False)
     return parser
@@ -83,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--requests, --keys and --gap must not be negative")
     try:
         return int(args.func(args))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, _Usage) as exc:
         parser.exit(2, f"fastguard: error: {exc}\n")
     return 0
 

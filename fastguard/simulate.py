@@ -1,0 +1,318 @@
+"""`fastguard simulate`: fastguard doing its real job — guarding a Kong route — with no Kong and no Redis needed.
+
+It starts real `fastguard kong-server` processes on temporary sockets and plays Kong's side of the plugin-server
+protocol for N requests from M consumers:
+
+* route `/api` runs the `fastguard` plugin: verify the bearer JWT (ES256, keys made at start, served as an inline
+  JWKS), then rate-limit by the verified `sub`;
+* route `/login` runs `fastguard-rate-limiting` by client IP.
+
+The traffic mixes valid tokens, tokens of a few abusive consumers who send far more than their limit, expired
+tokens, forged tokens (signed with another key under the right kid) and malformed or missing ones. The summary
+gives outcomes by route, status and reason, latency per request (p50 / p99, measured on the Kong side, so it
+includes the protocol), events per second and PDK calls per request. With `--redis URL` the limits live in Redis
+(strict mode) instead of in process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+__all__ = ["run", "MIX", "Options"]
+
+MIX = {"valid": 0.72, "abusive": 0.13, "expired": 0.05, "forged": 0.05, "malformed": 0.05}
+LOGIN_SHARE = 0.1  # of all requests, to /login
+
+
+@dataclass
+class Options:
+    requests: int = 20_000
+    consumers: int = 1000
+    concurrency: int = 4
+    limits: str = "20/second; 600/minute"
+    login_limits: str = "5/minute"
+    algorithm: str = "sliding_window"
+    mix: dict[str, float] | None = None
+    redis: str | None = None
+    seed: int = 1
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class _Signer:
+    """ES256 keys made at start; tokens signed with `cryptography`, as an identity provider would."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.attacker = ec.generate_private_key(ec.SECP256R1())
+        nums = self.key.public_key().public_numbers()
+        self.jwks = json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "sim-1", "alg": "ES256", "use": "sig",
+                                          "x": _b64(nums.x.to_bytes(32, "big")),
+                                          "y": _b64(nums.y.to_bytes(32, "big"))}]})
+
+    def token(self, claims: dict[str, Any], forged: bool = False) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        header = _b64(json.dumps({"alg": "ES256", "typ": "JWT", "kid": "sim-1"}).encode())
+        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = f"{header}.{payload}".encode()
+        der = (self.attacker if forged else self.key).sign(signing_input, ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        return f"{header}.{payload}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def _limit_fields(text: str) -> dict[str, int]:
+    """Kong's window fields from a limit string ("10/second; 200/minute")."""
+    import fastguard as fg
+
+    names = {1: "second", 60: "minute", 3600: "hour", 86_400: "day", 30 * 86_400: "month", 365 * 86_400: "year"}
+    out = {}
+    for lim in fg.parse_limits(text):
+        name = names.get(int(lim.period)) if lim.period == int(lim.period) else None
+        if name is None:
+            raise ValueError(f"limit {lim} does not fit one of Kong's windows (second, minute, hour, day, month, "
+                             "year)")
+        out[name] = lim.count
+    return out
+
+
+def _redis_config(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    if parts.scheme in ("redis+cluster", "rediss+cluster"):
+        cfg: dict[str, Any] = {"cluster_nodes": parts.netloc.rsplit("@", 1)[-1].split(",")}
+    elif parts.scheme in ("redis", "rediss"):
+        cfg = {"host": parts.hostname or "127.0.0.1", "port": parts.port or 6379,
+               "database": int((parts.path or "/0").strip("/") or 0)}
+    else:
+        raise ValueError(f"--redis takes redis://host:port/db or redis+cluster://host:port,..., not {url!r}")
+    if parts.password:
+        cfg["password"] = parts.password
+    if parts.username:
+        cfg["username"] = parts.username
+    cfg["ssl"] = parts.scheme.startswith("rediss")
+    cfg["timeout"] = 500
+    return cfg
+
+
+class _Progress:
+    def __init__(self, total: int, out: TextIO, enabled: bool) -> None:
+        self.total, self.out, self.enabled = total, out, enabled
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.next_line = 0.25  # without a terminal: a line at each quarter
+        self.done = 0
+        self.lock = threading.Lock()
+        self.t0 = time.perf_counter()
+
+    def add(self, n: int = 1) -> None:
+        with self.lock:
+            self.done += n
+
+    def draw(self, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        share = self.done / max(self.total, 1)
+        filled = int(width * share)
+        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+        line = f"  [{'#' * filled}{'.' * (width - filled)}] {self.done:,}/{self.total:,} requests, {rate:,.0f}/s"
+        if self.tty:
+            self.out.write(f"\r{line} " + ("\n" if final else ""))
+        elif share >= self.next_line or final:
+            while self.next_line <= share:
+                self.next_line += 0.25
+            self.out.write(line + "\n")
+        self.out.flush()
+
+
+def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_json: bool = False) -> dict[str, Any]:
+    """Run the simulation; print the summary (or, with as_json, only the JSON summary) and return it."""
+    from fastguard.kong.client import KongClient, fastguard_server
+
+    mix = dict(opts.mix or MIX)
+    if opts.requests < 1 or opts.consumers < 4 or opts.concurrency < 1:
+        raise ValueError("--requests must be at least 1, --consumers at least 4, --concurrency at least 1")
+    if any(k not in MIX for k in mix) or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(f"--mix takes weights >= 0 for {', '.join(MIX)}, got {mix}")
+    api_limits = _limit_fields(opts.limits)
+    login_limits = _limit_fields(opts.login_limits)
+    rng = random.Random(opts.seed)
+    say = (lambda text: None) if as_json else (lambda text: err.write(text + "\n"))
+
+    t_setup = time.perf_counter()
+    signer = _Signer()
+    now = int(time.time())
+    consumers = [f"consumer-{i:04d}" for i in range(opts.consumers)]
+    abusive = consumers[:3]
+
+    def claims(sub: str, exp: int) -> dict[str, Any]:
+        return {"iss": "https://idp.simulated", "sub": sub, "aud": "api", "iat": now, "exp": exp}
+
+    tokens = {sub: signer.token(claims(sub, now + 3600)) for sub in consumers}
+    expired = {sub: signer.token(claims(sub, now - 120)) for sub in consumers[:20]}
+    forged = {sub: signer.token(claims(sub, now + 3600), forged=True) for sub in consumers[:20]}
+
+    folder = tempfile.mkdtemp(prefix="fastguard-simulate-")
+    policy: dict[str, Any] = {"policy": "redis", "redis": _redis_config(opts.redis),
+                              "fault_tolerant": False} if opts.redis else {}
+    say(f"fastguard simulate: {opts.requests:,} requests from {opts.consumers} consumers, concurrency "
+        f"{opts.concurrency}, limits {opts.limits} per consumer on /api and {opts.login_limits} per IP on /login "
+        f"({opts.algorithm}, {'Redis ' + opts.redis if opts.redis else 'in process'})")
+    servers = []
+    try:
+        servers = [fastguard_server("fastguard", folder), fastguard_server("fastguard-rate-limiting", folder)]
+        api_cfg = {"jwks": signer.jwks, "issuers": ["https://idp.simulated"], "audiences": ["api"],
+                   "claims_to_verify": ["exp"], "algorithm": opts.algorithm, **api_limits, **policy}
+        login_cfg = {"limit_by": "ip", "algorithm": opts.algorithm, **login_limits, **policy}
+        say(f"  started fastguard kong-server fastguard (pid {servers[0].proc.pid}) and fastguard-rate-limiting "
+            f"(pid {servers[1].proc.pid}) on {folder}; keys and {len(tokens) + 40} tokens made in "
+            f"{time.perf_counter() - t_setup:.1f} s")
+
+        # The plan: every request decided before the run, so threads only play it.
+        kinds, weights = zip(*mix.items(), strict=True)
+        plan = []
+        for _ in range(opts.requests):
+            if rng.random() < LOGIN_SHARE:
+                plan.append(("login", "login", f"198.51.100.{rng.randrange(1, 40)}"))
+                continue
+            kind = rng.choices(kinds, weights)[0]
+            if kind == "abusive":
+                plan.append(("api", kind, tokens[rng.choice(abusive)]))
+            elif kind == "valid":
+                plan.append(("api", kind, tokens[rng.choice(consumers[3:])]))
+            elif kind == "expired":
+                plan.append(("api", kind, rng.choice(list(expired.values()))))
+            elif kind == "forged":
+                plan.append(("api", kind, rng.choice(list(forged.values()))))
+            else:
+                plan.append(("api", kind, rng.choice([None, "not-a-token", "a.b.c", "e30.e30."])))
+
+        results: list[tuple[str, str, int, str, float, int]] = []
+        lock = threading.Lock()
+        progress = _Progress(len(plan), err, not as_json)
+        failures: list[BaseException] = []
+
+        def play(part: list[tuple[str, str, Any]]) -> None:
+            try:
+                client = KongClient(servers[0].socket, connections=2)
+                login_client = KongClient(servers[1].socket, connections=1)
+                api_id = client.start("fastguard", api_cfg, plugin_id="simulated-api")
+                login_id = login_client.start("fastguard-rate-limiting", login_cfg, plugin_id="simulated-login")
+                mine = []
+                for route, kind, arg in part:
+                    t0 = time.perf_counter()
+                    if route == "login":
+                        o = login_client.event(login_id, {"kong.client.get_forwarded_ip": arg})
+                    else:
+                        headers = {"host": "api.example"}
+                        if arg is not None:
+                            headers["authorization"] = f"Bearer {arg}"
+                        o = client.event(api_id, {"kong.request.get_headers": headers})
+                    elapsed = time.perf_counter() - t0
+                    body = o.exit[1] if o.exit else None
+                    reason = "ok" if o.exit is None else (body.get("message") if isinstance(body, dict) and
+                                                          "message" in body else json.dumps(body))
+                    mine.append((route, kind, o.status, str(reason), elapsed, len(o.calls)))
+                    progress.add()
+                client.close()
+                login_client.close()
+                with lock:
+                    results.extend(mine)
+            except BaseException as exc:  # noqa: BLE001 - reported after the run
+                failures.append(exc)
+
+        parts = [plan[i::opts.concurrency] for i in range(opts.concurrency)]
+        threads = [threading.Thread(target=play, args=(p,), daemon=True) for p in parts]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            progress.draw()
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - t0
+        progress.draw(final=True)
+        if failures:
+            raise RuntimeError(f"the simulation failed: {failures[0]!r}") from failures[0]
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    summary = _summary(results, elapsed, opts)
+    if as_json:
+        out.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        _print(summary, out)
+    return summary
+
+
+def _pct(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))] if sorted_values else 0.0
+
+
+def _summary(results: list[tuple[str, str, int, str, float, int]], elapsed: float, opts: Options) -> dict[str, Any]:
+    outcomes = Counter((r[0], r[2], r[3]) for r in results)
+    by_kind = Counter((r[1], r[2]) for r in results)
+    latencies = sorted(r[4] for r in results)
+    routes = {}
+    for route in ("api", "login"):
+        lat = sorted(r[4] for r in results if r[0] == route)
+        calls = [r[5] for r in results if r[0] == route]
+        routes[route] = {"requests": len(lat), "p50_ms": _pct(lat, 0.5) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3,
+                         "pdk_calls_per_request": statistics.fmean(calls) if calls else 0.0}
+    return {
+        "requests": len(results),
+        "seconds": elapsed,
+        "events_per_second": len(results) / elapsed if elapsed else 0.0,
+        "latency_ms": {"p50": _pct(latencies, 0.5) * 1e3, "p99": _pct(latencies, 0.99) * 1e3},
+        "pdk_calls_per_request": statistics.fmean(r[5] for r in results) if results else 0.0,
+        "outcomes": [{"route": route, "status": status, "reason": reason, "count": n}
+                     for (route, status, reason), n in sorted(outcomes.items(), key=lambda kv: -kv[1])],
+        "by_traffic": [{"traffic": kind, "status": status, "count": n}
+                       for (kind, status), n in sorted(by_kind.items())],
+        "routes": routes,
+        "config": {"limits": opts.limits, "login_limits": opts.login_limits, "algorithm": opts.algorithm,
+                   "consumers": opts.consumers, "concurrency": opts.concurrency, "redis": opts.redis,
+                   "mix": opts.mix or MIX},
+        "pid": os.getpid(),
+    }
+
+
+def _print(s: dict[str, Any], out: TextIO) -> None:
+    w = out.write
+    w(f"\n{s['requests']:,} requests in {s['seconds']:.2f} s: {s['events_per_second']:,.0f} events/s; "
+      f"latency per request p50 {s['latency_ms']['p50']:.2f} ms, p99 {s['latency_ms']['p99']:.2f} ms "
+      f"(Kong side, protocol included); {s['pdk_calls_per_request']:.2f} PDK calls per request\n\n")
+    w(f"{'route':<7} {'status':>6} {'count':>8} {'share':>7}  reason\n")
+    for o in s["outcomes"]:
+        w(f"{o['route']:<7} {o['status']:>6} {o['count']:>8,} {o['count'] / s['requests']:>7.1%}  {o['reason']}\n")
+    w("\nby kind of traffic:\n")
+    kinds: dict[str, Counter[int]] = {}
+    for row in s["by_traffic"]:
+        kinds.setdefault(row["traffic"], Counter())[row["status"]] = row["count"]
+    for kind, statuses in kinds.items():
+        total = sum(statuses.values())
+        parts = ", ".join(f"{status}: {n:,}" for status, n in sorted(statuses.items()))
+        w(f"  {kind:<10} {total:>7,} requests -> {parts}\n")
+    w("\nper route:\n")
+    for route, r in s["routes"].items():
+        w(f"  /{route:<6} {r['requests']:>7,} requests, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
+          f"{r['pdk_calls_per_request']:.2f} PDK calls per request\n")

@@ -1,0 +1,141 @@
+"""The `fastguard` command through its real entry point (subprocesses): simulate, bench, verify."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+from jwt_helpers import SECRET, jwk, public_pem, sign
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXE = shutil.which("fastguard") or str(pathlib.Path(sys.executable).with_name("fastguard"))
+
+
+def fastguard(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def by_kind(summary):
+    out: dict[str, dict[int, int]] = {}
+    for row in summary["by_traffic"]:
+        out.setdefault(row["traffic"], {})[row["status"]] = row["count"]
+    return out
+
+
+# -- simulate ------------------------------------------------------------------------------------------------------
+def test_simulate_in_process_prints_a_json_summary_and_progress_apart():
+    # ~2 requests per valid consumer (well under 10/second); ~30 per abusive one within about a second: over it.
+    run = fastguard("simulate", "--requests", "800", "--consumers", "300", "--limits", "10/second; 600/minute",
+                    "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)  # stdout holds the JSON and nothing else
+    assert summary["requests"] == 800 and summary["events_per_second"] > 0
+    kinds = by_kind(summary)
+    assert set(kinds["expired"]) == {401} and set(kinds["forged"]) == {401} and set(kinds["malformed"]) == {401}
+    assert 429 in kinds["abusive"] and 200 in kinds["abusive"]      # the abusive consumers hit their limits
+    assert set(kinds["valid"]) == {200}
+    assert sum(kinds["login"].values()) == sum(kinds["login"].get(s, 0) for s in (200, 429))
+    assert 1.9 < summary["pdk_calls_per_request"] < 2.2
+    assert summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"] > 0
+    reasons = {(o["status"], o["reason"]) for o in summary["outcomes"]}
+    assert (401, '{"exp": "token expired"}') in reasons and (401, "Invalid signature") in reasons
+    assert (429, "API rate limit exceeded") in reasons
+
+
+def test_simulate_prints_a_readable_summary_with_progress_on_stderr():
+    run = fastguard("simulate", "--requests", "300", "--consumers", "20", "--concurrency", "2")
+    assert run.returncode == 0, run.stderr
+    assert "300/300 requests" in run.stderr and "started fastguard kong-server" in run.stderr
+    assert "events/s" in run.stdout and "by kind of traffic" in run.stdout and "PDK calls per request" in run.stdout
+
+
+def test_simulate_with_redis_keeps_the_counts_in_redis(redis_server):
+    run = fastguard("simulate", "--requests", "600", "--consumers", "30", "--redis", redis_server.url, "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["config"]["redis"] == redis_server.url
+    ips_admitted = by_kind(summary)["login"].get(200, 0)
+    assert ips_admitted <= 39 * 5  # 5/minute for each of the 39 simulated IPs, shared by the 4 Kong threads
+    keys = redis.Redis(port=redis_server.port).keys("fg-kong-simulated-*")
+    assert keys, "the limiter's states are in Redis"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--requests", "0"], "--requests must be at least 1"),
+    (["--mix", "valid=1,sneaky=2"], "--mix takes name=weight"),
+    (["--limits", "5/fortnight"], "unknown unit"),
+    (["--limits", "5/7s"], "does not fit one of Kong's windows"),
+    (["--redis", "http://x"], "--redis takes"),
+])
+def test_simulate_refuses_bad_arguments(args, message):
+    run = fastguard("simulate", *args)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+
+
+# -- bench ---------------------------------------------------------------------------------------------------------
+def test_bench_quick_writes_its_report_and_chart(tmp_path):
+    out = tmp_path / "results"
+    run = fastguard("bench", "--quick", "--out", str(out), "-k", "test_hot_fastguard or test_hot_limits",
+                    timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = (out / "report.md").read_text()
+    assert "Smaller is better" in report and "| limits | fixed_window |" in report and "Machine:" in report
+    png = (out / "chart.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    assert json.loads((out / "bench.json").read_text())["benchmarks"]
+
+
+# -- verify --------------------------------------------------------------------------------------------------------
+NOW = int(time.time())
+
+
+def hs_token(**claims):
+    return sign({"sub": "alice", "exp": NOW + 600, **claims}, "HS256")
+
+
+def test_verify_prints_the_claims_of_a_valid_token():
+    run = fastguard("verify", hs_token(iss="https://idp"), "--secret", SECRET.decode(), "--issuer", "https://idp")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["sub"] == "alice"
+
+
+def test_verify_with_a_jwks_file_a_pem_and_a_secret_file(tmp_path):
+    rs = sign({"sub": "bob", "exp": NOW + 600, "aud": "api"}, "RS256", {"alg": "RS256", "kid": "k1"})
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [jwk("RSA", kid="k1", alg="RS256")]}))
+    (tmp_path / "key.pem").write_bytes(public_pem("RSA"))
+    (tmp_path / "secret.bin").write_bytes(SECRET)
+    assert fastguard("verify", rs, "--jwks", str(tmp_path / "jwks.json"), "--audience", "api").returncode == 0
+    assert fastguard("verify", rs, "--pem", str(tmp_path / "key.pem"), "--alg", "RS256",
+                     "--audience", "api").returncode == 0
+    assert fastguard("verify", hs_token(), "--secret-file", str(tmp_path / "secret.bin")).returncode == 0
+
+
+@pytest.mark.parametrize("token, code", [
+    (lambda: hs_token(exp=NOW - 100), "expired"),
+    (lambda: hs_token()[:-4] + "AAAA", "signature"),
+    (lambda: "not-a-token", "malformed"),
+    (lambda: hs_token(iss="https://evil"), "issuer"),
+])
+def test_verify_reports_an_invalid_token_with_status_1(token, code):
+    run = fastguard("verify", token(), "--secret", SECRET.decode(), "--issuer", "https://idp")
+    assert run.returncode == 1, run.stderr
+    answer = json.loads(run.stdout)
+    assert answer["valid"] is False and answer["code"] == code and answer["message"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give exactly one of"),
+    (["--secret", "x" * 40, "--pem", "k.pem"], "give exactly one of"),
+    (["--pem", "/nonexistent.pem"], "no such file"),
+    (["--secret", "short"], "unusable key"),
+    (["--jwks", "/nonexistent.json"], "cannot read the key"),
+])
+def test_verify_bad_arguments_exit_2_with_a_clear_message(args, message):
+    run = fastguard("verify", hs_token(), *args)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
