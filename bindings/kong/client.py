@@ -154,8 +154,10 @@ class ServerProcess:
 
     def __init__(self, args: list[str], socket_path: str, env: dict[str, str] | None = None) -> None:
         self.socket = socket_path
+        # Started in the socket's folder: `python -m` puts the working directory first on sys.path, and a source
+        # checkout there would shadow the installed (compiled) package.
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, cwd=os.path.dirname(socket_path) or None)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if os.path.exists(socket_path):
