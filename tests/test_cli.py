@@ -139,3 +139,15 @@ def test_verify_reports_an_invalid_token_with_status_1(token, code):
 def test_verify_bad_arguments_exit_2_with_a_clear_message(args, message):
     run = fastguard("verify", hs_token(), *args)
     assert run.returncode == 2 and message in run.stderr, run.stderr
+
+
+def test_simulate_works_from_a_folder_holding_another_fastguard_package(tmp_path):
+    """Regression: the plugin servers ran `python -m fastguard.cli` in the caller's folder, where a source checkout
+    (without its compiled core) shadowed the installed package and the servers died at import."""
+    shadow = tmp_path / "fastguard"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the shadow package was imported')\n")
+    run = subprocess.run([EXE, "simulate", "--requests", "50", "--json"], capture_output=True, text=True,
+                         timeout=180, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-1500:]
+    assert json.loads(run.stdout)["requests"] == 50
