@@ -60,7 +60,9 @@ def render(data: dict) -> str:
              f"Machine: {_cpu()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; "
              f"Python {platform.python_version()}; fastguard {_version('fastguard')}, limits {_version('limits')}, "
              f"numpy {_version('numpy')}, Cython {_version('Cython')}, redis-py {_version('redis')}, "
-             f"hiredis {_version('hiredis')}, {_redis_server_version()}.",
+             f"hiredis {_version('hiredis')}, {_redis_server_version()}, pyrate-limiter {_version('pyrate-limiter')}, "
+             f"PyJWT {_version('PyJWT')}, joserfc {_version('joserfc')}, cryptography {_version('cryptography')}, "
+             f"kong-pdk {_version('kong-pdk')}.",
              "", "Times are per call, means over rounds of loops of 1,000-100,000 calls (the loop's cost is included "
              "for every contender). **Smaller is better.** Produced by `python -m bench.report`.", ""]
 
