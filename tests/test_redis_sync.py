@@ -148,3 +148,22 @@ def test_three_nodes_overshoot_within_the_stated_bound(redis_server):
     client = redis.Redis(port=redis_server.port)
     total = sum(int(client.get(k)) for k in client.scan_iter(match=f"{prefix}:*"))
     assert total == admitted  # every admitted hit reached Redis
+
+
+def test_two_nodes_share_counts_through_a_redis_cluster(redis_cluster):
+    prefix = f"c{uuid.uuid4().hex[:10]}"
+    store_a = RedisStore.from_url(redis_cluster.url, prefix=prefix)
+    store_b = RedisStore.from_url(redis_cluster.url, prefix=prefix)
+    with fg.RateLimiter("6/hour", algorithm="token_bucket", store=store_a, sync=60) as a, \
+            fg.RateLimiter("6/hour", algorithm="token_bucket", store=store_b, sync=60) as b:
+        keys = [f"user-{i}" for i in range(20)]  # spread over the cluster's slots and masters
+        for key in keys:
+            assert [a.hit(key).allowed for _ in range(4)] == [True] * 4
+        assert a._table.sync_now()
+        for key in keys:
+            assert b.hit(key).allowed  # b has not met the key yet
+        assert b._table.sync_now()
+        assert b.stats()["charged"] == 4 * len(keys)
+        for key in keys:
+            assert [b.hit(key).allowed for _ in range(2)] == [True, False]  # 4 + 1 + 1 = 6
+        assert b.stats()["redis_errors"] == 0 and a.stats()["redis_errors"] == 0
