@@ -252,3 +252,13 @@ def test_a_forked_child_opens_its_own_connection(redis_server):
         assert lim.hit("parent", now=60.0).remaining == 998 - i
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_stats_carry_the_table_names_of_the_design(redis_server):
+    lim = fg.RateLimiter("2/minute", store=store_for(redis_server), max_keys=500)
+    for _ in range(3):
+        lim.hit("k", now=60.0)
+    lim.hit_many(["a", "a", "a"], now=60.0)
+    st = lim.stats()
+    assert {"keys", "capacity", "evictions", "hits", "denials", "bytes"} <= set(st)
+    assert (st["hits"], st["denials"], st["capacity"]) == (6, 2, 500)

@@ -394,6 +394,7 @@ class StrictTable:
         self._local = fastguard._impl.Table(algorithm, self.limits, max_keys) if on_error == "local" else None
         self.calls = 0
         self.decisions = 0
+        self.denials = 0
 
     # -- names and replies ------------------------------------------------------------------------------------
     def name(self, key: Any) -> bytes:
@@ -427,8 +428,12 @@ class StrictTable:
     def _fallback(self, key: Any, cost: int, now: Any, commit: bool = True) -> Decision:
         self.health.fallbacks += 1
         if self._local is not None:
-            return self._local.hit(key, cost, now) if commit else self._local.peek(key, now)
-        return self._constant(self.on_error == "allow")
+            d = self._local.hit(key, cost, now) if commit else self._local.peek(key, now)
+        else:
+            d = self._constant(self.on_error == "allow")
+        if commit and not d.allowed:
+            self.denials += 1
+        return d
 
     def _constant(self, allowed: bool) -> Decision:
         lim = self.limits[0]
@@ -470,7 +475,10 @@ class StrictTable:
         self.health.succeeded()
         self.calls += 1
         self.decisions += 1
-        return self._decision(r, 0)
+        d = self._decision(r, 0)
+        if not d.allowed:
+            self.denials += 1
+        return d
 
     def peek(self, key: str | bytes, now: float | None = None) -> Decision:
         """The decision a hit of cost 1 would get, recording nothing (one script call)."""
@@ -539,6 +547,7 @@ class StrictTable:
             reset[at] = a[:, 2] / 1e9
             retry[at] = np.where(a[:, 3] < 0, math.inf, a[:, 3] / 1e9)
             self.calls += 1
+            self.denials += int(len(a) - np.count_nonzero(a[:, 0] == 1))
             done += len(a)
 
         if batches and self.health.may_try():
@@ -601,10 +610,13 @@ class StrictTable:
                 d = self._constant(self.on_error == "allow")
                 allowed[failed], remaining[failed] = d.allowed, d.remaining
                 retry[failed], reset[failed] = d.retry_after, d.reset_after
+            self.denials += int(len(failed) - np.count_nonzero(allowed[failed]))
         return allowed, remaining, retry, reset
 
     def stats(self) -> dict[str, Any]:
-        """Redis calls and decisions, errors, fallbacks, state; the in-process fallback table's keys/bytes."""
+        """The table names of DESIGN (keys, capacity, evictions, hits, denials, bytes: hits and denials count every
+        decision, by Redis or by the fallback; keys, evictions and bytes are the in-process fallback table's), plus
+        Redis calls and decisions, errors, fallbacks and state."""
         st: dict[str, Any] = {"store": "redis-cluster" if self.store.cluster else "redis", "mode": "strict",
                               "on_error": self.on_error, "algorithm": self.algorithm, "redis_calls": self.calls,
                               "redis_decisions": self.decisions, "hiredis": redis.utils.HIREDIS_AVAILABLE,
@@ -612,8 +624,9 @@ class StrictTable:
                               else "fastguard wire",
                               "compiled": fastguard.COMPILED}
         st.update(self.health.stats())
-        local = self._local.stats() if self._local is not None else {"keys": 0, "bytes": 0}
-        st["keys"], st["bytes"] = local["keys"], local["bytes"]
+        local = self._local.stats() if self._local is not None else {"keys": 0, "bytes": 0, "evictions": 0}
+        st.update(keys=local["keys"], bytes=local["bytes"], evictions=local["evictions"], capacity=self.max_keys,
+                  hits=self.decisions + self.health.fallbacks, denials=self.denials)
         return st
 
     def close(self) -> None:
