@@ -22,6 +22,7 @@ from fastguard.errors import (
     InvalidClaim,
     InvalidIssuer,
     InvalidSignature,
+    InvalidToken,
     MalformedToken,
     MissingClaim,
     TokenTooLarge,
@@ -106,6 +107,7 @@ class JWTVerifier:
         self._failures = _impl.TokenCache(min(cache_size, max(1024, cache_size // 10)))
         self._keys_version = keys.version
         self._headers: dict[bytes, tuple[dict[str, Any], str, tuple[Key, ...] | None]] = {}
+        self._outcomes: dict[str, int] = {}
         self._fast = _impl.CachedVerify(self._cache, keys, self._keys_version, self._verify_uncached)
         # `v.verify(token)` calls the compiled callable directly: a cache hit costs one C call, no Python frame.
         self.verify = self._fast
@@ -116,6 +118,25 @@ class JWTVerifier:
         return self._fast(token, now)
 
     def _verify_uncached(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
+        # Outcomes are counted here, off the hot path: a cache hit is counted by the cache itself (stats()).
+        try:
+            claims = self._verify_and_cache(token, now)
+        except InvalidToken as exc:
+            self._outcomes[exc.code] = self._outcomes.get(exc.code, 0) + 1
+            raise
+        self._outcomes["valid"] = self._outcomes.get("valid", 0) + 1
+        return claims
+
+    def stats(self) -> dict[str, Any]:
+        """Counts since the verifier was made: `verified` (valid tokens, cached or not), `outcomes` (uncached
+        verifications by result: "valid" or an error code), `cache_hits` / `cache_misses` / `cache_evictions` /
+        `cache_entries` of the verified-token cache and `negative_hits` / `negative_entries` of the failure cache."""
+        return {"verified": self._cache.hits + self._outcomes.get("valid", 0), "outcomes": dict(self._outcomes),
+                "cache_hits": self._cache.hits, "cache_misses": self._cache.misses,
+                "cache_evictions": self._cache.evictions, "cache_entries": len(self._cache),
+                "negative_hits": self._failures.hits, "negative_entries": len(self._failures)}
+
+    def _verify_and_cache(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
         if self.keys.version != self._keys_version:
             self._reset()
         failure = self._failures.get(token, now)

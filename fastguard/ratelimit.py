@@ -48,7 +48,8 @@ class RateLimiter:
     Raises ValueError / TypeError naming the problem for bad limits, algorithm, max_keys, key, cost or now.
     """
 
-    __slots__ = ("limits", "algorithm", "max_keys", "store", "sync", "on_error", "_table", "hit", "peek", "reset")
+    __slots__ = ("limits", "algorithm", "max_keys", "store", "sync", "on_error", "_table", "hit", "peek", "reset",
+                 "__weakref__")
 
     def __init__(self, limits: str | Limit | Sequence[Limit], algorithm: str = "sliding_window",
                  max_keys: int = 1_000_000, store: Store | None = None, *, sync: float | None = None,

@@ -169,6 +169,8 @@ class Registry:
 
 
 REGISTRY = Registry()
+#: Set by `fastguard kong-server --metrics-port`: fastguard.metrics.track, called for each shared limiter/verifier.
+TRACK: Any = None
 
 
 def _entity(config: dict[str, Any]) -> str:
@@ -223,6 +225,8 @@ class _Limiting:
                                   sync=sync, on_error="allow" if self.fault_tolerant else "deny")
 
         self.limiter: fg.RateLimiter = REGISTRY.acquire(self._key, make)
+        if TRACK is not None:
+            TRACK(self.limiter, entity)
 
     def close(self) -> None:
         REGISTRY.release(self._key)
@@ -296,6 +300,8 @@ class _Verifying:
                                   required_claims=required, cache_size=cfg["cache_size"])
 
         self.verifier: fg.JWTVerifier = REGISTRY.acquire(self._key, make)
+        if TRACK is not None:
+            TRACK(self.verifier, entity)
 
     def close(self) -> None:
         REGISTRY.release(self._key)

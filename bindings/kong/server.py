@@ -47,12 +47,27 @@ _FAIL_CLOSED = {"Method": "kong.response.exit",
 
 
 class _Event:
-    __slots__ = ("steps", "channel", "deadline")
+    __slots__ = ("steps", "channel", "deadline", "started")
 
     def __init__(self, steps: Any = None, channel: Any = None, deadline: float = 0.0) -> None:
         self.steps = steps        # a fastguard plugin's generator of PDK calls
         self.channel = channel    # or the queues of a kong-pdk handler running on the pool
         self.deadline = deadline
+        self.started = time.perf_counter()
+
+
+class _EventMetrics:
+    """Per-plugin event counts by final status and the time the server spent on each event (HandleEvent to the
+    last answer, Kong's PDK round trips included)."""
+
+    def __init__(self, registry: Any) -> None:
+        from prometheus_client import Counter, Histogram
+
+        self.events = Counter("fastguard_kong_events", "Events by final status (200: passed on)",
+                              ["plugin", "status"], registry=registry)
+        self.seconds = Histogram("fastguard_kong_event_seconds", "Duration of an event in the plugin server",
+                                 ["plugin"], registry=registry,
+                                 buckets=(1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0))
 
 
 class _Channel:
@@ -100,6 +115,7 @@ class FastguardPluginServer(PluginServer):
         self.plugins[name] = Module(name, path=module_path) if module_path else \
             Module(name, module=plugin_module(name))
         self._lock = threading.Lock()   # guards the instance and event tables only, never a handler's work
+        self.metrics: _EventMetrics | None = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kong-handler")
         self._sweep_at = time.monotonic() + timeout
 
@@ -190,13 +206,16 @@ class FastguardPluginServer(PluginServer):
             else:
                 call = ev.steps.throw(PDKError(str(value)))
         except StopIteration:
+            self._finished(ev, 200)
             return {"Data": MSG_RET, "EventId": eid}
         except Exception as exc:  # noqa: BLE001 - the plugins answer their own errors; this is the last net
             log.error("fastguard kong-server: plugin raised, answering 500: %r", exc, exc_info=exc)
+            self._finished(ev, 500)
             return {"Data": _FAIL_CLOSED, "EventId": eid}
         method, args = call
         if method in TERMINAL:
             ev.steps.close()  # Kong sends nothing more for this event
+            self._finished(ev, args[0] if args and isinstance(args[0], int) else 500)
         else:
             ev.deadline = time.monotonic() + self.timeout
             with self._lock:
@@ -209,15 +228,27 @@ class FastguardPluginServer(PluginServer):
             message = ev.channel.to_server.get(timeout=self.timeout)
         except queue.Empty:
             log.error("fastguard kong-server: handler silent for %g s, answering 500", self.timeout)
+            self._finished(ev, 500)
             return {"Data": _FAIL_CLOSED, "EventId": eid}
         if isinstance(message, BaseException):
             log.error("fastguard kong-server: handler raised, answering 500: %r", message)
+            self._finished(ev, 500)
             return {"Data": _FAIL_CLOSED, "EventId": eid}
-        if message != MSG_RET and not (isinstance(message, dict) and message.get("Method") in TERMINAL):
+        if message == MSG_RET:
+            self._finished(ev, 200)
+        elif isinstance(message, dict) and message.get("Method") in TERMINAL:
+            args = message.get("Args") or [500]
+            self._finished(ev, args[0] if isinstance(args[0], int) else 500)
+        else:
             ev.deadline = time.monotonic() + self.timeout
             with self._lock:
                 self.events[eid] = ev
         return {"Data": message, "EventId": eid}
+
+    def _finished(self, ev: _Event, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.events.labels(self.name, str(status)).inc()
+            self.metrics.seconds.labels(self.name).observe(time.perf_counter() - ev.started)
 
     def _run_handler(self, handler: Any, channel: _Channel) -> None:
         try:
@@ -257,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "/usr/local/kong/<name>.socket")
     parser.add_argument("--dump", action="store_true", help="print the plugin info Kong's query_cmd expects")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds any wait may take (default 10)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (needs "
+                                                         "fastguard[metrics])")
+    parser.add_argument("--metrics-addr", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     if not args.timeout > 0:
@@ -273,6 +307,20 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps([server.get_plugin_info(args.name)]))
         sys.stdout.write("\n")
         return 0
+    if args.metrics_port is not None:
+        try:
+            import fastguard.metrics as fm
+            from fastguard.kong import plugins
+        except ImportError as exc:
+            parser.error(f"--metrics-port needs prometheus_client: pip install 'fastguard[metrics]' ({exc})")
+        from prometheus_client import REGISTRY
+
+        server.metrics = _EventMetrics(REGISTRY)
+        plugins.TRACK = lambda obj, entity: fm.track(obj, f"{args.name}:{entity}")
+        try:
+            fm.serve(args.metrics_port, addr=args.metrics_addr)
+        except OSError as exc:
+            parser.error(f"--metrics-port {args.metrics_port}: {exc}")
     path = args.socket or f"/usr/local/kong/{args.name}.socket"
     folder, sock_name = os.path.split(os.path.abspath(path))
     if not os.path.isdir(folder):

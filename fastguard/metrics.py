@@ -1,0 +1,164 @@
+"""fastguard.metrics: what the limiters and verifiers decided, in the Prometheus text format.
+
+    pip install 'fastguard[metrics]'            # prometheus_client
+    import fastguard.metrics as fm
+    fm.track(limiter, "api")                    # a RateLimiter (in process, strict Redis or local-first)
+    fm.track(verifier, "idp")                   # a JWTVerifier
+    fm.serve(9464)                              # /metrics on 127.0.0.1:9464 (or use prometheus_client's own server)
+
+Nothing is counted on the hot path for the metrics: the counters are the ones the core keeps anyway (per shard,
+per cache), and they are read when Prometheus scrapes. Tracked objects are held weakly.
+
+Metric names (labels in braces):
+
+    fastguard_ratelimit_decisions_total{limiter, outcome="allowed"|"denied"}   counter
+    fastguard_ratelimit_evictions_total{limiter}                                counter
+    fastguard_ratelimit_keys{limiter}, fastguard_ratelimit_capacity{limiter}, fastguard_ratelimit_bytes{limiter}
+    fastguard_redis_calls_total{limiter}, fastguard_redis_errors_total{limiter},
+    fastguard_redis_fallbacks_total{limiter}, fastguard_redis_up{limiter}       (strict and local-first modes)
+    fastguard_sync_exchanges_total{limiter}, fastguard_sync_lag_seconds{limiter} (local-first mode)
+    fastguard_jwt_verifications_total{verifier, outcome="valid"|<error code>}   (cache hits count as valid)
+    fastguard_jwt_cache_requests_total{verifier, cache="tokens"|"failures", result="hit"|"miss"}
+    fastguard_jwt_cache_evictions_total{verifier}, fastguard_jwt_cache_entries{verifier, cache}
+
+`fastguard kong-server ... --metrics-port N` serves these for its plugins (labelled by plugin entity) plus
+`fastguard_kong_events_total{plugin, status}` and the histogram `fastguard_kong_event_seconds{plugin}`.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("fastguard.metrics needs prometheus_client: pip install 'fastguard[metrics]'") from exc
+
+import fastguard as fg
+
+__all__ = ["track", "untrack", "serve", "FastguardCollector", "COLLECTOR"]
+
+
+class FastguardCollector(Collector):
+    """A prometheus_client collector reading the stats of tracked limiters and verifiers at each scrape."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[tuple[str, str], weakref.ref[Any]] = {}
+
+    def track(self, obj: Any, name: str) -> Any:
+        if isinstance(obj, fg.RateLimiter):
+            kind = "limiter"
+        elif isinstance(obj, fg.JWTVerifier):
+            kind = "verifier"
+        else:
+            raise TypeError(f"track() takes a RateLimiter or a JWTVerifier, not {type(obj).__name__}")
+        if not isinstance(name, str) or not name:
+            raise ValueError("a tracked object needs a non-empty name (its label)")
+        with self._lock:
+            self._objects[(kind, name)] = weakref.ref(obj)
+        return obj
+
+    def untrack(self, name: str) -> None:
+        with self._lock:
+            for key in [k for k in self._objects if k[1] == name]:
+                del self._objects[key]
+
+    def _live(self, kind: str) -> list[tuple[str, Any]]:
+        with self._lock:
+            items = [(name, ref()) for (k, name), ref in self._objects.items() if k == kind]
+            for name, obj in items:
+                if obj is None:
+                    self._objects.pop((kind, name), None)
+        return [(name, obj) for name, obj in items if obj is not None]
+
+    def collect(self) -> Iterator[Any]:
+        decisions = CounterMetricFamily("fastguard_ratelimit_decisions", "Rate-limit decisions", labels=["limiter",
+                                                                                                       "outcome"])
+        evictions = CounterMetricFamily("fastguard_ratelimit_evictions", "Keys evicted from a full table",
+                                        labels=["limiter"])
+        keys = GaugeMetricFamily("fastguard_ratelimit_keys", "Keys held in process", labels=["limiter"])
+        capacity = GaugeMetricFamily("fastguard_ratelimit_capacity", "max_keys of the limiter", labels=["limiter"])
+        size = GaugeMetricFamily("fastguard_ratelimit_bytes", "Memory of the key table", labels=["limiter"])
+        calls = CounterMetricFamily("fastguard_redis_calls", "Redis script calls", labels=["limiter"])
+        errors = CounterMetricFamily("fastguard_redis_errors", "Failed Redis calls", labels=["limiter"])
+        fallbacks = CounterMetricFamily("fastguard_redis_fallbacks", "Decisions made by on_error",
+                                        labels=["limiter"])
+        up = GaugeMetricFamily("fastguard_redis_up", "1 while Redis answers", labels=["limiter"])
+        syncs = CounterMetricFamily("fastguard_sync_exchanges", "Local-first exchanges with Redis",
+                                    labels=["limiter"])
+        lag = GaugeMetricFamily("fastguard_sync_lag_seconds", "Duration of the last exchange", labels=["limiter"])
+        for name, lim in self._live("limiter"):
+            st = lim.stats()
+            hits, denials = st.get("hits", 0), st.get("denials", 0)
+            decisions.add_metric([name, "allowed"], hits - denials)
+            decisions.add_metric([name, "denied"], denials)
+            evictions.add_metric([name], st.get("evictions", 0))
+            keys.add_metric([name], st.get("keys", 0))
+            capacity.add_metric([name], st.get("capacity", lim.max_keys))
+            size.add_metric([name], st.get("bytes", 0))
+            if "redis_up" in st:
+                calls.add_metric([name], st.get("redis_calls", st.get("syncs", 0)))
+                errors.add_metric([name], st["redis_errors"])
+                fallbacks.add_metric([name], st["fallbacks"])
+                up.add_metric([name], 1.0 if st["redis_up"] else 0.0)
+            if "syncs" in st:
+                syncs.add_metric([name], st["syncs"])
+                lag.add_metric([name], st["sync_lag"])
+        verifications = CounterMetricFamily("fastguard_jwt_verifications", "Token verifications by outcome",
+                                            labels=["verifier", "outcome"])
+        cache = CounterMetricFamily("fastguard_jwt_cache_requests", "Cache lookups",
+                                    labels=["verifier", "cache", "result"])
+        cache_evictions = CounterMetricFamily("fastguard_jwt_cache_evictions", "Verified tokens evicted",
+                                              labels=["verifier"])
+        entries = GaugeMetricFamily("fastguard_jwt_cache_entries", "Cached tokens", labels=["verifier", "cache"])
+        for name, ver in self._live("verifier"):
+            st = ver.stats()
+            outcomes = dict(st["outcomes"])
+            outcomes["valid"] = st["verified"]
+            for outcome, n in sorted(outcomes.items()):
+                verifications.add_metric([name, outcome], n)
+            cache.add_metric([name, "tokens", "hit"], st["cache_hits"])
+            cache.add_metric([name, "tokens", "miss"], st["cache_misses"])
+            cache.add_metric([name, "failures", "hit"], st["negative_hits"])
+            cache_evictions.add_metric([name], st["cache_evictions"])
+            entries.add_metric([name, "tokens"], st["cache_entries"])
+            entries.add_metric([name, "failures"], st["negative_entries"])
+        yield from (decisions, evictions, keys, capacity, size, calls, errors, fallbacks, up, syncs, lag,
+                    verifications, cache, cache_evictions, entries)
+
+
+COLLECTOR = FastguardCollector()
+_registered: set[int] = set()
+_registered_lock = threading.Lock()
+
+
+def _register(registry: CollectorRegistry) -> None:
+    with _registered_lock:
+        if id(registry) not in _registered:
+            registry.register(COLLECTOR)
+            _registered.add(id(registry))
+
+
+def track(obj: Any, name: str, registry: CollectorRegistry | None = None) -> Any:
+    """Export `obj` (a RateLimiter or JWTVerifier) under the label `name`; returns obj. Raises TypeError or
+    ValueError for anything else or an empty name."""
+    _register(registry if registry is not None else REGISTRY)
+    return COLLECTOR.track(obj, name)
+
+
+def untrack(name: str) -> None:
+    COLLECTOR.untrack(name)
+
+
+def serve(port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None) -> Any:
+    """Serve /metrics on addr:port from a background thread (prometheus_client's server). Returns the server."""
+    registry = registry if registry is not None else REGISTRY
+    _register(registry)
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return server

@@ -1,0 +1,151 @@
+"""fastguard.metrics: exact counts in the Prometheus text format, parsed by prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+import urllib.request
+import uuid
+
+import pytest
+from jwt_helpers import SECRET, sign
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import fastguard as fg
+import fastguard.metrics as fm
+from fastguard.redis import RedisStore
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def scrape(registry: CollectorRegistry) -> dict:
+    return samples(generate_latest(registry).decode())
+
+
+@pytest.fixture
+def registry():
+    reg = CollectorRegistry()
+    fm._register(reg)
+    return reg
+
+
+def test_limiter_counts_are_exact(registry, make):
+    lim = make("3/minute", algorithm="sliding_window", max_keys=100)
+    fm.track(lim, "api")
+    for i in range(5):
+        lim.hit("a", now=60.0 + i)
+    lim.hit("b", now=61.0)
+    lim.hit_many(["c", "c", "c", "c"], now=62.0)
+    got = scrape(registry)
+    assert got[("fastguard_ratelimit_decisions_total", (("limiter", "api"), ("outcome", "allowed")))] == 3 + 1 + 3
+    assert got[("fastguard_ratelimit_decisions_total", (("limiter", "api"), ("outcome", "denied")))] == 2 + 1
+    assert got[("fastguard_ratelimit_keys", (("limiter", "api"),))] == 3
+    assert got[("fastguard_ratelimit_capacity", (("limiter", "api"),))] == 100
+    assert got[("fastguard_ratelimit_evictions_total", (("limiter", "api"),))] == 0
+    fm.untrack("api")
+
+
+def test_verifier_counts_are_exact(registry):
+    v = fg.JWTVerifier(fg.KeySet.from_secret(SECRET), required_claims=())
+    fm.track(v, "idp")
+    now = int(time.time())
+    good = sign({"sub": "a", "exp": now + 60})
+    v.verify(good)
+    v.verify(good)                    # a cache hit
+    expired = sign({"sub": "a", "exp": now - 60})
+    for _ in range(3):                # verified once, then answered by the failure cache
+        with pytest.raises(fg.ExpiredToken):
+            v.verify(expired)
+    with pytest.raises(fg.InvalidSignature):
+        v.verify(good[:-4] + "AAAA")
+    got = scrape(registry)
+    label = (("outcome", "valid"), ("verifier", "idp"))
+    assert got[("fastguard_jwt_verifications_total", label)] == 2
+    assert got[("fastguard_jwt_verifications_total", (("outcome", "expired"), ("verifier", "idp")))] == 3
+    assert got[("fastguard_jwt_verifications_total", (("outcome", "signature"), ("verifier", "idp")))] == 1
+    assert got[("fastguard_jwt_cache_requests_total", (("cache", "tokens"), ("result", "hit"),
+                                                       ("verifier", "idp")))] == 1
+    assert got[("fastguard_jwt_cache_requests_total", (("cache", "failures"), ("result", "hit"),
+                                                       ("verifier", "idp")))] == 2
+    assert got[("fastguard_jwt_cache_entries", (("cache", "tokens"), ("verifier", "idp")))] == 1
+    fm.untrack("idp")
+
+
+def test_redis_faults_are_counted(registry):
+    from redis_servers import free_port
+
+    lim = fg.RateLimiter("5/minute", store=RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0"),
+                         on_error="deny")
+    fm.track(lim, "shared")
+    for _ in range(4):
+        lim.hit("k")
+    got = scrape(registry)
+    assert got[("fastguard_redis_up", (("limiter", "shared"),))] == 0
+    assert got[("fastguard_redis_fallbacks_total", (("limiter", "shared"),))] == 4
+    assert got[("fastguard_redis_errors_total", (("limiter", "shared"),))] >= 1
+    assert got[("fastguard_ratelimit_decisions_total", (("limiter", "shared"), ("outcome", "denied")))] == 4
+    fm.untrack("shared")
+
+
+def test_tracked_objects_are_held_weakly_and_checked(registry):
+    lim = fg.RateLimiter("1/s")
+    fm.track(lim, "temporary")
+    assert ("fastguard_ratelimit_keys", (("limiter", "temporary"),)) in scrape(registry)
+    del lim
+    gc.collect()
+    assert ("fastguard_ratelimit_keys", (("limiter", "temporary"),)) not in scrape(registry)
+    with pytest.raises(TypeError):
+        fm.track(object(), "x")
+    with pytest.raises(ValueError):
+        fm.track(fg.RateLimiter("1/s"), "")
+
+
+def test_serve_exposes_metrics_over_http():
+    from redis_servers import free_port
+
+    port = free_port()
+    registry = CollectorRegistry()
+    lim = fm.track(fg.RateLimiter("2/minute"), "http-api", registry=registry)
+    lim.hit("x")
+    server = fm.serve(port, registry=registry)
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        server.shutdown()
+    got = samples(text)
+    assert got[("fastguard_ratelimit_decisions_total", (("limiter", "http-api"), ("outcome", "allowed")))] == 1
+    fm.untrack("http-api")
+
+
+def test_kong_server_serves_event_and_limiter_metrics(tmp_path):
+    from kong_client import fastguard_server
+    from redis_servers import free_port
+
+    port = free_port()
+    server = fastguard_server("fastguard-rate-limiting", str(tmp_path), "--metrics-port", str(port))
+    try:
+        client = server.client()
+        pid = str(uuid.uuid4())
+        iid = client.start("fastguard-rate-limiting", {"minute": 3}, plugin_id=pid)
+        statuses = [client.event(iid, {"kong.client.get_consumer": {"id": "c"}}).status for _ in range(5)]
+        assert statuses == [200, 200, 200, 429, 429]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        client.close()
+    finally:
+        server.stop()
+    got = samples(text)
+    plugin = (("plugin", "fastguard-rate-limiting"),)
+    assert got[("fastguard_kong_events_total", (*plugin, ("status", "200")))] == 3
+    assert got[("fastguard_kong_events_total", (*plugin, ("status", "429")))] == 2
+    assert got[("fastguard_kong_event_seconds_count", plugin)] == 5
+    label = (("limiter", f"fastguard-rate-limiting:{pid}"), ("outcome", "denied"))
+    assert got[("fastguard_ratelimit_decisions_total", label)] == 2
+    json.dumps(sorted(map(str, got)))  # every sample parsed
