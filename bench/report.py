@@ -161,6 +161,9 @@ def render(data: dict) -> str:
         verdict = "n/a" if ok is None else ("met" if ok else "**missed**")
         checks.append(f"| {what} | {shown if value is not None else 'not measured'} | {verdict} |")
 
+    tracked, plain = hot.get(("fastguard, metrics on", "fixed_window")), hot.get(("fastguard", "fixed_window"))
+    if tracked and plain:
+        check("hot `hit` with metrics on ≤ 1.05× off", tracked, tracked <= 1.05 * plain, f"{tracked / plain:.2f}×")
     for alg in ("fixed_window", "sliding_window"):
         ours, theirs = hot.get(("fastguard", alg)), hot.get(("limits", alg))
         if ours:

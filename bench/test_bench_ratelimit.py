@@ -65,6 +65,39 @@ def test_hot_limits(benchmark, alg):
     _per_op(benchmark, run, contender="limits", algorithm=alg)
 
 
+def test_hot_fastguard_tracked(benchmark):
+    """The same hot hit with the limiter exported by fastguard.metrics and scraped every 0.1 s meanwhile."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    import fastguard.metrics as fm
+
+    registry = CollectorRegistry()
+    lim = fm.track(fg.RateLimiter(HUGE, algorithm="fixed_window"), "bench", registry=registry)
+    hit = lim.hit
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(0.1):
+            generate_latest(registry)
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+
+    def run():
+        for _ in range(OPS):
+            hit("consumer-42")
+
+    benchmark.group = "hot key"
+    try:
+        _per_op(benchmark, run, contender="fastguard, metrics on", algorithm="fixed_window")
+    finally:
+        stop.set()
+        scraper.join()
+        fm.untrack("bench")
+
+
 def test_hot_pyrate(benchmark):
     """pyrate-limiter's in-memory bucket (a sliding log), non-blocking."""
     from pyrate_limiter import Duration, InMemoryBucket, Limiter, Rate

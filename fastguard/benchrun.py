@@ -15,7 +15,7 @@ import sys
 __all__ = ["run_bench", "chart", "QUICK_SELECTION"]
 
 #: The comparisons `--quick` keeps: hot-key limiting, JWT cached / HS256 / RS256, Redis strict, Kong at concurrency 1.
-QUICK_SELECTION = ("hot or test_cached or (uncached and (HS256 or RS256)) or raw_crypto or strict_fastguard "
+QUICK_SELECTION = ("test_hot or test_cached or (uncached and (HS256 or RS256)) or raw_crypto or strict_fastguard "
                    "or raw_evalsha or limits_redis or (kong_events and -1])")
 
 
