@@ -177,8 +177,11 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
         f"{opts.concurrency}, limits {opts.limits} per consumer on /api and {opts.login_limits} per IP on /login "
         f"({opts.algorithm}, {'Redis ' + opts.redis if opts.redis else 'in process'})")
     servers = []
+    ports = _metrics_ports(2)
     try:
-        servers = [fastguard_server("fastguard", folder), fastguard_server("fastguard-rate-limiting", folder)]
+        servers = [fastguard_server("fastguard", folder, *(["--metrics-port", str(ports[0])] if ports else [])),
+                   fastguard_server("fastguard-rate-limiting", folder,
+                                    *(["--metrics-port", str(ports[1])] if ports else []))]
         api_cfg = {"jwks": signer.jwks, "issuers": ["https://idp.simulated"], "audiences": ["api"],
                    "claims_to_verify": ["exp"], "algorithm": opts.algorithm, **api_limits, **policy}
         login_cfg = {"limit_by": "ip", "algorithm": opts.algorithm, **login_limits, **policy}
@@ -251,17 +254,68 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
         progress.draw(final=True)
         if failures:
             raise RuntimeError(f"the simulation failed: {failures[0]!r}") from failures[0]
+        server_metrics = _scrape(ports) if ports else None
     finally:
         for s in servers:
             s.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
     summary = _summary(results, elapsed, opts)
+    summary["server_metrics"] = server_metrics
     if as_json:
         out.write(json.dumps(summary, indent=2) + "\n")
     else:
         _print(summary, out)
     return summary
+
+
+def _metrics_ports(n: int) -> list[int]:
+    """Free loopback ports for the servers' /metrics, or [] when prometheus_client is not installed."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return []
+    import socket
+
+    ports = []
+    for _ in range(n):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    return ports
+
+
+def _scrape(ports: list[int]) -> dict[str, Any]:
+    """The servers' own view, from their /metrics: events by status and time per event per plugin, the limiters'
+    decisions and the verifier's outcomes and cache hits."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, Any] = {"events": {}, "event_ms": {}, "decisions": {}, "verifications": {}, "token_cache": {}}
+    for port in ports:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for smp in family.samples:
+                lab = smp.labels
+                if smp.name == "fastguard_kong_events_total":
+                    out["events"].setdefault(lab["plugin"], {})[lab["status"]] = int(smp.value)
+                elif smp.name == "fastguard_kong_event_seconds_sum":
+                    sums[lab["plugin"]] = smp.value
+                elif smp.name == "fastguard_kong_event_seconds_count":
+                    counts[lab["plugin"]] = smp.value
+                elif smp.name == "fastguard_ratelimit_decisions_total":
+                    plugin = lab["limiter"].split(":", 1)[0]
+                    out["decisions"].setdefault(plugin, {})[lab["outcome"]] = int(smp.value)
+                elif smp.name == "fastguard_jwt_verifications_total":
+                    out["verifications"][lab["outcome"]] = int(smp.value)
+                elif smp.name == "fastguard_jwt_cache_requests_total" and lab["cache"] == "tokens":
+                    out["token_cache"][lab["result"]] = int(smp.value)
+        for plugin, count in counts.items():
+            out["event_ms"][plugin] = sums.get(plugin, 0.0) / count * 1e3 if count else 0.0
+    return out
 
 
 def _pct(sorted_values: list[float], q: float) -> float:
@@ -316,3 +370,17 @@ def _print(s: dict[str, Any], out: TextIO) -> None:
     for route, r in s["routes"].items():
         w(f"  /{route:<6} {r['requests']:>7,} requests, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
           f"{r['pdk_calls_per_request']:.2f} PDK calls per request\n")
+    m = s.get("server_metrics")
+    if m:
+        w("\nthe plugin servers' own metrics (their /metrics pages):\n")
+        for plugin, statuses in sorted(m["events"].items()):
+            parts = ", ".join(f"{st}: {n:,}" for st, n in sorted(statuses.items()))
+            w(f"  {plugin:<24} events {parts}; {m['event_ms'].get(plugin, 0.0):.3f} ms in the server per event\n")
+        for plugin, d in sorted(m["decisions"].items()):
+            w(f"  {plugin:<24} limiter: {d.get('allowed', 0):,} allowed, {d.get('denied', 0):,} denied\n")
+        if m["verifications"]:
+            parts = ", ".join(f"{k}: {v:,}" for k, v in sorted(m["verifications"].items(), key=lambda kv: -kv[1]))
+            cache = m["token_cache"]
+            total = cache.get("hit", 0) + cache.get("miss", 0)
+            w(f"  {'fastguard':<24} JWT: {parts}; token cache hit rate "
+              f"{cache.get('hit', 0) / total if total else 0:.1%}\n")

@@ -43,6 +43,13 @@ def test_simulate_in_process_prints_a_json_summary_and_progress_apart():
     assert sum(kinds["login"].values()) == sum(kinds["login"].get(s, 0) for s in (200, 429))
     assert 1.9 < summary["pdk_calls_per_request"] < 2.2
     assert summary["latency_ms"]["p99"] >= summary["latency_ms"]["p50"] > 0
+    m = summary["server_metrics"]  # the servers' /metrics agree with what the Kong side saw
+    api: dict[int, int] = {}
+    for o in summary["outcomes"]:
+        if o["route"] == "api":
+            api[o["status"]] = api.get(o["status"], 0) + o["count"]
+    assert {int(k): v for k, v in m["events"]["fastguard"].items()} == api
+    assert m["decisions"]["fastguard"]["denied"] == api.get(429, 0)
     reasons = {(o["status"], o["reason"]) for o in summary["outcomes"]}
     assert (401, '{"exp": "token expired"}') in reasons and (401, "Invalid signature") in reasons
     assert (429, "API rate limit exceeded") in reasons
