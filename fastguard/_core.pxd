@@ -132,6 +132,7 @@ cdef enum:
     FG_MAX_LIMITS = 8
     FG_MAX_WORDS = 3              # words of state per limit (sliding window)
     FG_HEADER_WORDS = 2           # entry header: key id, touched (latest time seen, ns)
+    FG_BAN_WORDS = 3              # with bans, after the limits: denials, start of their window, banned until
     FG_EVICTION_SAMPLE = 8
     FG_EMPTY = -1                 # `touched` of an empty slot (real times are >= 0)
     FG_MIN_SLOTS = 8
@@ -167,7 +168,11 @@ ctypedef struct fg_params:
     int algorithm
     int nlimits
     int words                   # state words per limit
-    int stride                  # words per entry: FG_HEADER_WORDS + nlimits * words
+    int stride                  # words per entry: FG_HEADER_WORDS + nlimits * words (+ FG_BAN_WORDS with bans)
+    int64_t ban_after           # denials within ban_window that start a ban (0: no bans)
+    int64_t ban_for             # ns a ban lasts
+    int64_t ban_window          # ns: the period of the limit with the shortest period
+    int ban_limit               # that limit's index (a ban's Decision describes it)
     uint64_t seed               # secret xor-ed into ids before mixing
     int64_t max_keys
     int64_t total               # keys held in all shards (atomic)
@@ -182,7 +187,8 @@ ctypedef struct fg_shard:
     int64_t hits
     int64_t denials
     int64_t evictions
-    char pad[64]                # keeps the next shard's lock off this shard's cache lines
+    int64_t bans                # bans started (ban_after reached, or ban())
+    char pad[56]                # keeps the next shard's lock off this shard's cache lines (128 bytes in all)
 
 ctypedef struct fg_job:          # one key of a hit_many batch, in shard order
     uint64_t id
@@ -197,6 +203,7 @@ ctypedef struct fg_jslot:        # one key of the hit journal (local-first clust
 
 ctypedef struct fg_verdict:
     bint allowed
+    bint banned                 # refused because the key is banned (or this denial started its ban)
     int best                    # the limit the decision describes
     int64_t reset_ns            # of the best limit
     int64_t retry_ns            # 0 when allowed, FG_NEVER when never

@@ -28,7 +28,7 @@ import numpy as np
 from fastguard import errors as _errors
 from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
 
-from fastguard.limits import decision_headers
+from fastguard.limits import ban_settings, decision_headers
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
@@ -295,6 +295,10 @@ cdef bint _fresh(fg_params *p, const int64_t *entry, int64_t now) noexcept nogil
                 return False
         elif fg_bucket_gcra_delay(x, now) != 0:
             return False
+    if p.stride > FG_HEADER_WORDS + p.nlimits * p.words:
+        x = <int64_t *>entry + FG_HEADER_WORDS + p.nlimits * p.words
+        if x[2] > now or (x[0] != 0 and now - x[1] < p.ban_window):
+            return False  # banned, or denials still counting towards a ban
     return True
 
 
@@ -381,6 +385,10 @@ cdef int _insert(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_t no
     e[0] = <int64_t>kid
     e[1] = now
     memcpy(e + FG_HEADER_WORDS, words, p.nlimits * p.words * sizeof(int64_t))
+    if p.stride > FG_HEADER_WORDS + p.nlimits * p.words:
+        e[p.stride - 3] = 0
+        e[p.stride - 2] = 0
+        e[p.stride - 1] = 0
     s.n += 1
     return 0
 
@@ -395,16 +403,58 @@ cdef void _remove(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h) noexcept 
     fg_atomic_add(&p.total, -1)
 
 
+cdef inline void _banned_verdict(const fg_params *p, int64_t left, fg_verdict *v) noexcept nogil:
+    """A refusal for a banned key: nothing remains, retry when the ban ends. Describes the ban's limit."""
+    cdef int i
+    v.allowed = False
+    v.banned = True
+    v.best = p.ban_limit
+    v.retry_ns = left
+    v.reset_ns = left
+    for i in range(p.nlimits):
+        v.remaining[i] = 0
+
+
+cdef inline void _count_denial(const fg_params *p, fg_shard *s, int64_t *ban, int64_t now,
+                               fg_verdict *v) noexcept nogil:
+    """Count a denial towards a ban: ban_after of them within ban_window (from the first) start a ban of
+    ban_for ns; the denial that starts it says so (banned, retry after the whole ban)."""
+    if ban[0] == 0 or now - ban[1] >= p.ban_window:
+        ban[0] = 0
+        ban[1] = now
+    ban[0] += 1
+    if ban[0] >= p.ban_after:
+        ban[0] = 0
+        ban[2] = now + p.ban_for
+        s.bans += 1
+        v.banned = True
+        v.retry_ns = p.ban_for
+        if v.reset_ns < p.ban_for:
+            v.reset_ns = p.ban_for
+
+
 cdef int _hit_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_t k, int64_t now, bint commit,
                      fg_verdict *v) noexcept nogil:
     """One decision with the shard lock held. -1 only when a new key cannot be stored at all (no memory)."""
     cdef int64_t fresh[FG_MAX_LIMITS * FG_MAX_WORDS]
     cdef int64_t pos
     cdef int64_t *entry
+    cdef int64_t *ban
+    cdef bint bans = p.stride > FG_HEADER_WORDS + p.nlimits * p.words
+    v.banned = False
     if s.n > 0 and fg_table_find(p, s, kid, h, &pos):
         entry = fg_table_slot(p, s, pos)
         if entry[1] > now:
             now = entry[1]      # time went backwards for this key: decide as if no time had passed
+        if bans:
+            ban = entry + p.stride - FG_BAN_WORDS
+            if ban[2] > now:    # banned: answered without looking at the limits
+                _banned_verdict(p, ban[2] - now, v)
+                if commit:
+                    entry[1] = now
+                    s.hits += 1
+                    s.denials += 1
+                return 0
         if not commit:
             # A peek decides on a copy: rolling the stored state to a time the key has not been hit at would let a
             # later hit with an earlier clock (but not before `touched`) see the windows reset.
@@ -416,6 +466,8 @@ cdef int _hit_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_
         entry[1] = now
         s.hits += 1
         s.denials += not v.allowed
+        if bans and not v.allowed and p.ban_after > 0:
+            _count_denial(p, s, entry + p.stride - FG_BAN_WORDS, now, v)
         return 0
     _fresh_words(p, fresh)
     _decide(p, fresh, now, k, commit, v)
@@ -474,6 +526,7 @@ cdef class Decision:
     """One rate-limit decision. Times in float seconds; `retry_after` is 0.0 when allowed, inf when never."""
 
     cdef readonly bint allowed
+    cdef readonly bint banned
     cdef readonly int64_t limit
     cdef readonly int64_t remaining
     cdef readonly double reset_after
@@ -493,7 +546,7 @@ cdef class Decision:
 
     @staticmethod
     def of(bint allowed, int64_t limit, int64_t remaining, double reset_after, double retry_after, double period,
-           tuple limits, remainings):
+           tuple limits, remainings, bint banned=False):
         """A Decision made elsewhere (a cluster store, a fallback): limits is the tuple of Limits, remainings one
         int per limit. Raises ValueError when they differ in length or exceed the core's limit count."""
         cdef Py_ssize_t i, n = len(limits)
@@ -501,6 +554,7 @@ cdef class Decision:
             raise ValueError(f"a Decision holds 1 to {FG_MAX_LIMITS} limits with one remaining each")
         cdef Decision d = Decision.__new__(Decision)
         d.allowed = allowed
+        d.banned = banned
         d.limit = limit
         d.remaining = remaining
         d.reset_after = reset_after
@@ -516,7 +570,8 @@ cdef class Decision:
 
     def __repr__(self):
         return (f"Decision(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
-                f"reset_after={self.reset_after:.3f}, retry_after={self.retry_after:.3f})")
+                f"reset_after={self.reset_after:.3f}, retry_after={self.retry_after:.3f}"
+                f"{', banned=True' if self.banned else ''})")
 
 
 cdef class Table:
@@ -535,7 +590,7 @@ cdef class Table:
     cdef fg_jslot *jmap
     cdef Py_ssize_t jlen, jcap
 
-    def __cinit__(self, str algorithm, limits, max_keys):
+    def __cinit__(self, str algorithm, limits, max_keys, ban_after=0, ban_for=0.0):
         cdef int i
         self.shards = NULL
         self.jmap = NULL
@@ -557,6 +612,13 @@ cdef class Table:
         self.p.nlimits = len(limits)
         self.p.words = (2, 3, 2, 1)[self.p.algorithm]
         self.p.stride = FG_HEADER_WORDS + self.p.nlimits * self.p.words
+        ban_after, ban_for_ns = ban_settings(ban_after, ban_for)
+        self.p.ban_after = ban_after
+        self.p.ban_for = ban_for_ns
+        self.p.ban_limit = min(range(len(limits)), key=lambda j: limits[j].period_ns)
+        self.p.ban_window = limits[self.p.ban_limit].period_ns
+        if ban_after > 0 or ban_for_ns > 0:
+            self.p.stride += FG_BAN_WORDS
         self.p.seed = MIX_SEED
         self.p.max_keys = max_keys
         self.p.total = 0
@@ -663,6 +725,7 @@ cdef class Table:
     cdef Decision _decision(self, const fg_verdict *v):
         cdef Decision d = Decision.__new__(Decision)
         d.allowed = v.allowed
+        d.banned = v.banned
         d.limit = self.p.lim[v.best].count
         d.remaining = v.remaining[v.best]
         d.reset_after = <double>v.reset_ns / 1e9
@@ -721,6 +784,76 @@ cdef class Table:
         fg_spin_lock(&s.lock)
         _remove(&self.p, s, kid, h)
         fg_spin_unlock(&s.lock)
+
+    cdef int64_t *_ban_words(self, fg_shard *s, uint64_t kid, uint64_t h, int64_t now, bint create) noexcept nogil:
+        """The ban words of `kid` (its entry made, fresh, when `create`); NULL when absent or out of memory."""
+        cdef int64_t fresh[FG_MAX_LIMITS * FG_MAX_WORDS]
+        cdef int64_t pos
+        if s.n > 0 and fg_table_find(&self.p, s, kid, h, &pos):
+            return fg_table_slot(&self.p, s, pos) + self.p.stride - FG_BAN_WORDS
+        if not create:
+            return NULL
+        _fresh_words(&self.p, fresh)
+        if _insert(&self.p, s, kid, h, now, fresh) < 0:
+            return NULL
+        fg_table_find(&self.p, s, kid, h, &pos)
+        return fg_table_slot(&self.p, s, pos) + self.p.stride - FG_BAN_WORDS
+
+    cdef int _check_bans(self) except -1:
+        if self.p.stride == FG_HEADER_WORDS + self.p.nlimits * self.p.words:
+            raise ValueError("this table has no bans: make it with ban_after (and ban_for), or ban_for alone")
+        return 0
+
+    def ban(self, key, seconds, now=None):
+        """Ban `key` for `seconds` from `now` (it is refused without looking at its limits until then)."""
+        cdef uint64_t kid = _key_id(key)
+        cdef uint64_t h = fg_table_hash(&self.p, kid)
+        cdef int64_t t = _now_ns(now)
+        cdef fg_shard *s = self._shard(h)
+        cdef int64_t *ban
+        self._check_bans()
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3153600000:
+            raise ValueError(f"a ban lasts between 0 and 100 years of seconds, got {seconds!r}")
+        cdef int64_t length = round(seconds * 1_000_000_000)
+        fg_spin_lock(&s.lock)
+        ban = self._ban_words(s, kid, h, t, True)
+        if ban != NULL:
+            ban[2] = t + length
+            ban[0] = 0
+            s.bans += 1
+        fg_spin_unlock(&s.lock)
+        if ban == NULL:
+            raise MemoryError("rate-limit table: out of memory for a new key")
+
+    def unban(self, key):
+        """Lift `key`'s ban and forget the denials counting towards one."""
+        cdef uint64_t kid = _key_id(key)
+        cdef uint64_t h = fg_table_hash(&self.p, kid)
+        cdef fg_shard *s = self._shard(h)
+        cdef int64_t *ban
+        self._check_bans()
+        fg_spin_lock(&s.lock)
+        ban = self._ban_words(s, kid, h, 0, False)
+        if ban != NULL:
+            ban[0] = 0
+            ban[2] = 0
+        fg_spin_unlock(&s.lock)
+
+    def banned(self, key, now=None):
+        """Seconds left of `key`'s ban at `now` (0.0 when not banned)."""
+        cdef uint64_t kid = _key_id(key)
+        cdef uint64_t h = fg_table_hash(&self.p, kid)
+        cdef int64_t t = _now_ns(now)
+        cdef fg_shard *s = self._shard(h)
+        cdef int64_t *ban
+        cdef int64_t left = 0
+        self._check_bans()
+        fg_spin_lock(&s.lock)
+        ban = self._ban_words(s, kid, h, 0, False)
+        if ban != NULL and ban[2] > t:
+            left = ban[2] - t
+        fg_spin_unlock(&s.lock)
+        return <double>left / 1e9
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -860,9 +993,9 @@ cdef class Table:
         return rc
 
     def stats(self):
-        """Counters and sizes: keys, capacity, evictions, hits (decisions), denials, shards, slots, bytes (the
-        slot arrays plus shard headers), entry_bytes, algorithm, compiled."""
-        cdef int64_t keys = 0, hits = 0, denials = 0, evictions = 0, slots = 0
+        """Counters and sizes: keys, capacity, evictions, hits (decisions), denials, bans (started), shards, slots,
+        bytes (the slot arrays plus shard headers), entry_bytes, algorithm, compiled."""
+        cdef int64_t keys = 0, hits = 0, denials = 0, evictions = 0, slots = 0, bans = 0
         cdef int64_t nbytes = self.nshards * sizeof(fg_shard)
         cdef int i
         cdef fg_shard *s
@@ -873,12 +1006,13 @@ cdef class Table:
             hits += s.hits
             denials += s.denials
             evictions += s.evictions
+            bans += s.bans
             slots += s.cap
             nbytes += s.cap * self.p.stride * sizeof(int64_t)
             fg_spin_unlock(&s.lock)
         return {
             "keys": keys, "capacity": self.max_keys, "evictions": evictions, "hits": hits, "denials": denials,
-            "shards": self.nshards, "slots": slots, "bytes": nbytes, "entry_bytes": self.p.stride * 8,
+            "bans": bans, "shards": self.nshards, "slots": slots, "bytes": nbytes, "entry_bytes": self.p.stride * 8,
             "algorithm": self.algorithm, "compiled": True,
         }
 

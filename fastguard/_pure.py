@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
-from fastguard.limits import MAX_LIMITS, Limit, decision_headers
+from fastguard.limits import MAX_LIMITS, Limit, ban_settings, decision_headers
 
 __all__ = ["Decision", "Table", "ALGORITHMS", "EVICTION_SAMPLE", "key_id", "siphash", "mix64", "b64url_decode",
            "split_token", "parse_compact", "TokenCache", "CachedVerify", "check_claims",
@@ -340,9 +340,11 @@ _ALGORITHM_CLASSES = {"fixed_window": FixedWindow, "sliding_window": SlidingWind
 class Decision:
     """One rate-limit decision. Times in float seconds; `retry_after` is 0.0 when allowed, inf when never."""
 
-    __slots__ = ("allowed", "limit", "remaining", "reset_after", "retry_after", "period", "limits", "remainings")
+    __slots__ = ("allowed", "banned", "limit", "remaining", "reset_after", "retry_after", "period", "limits",
+                 "remainings")
 
     allowed: bool
+    banned: bool
     limit: int
     remaining: int
     reset_after: float
@@ -357,12 +359,12 @@ class Decision:
 
     @staticmethod
     def of(allowed: bool, limit: int, remaining: int, reset_after: float, retry_after: float, period: float,
-           limits: tuple[Limit, ...], remainings: Sequence[int]) -> Decision:
+           limits: tuple[Limit, ...], remainings: Sequence[int], banned: bool = False) -> Decision:
         """A Decision made elsewhere (a cluster store, a fallback). Raises ValueError on mismatched lengths."""
         if len(limits) > MAX_LIMITS or len(remainings) != len(limits):
             raise ValueError(f"a Decision holds 1 to {MAX_LIMITS} limits with one remaining each")
         d = Decision()
-        d.allowed, d.limit, d.remaining = bool(allowed), int(limit), int(remaining)
+        d.allowed, d.banned, d.limit, d.remaining = bool(allowed), bool(banned), int(limit), int(remaining)
         d.reset_after, d.retry_after, d.period = float(reset_after), float(retry_after), float(period)
         d.limits, d.remainings = limits, tuple(int(r) for r in remainings)
         return d
@@ -372,7 +374,8 @@ class Decision:
 
     def __repr__(self) -> str:
         return (f"Decision(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
-                f"reset_after={self.reset_after:.3f}, retry_after={self.retry_after:.3f})")
+                f"reset_after={self.reset_after:.3f}, retry_after={self.retry_after:.3f}"
+                f"{', banned=True' if self.banned else ''})")
 
 
 class Shard:
@@ -381,12 +384,12 @@ class Shard:
     An entry is [key id, touched, words of limit 0, words of limit 1, ...]; an empty slot is None.
     """
 
-    __slots__ = ("slots", "cap", "n", "hand", "hits", "denials", "evictions")
+    __slots__ = ("slots", "cap", "n", "hand", "hits", "denials", "evictions", "bans")
 
     def __init__(self) -> None:
         self.slots: list[list[Any] | None] = []
         self.cap = self.n = self.hand = 0
-        self.hits = self.denials = self.evictions = 0
+        self.hits = self.denials = self.evictions = self.bans = 0
 
     def home(self, h: int) -> int:
         return (h * self.cap) >> 64   # multiply-shift: h is uniform in [0, 2**64)
@@ -443,7 +446,8 @@ def table_hash(kid: int) -> int:
 class Table:
     """The key table and the decision rules (see the module docstring)."""
 
-    def __init__(self, algorithm: str, limits: Sequence[Limit], max_keys: int) -> None:
+    def __init__(self, algorithm: str, limits: Sequence[Limit], max_keys: int, ban_after: int = 0,
+                 ban_for: float = 0.0) -> None:
         if algorithm not in _ALGORITHM_CLASSES:
             raise ValueError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
         if isinstance(max_keys, bool) or not isinstance(max_keys, int):
@@ -462,7 +466,15 @@ class Table:
         self._periods = [lim.period_ns for lim in self.limits]
         self._words = cls.words
         self._stride = 2 + cls.words * len(self.limits)
+        self._nw = cls.words * len(self.limits)  # limit words of an entry, after [kid, touched]
         self._new_words = list(cls.new) * len(self.limits)
+        # Bans: 3 more words per entry, after the limits: denials, the start of their window, banned until (ns).
+        self._ban_after, self._ban_for = ban_settings(ban_after, ban_for)
+        self._bans = self._ban_after > 0 or self._ban_for > 0
+        self._ban_limit = min(range(len(self.limits)), key=lambda j: self.limits[j].period_ns)
+        self._ban_window = self.limits[self._ban_limit].period_ns
+        if self._bans:
+            self._stride += 3
         self._shards = [Shard() for _ in range(1 if max_keys < SMALL_TABLE else SHARDS)]
         self._total = 0
         self._lock = threading.Lock()  # one decision at a time (the core has a lock per shard)
@@ -477,8 +489,16 @@ class Table:
                 commit: bool) -> tuple[Decision, bool, list[list[int]]]:
         if entry is not None and entry[1] > now:
             now = entry[1]  # time went backwards for this key: decide as if no time had passed
+        if self._bans and entry is not None and entry[-1] > now:
+            # Banned: refused without looking at the limits, until the ban ends.
+            if commit:
+                entry[1] = now
+            left = entry[-1] - now
+            d = Decision.of(False, self.limits[self._ban_limit].count, 0, _seconds(left), _seconds(left),
+                            self.limits[self._ban_limit].period, self.limits, [0] * len(self.limits), banned=True)
+            return d, False, []
         words = self._words
-        stored = entry[2:] if entry is not None else self._new_words
+        stored = entry[2:2 + self._nw] if entry is not None else self._new_words
         rolled = [alg.roll(stored[i * words:(i + 1) * words], now) for i, alg in enumerate(self._algs)]
         admits = [alg.admits(w, now, k) for alg, w in zip(self._algs, rolled, strict=True)]
         allowed = all(admits)
@@ -504,9 +524,10 @@ class Table:
         if commit and entry is not None:
             entry[1] = now
             if allowed:
-                entry[2:] = [x for w in after for x in w]
+                entry[2:2 + self._nw] = [x for w in after for x in w]
         d = Decision()
         d.allowed = allowed
+        d.banned = False
         d.limit = self.limits[best].count
         d.remaining = remainings[best]
         d.reset_after = _seconds(self._algs[best].reset_after(after[best], now))
@@ -515,6 +536,61 @@ class Table:
         d.limits = self.limits
         d.remainings = tuple(remainings)
         return d, allowed, after
+
+    def _count_denial(self, shard: Shard, entry: list[Any], now: int, d: Decision) -> None:
+        """ban_after denials within the window of the shortest-period limit (from the first of them) start a ban
+        of ban_for; the denial that starts it says so (banned, retry after the whole ban)."""
+        if entry[-3] == 0 or now - entry[-2] >= self._ban_window:
+            entry[-3], entry[-2] = 0, now
+        entry[-3] += 1
+        if entry[-3] >= self._ban_after:
+            entry[-3] = 0
+            entry[-1] = now + self._ban_for
+            shard.bans += 1
+            d.banned = True
+            d.retry_after = _seconds(self._ban_for)
+            d.reset_after = max(d.reset_after, _seconds(self._ban_for))
+
+    # -- bans -----------------------------------------------------------------------------------------------
+    def _ban_entry(self, key: Any, now: int, create: bool) -> tuple[Shard, list[Any] | None]:
+        if not self._bans:
+            raise ValueError("this table has no bans: make it with ban_after (and ban_for), or ban_for alone")
+        kid = key_id(key)
+        h = table_hash(kid)
+        shard = self._shard(h)
+        entry = self._entry(shard, kid, h)
+        if entry is None and create:
+            self._insert(shard, kid, h, now, list(self._new_words))
+            entry = self._entry(shard, kid, h)
+        return shard, entry
+
+    def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
+        """Ban `key` for `seconds` from `now` (it is refused without looking at its limits until then)."""
+        t = now_ns_from(now)
+        if not self._bans:
+            raise ValueError("this table has no bans: make it with ban_after (and ban_for), or ban_for alone")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3153600000:
+            raise ValueError(f"a ban lasts between 0 and 100 years of seconds, got {seconds!r}")
+        with self._lock:
+            shard, entry = self._ban_entry(key, t, True)
+            assert entry is not None
+            entry[-1] = t + round(seconds * 1_000_000_000)
+            entry[-3] = 0
+            shard.bans += 1
+
+    def unban(self, key: str | bytes) -> None:
+        """Lift `key`'s ban and forget the denials counting towards one."""
+        with self._lock:
+            _, entry = self._ban_entry(key, 0, False)
+            if entry is not None:
+                entry[-3] = entry[-1] = 0
+
+    def banned(self, key: str | bytes, now: float | None = None) -> float:
+        """Seconds left of `key`'s ban at `now` (0.0 when not banned)."""
+        t = now_ns_from(now)
+        with self._lock:
+            _, entry = self._ban_entry(key, t, False)
+            return _seconds(entry[-1] - t) if entry is not None and entry[-1] > t else 0.0
 
     @staticmethod
     def _entry(shard: Shard, kid: int, h: int) -> list[Any] | None:
@@ -532,6 +608,8 @@ class Table:
         shard.hits += 1
         if not allowed:
             shard.denials += 1
+            if self._ban_after > 0 and entry is not None and not d.banned:
+                self._count_denial(shard, entry, max(now, entry[1]), d)
         elif entry is None:
             # A new key gets an entry only when its hit counts (a denied newcomer leaves nothing behind).
             self._insert(shard, kid, h, now, [x for w in after for x in w])
@@ -574,7 +652,7 @@ class Table:
             if entry is not None and entry[1] > t:
                 t = entry[1]
             words = self._words
-            stored = entry[2:] if entry is not None else self._new_words
+            stored = entry[2:2 + self._nw] if entry is not None else self._new_words
             out: list[int] = []
             counted = False
             for i, alg in enumerate(self._algs):
@@ -586,7 +664,7 @@ class Table:
                 out += w
             if entry is not None:
                 entry[1] = t
-                entry[2:] = out
+                entry[2:2 + self._nw] = out
             elif counted:
                 self._insert(shard, kid, h, t, out)
 
@@ -643,7 +721,8 @@ class Table:
         return {
             "keys": sum(sh.n for sh in self._shards), "capacity": self.max_keys,
             "evictions": sum(sh.evictions for sh in self._shards), "hits": sum(sh.hits for sh in self._shards),
-            "denials": sum(sh.denials for sh in self._shards), "shards": len(self._shards), "slots": slots,
+            "denials": sum(sh.denials for sh in self._shards), "bans": sum(sh.bans for sh in self._shards),
+            "shards": len(self._shards), "slots": slots,
             "bytes": len(self._shards) * SHARD_HEADER_BYTES + slots * self._stride * 8,
             "entry_bytes": self._stride * 8, "algorithm": self.algorithm, "compiled": False,
         }
@@ -656,6 +735,8 @@ class Table:
             w = alg.roll(entry[2 + i * words:2 + (i + 1) * words], t)
             if not alg.fresh(w, t):
                 return False
+        if self._bans and (entry[-1] > t or (entry[-3] != 0 and t - entry[-2] < self._ban_window)):
+            return False  # banned, or denials still counting towards a ban
         return True
 
     def _victim(self, shard: Shard, now: int) -> int:
@@ -687,7 +768,7 @@ class Table:
         else:
             shard.grow()
         _, pos = shard.find(kid, h)
-        shard.slots[pos] = [kid, now, *words]
+        shard.slots[pos] = [kid, now, *words, *([0, 0, 0] if self._bans else [])]
         shard.n += 1
 
 

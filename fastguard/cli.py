@@ -71,7 +71,7 @@ def _simulate(args: argparse.Namespace) -> int:
         mix = {**dict.fromkeys(MIX, 0.0), **mix}
     opts = Options(requests=args.requests, consumers=args.consumers, concurrency=args.concurrency,
                    limits=args.limits, login_limits=args.login_limits, algorithm=args.algorithm, mix=mix,
-                   redis=args.redis, seed=args.seed)
+                   redis=args.redis, seed=args.seed, ban_after=args.ban_after, ban_for=args.ban_for)
     try:
         run(opts, as_json=args.json)
     except ImportError as exc:
@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--redis", metavar="URL", help="keep the counts in Redis: redis://host:port/db or "
                                                     "redis+cluster://host:port,...")
     sim.add_argument("--seed", type=int, default=1, help="random seed of the traffic plan (default: %(default)s)")
+    sim.add_argument("--ban-after", type=int, default=20, help="denials within a second that ban a caller on /api "
+                                                               "(0: no bans; default: %(default)s)")
+    sim.add_argument("--ban-for", type=float, default=30.0, help="seconds a ban lasts (default: %(default)s)")
     sim.add_argument("--json", action="store_true", help="print only the summary, as JSON (progress on stderr)")
     sim.set_defaults(func=_simulate)
 

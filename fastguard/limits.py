@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any
 
-__all__ = ["Limit", "parse_limits", "decision_headers", "BatchDecision", "MAX_LIMITS"]
+__all__ = ["Limit", "parse_limits", "decision_headers", "BatchDecision", "MAX_LIMITS", "ban_settings"]
 
 #: A limiter decides at most this many limits per key (the core keeps them in a fixed C array).
 MAX_LIMITS = 8
@@ -210,3 +210,20 @@ class BatchDecision:
     def __repr__(self) -> str:
         n = len(self.allowed)
         return f"<BatchDecision {n} keys, {int(self.allowed.sum())} allowed>"
+
+
+def ban_settings(ban_after: Any, ban_for: Any) -> tuple[int, int]:
+    """(ban_after, ban_for in ns), checked: ban_after an int >= 0, ban_for seconds >= 0. Both 0: no bans;
+    ban_for alone: only bans set with ban(). Raises TypeError / ValueError naming the argument."""
+    if isinstance(ban_after, bool) or not isinstance(ban_after, int):
+        raise TypeError(f"ban_after must be an int, not {type(ban_after).__name__}")
+    if ban_after < 0 or ban_after > 2**40:
+        raise ValueError(f"ban_after must be between 0 and 2**40, got {ban_after}")
+    if isinstance(ban_for, bool) or not isinstance(ban_for, (int, float)):
+        raise TypeError(f"ban_for must be a number of seconds, not {type(ban_for).__name__}")
+    if not 0 <= ban_for <= 100 * 365 * 86_400:  # also refuses NaN
+        raise ValueError(f"ban_for must be between 0 and 100 years of seconds, got {ban_for!r}")
+    ban_for_ns = round(ban_for * 1_000_000_000)
+    if ban_after > 0 and ban_for_ns <= 0:
+        raise ValueError("ban_after needs ban_for: how many seconds a ban lasts")
+    return ban_after, ban_for_ns

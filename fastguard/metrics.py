@@ -12,7 +12,7 @@ per cache), and they are read when Prometheus scrapes. Tracked objects are held 
 Metric names (labels in braces):
 
     fastguard_ratelimit_decisions_total{limiter, outcome="allowed"|"denied"}   counter
-    fastguard_ratelimit_evictions_total{limiter}                                counter
+    fastguard_ratelimit_evictions_total{limiter}, fastguard_ratelimit_bans_total{limiter}   counters
     fastguard_ratelimit_keys{limiter}, fastguard_ratelimit_capacity{limiter}, fastguard_ratelimit_bytes{limiter}
     fastguard_redis_calls_total{limiter}, fastguard_redis_errors_total{limiter},
     fastguard_redis_fallbacks_total{limiter}, fastguard_redis_up{limiter}       (strict and local-first modes)
@@ -82,6 +82,8 @@ class FastguardCollector(Collector):
                                                                                                        "outcome"])
         evictions = CounterMetricFamily("fastguard_ratelimit_evictions", "Keys evicted from a full table",
                                         labels=["limiter"])
+        bans = CounterMetricFamily("fastguard_ratelimit_bans", "Bans started (ban_after reached, or ban())",
+                                   labels=["limiter"])
         keys = GaugeMetricFamily("fastguard_ratelimit_keys", "Keys held in process", labels=["limiter"])
         capacity = GaugeMetricFamily("fastguard_ratelimit_capacity", "max_keys of the limiter", labels=["limiter"])
         size = GaugeMetricFamily("fastguard_ratelimit_bytes", "Memory of the key table", labels=["limiter"])
@@ -99,6 +101,7 @@ class FastguardCollector(Collector):
             decisions.add_metric([name, "allowed"], hits - denials)
             decisions.add_metric([name, "denied"], denials)
             evictions.add_metric([name], st.get("evictions", 0))
+            bans.add_metric([name], st.get("bans", 0))
             keys.add_metric([name], st.get("keys", 0))
             capacity.add_metric([name], st.get("capacity", lim.max_keys))
             size.add_metric([name], st.get("bytes", 0))
@@ -129,7 +132,7 @@ class FastguardCollector(Collector):
             cache_evictions.add_metric([name], st["cache_evictions"])
             entries.add_metric([name, "tokens"], st["cache_entries"])
             entries.add_metric([name, "failures"], st["negative_entries"])
-        yield from (decisions, evictions, keys, capacity, size, calls, errors, fallbacks, up, syncs, lag,
+        yield from (decisions, evictions, bans, keys, capacity, size, calls, errors, fallbacks, up, syncs, lag,
                     verifications, cache, cache_evictions, entries)
 
 

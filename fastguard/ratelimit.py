@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fastguard.limits import BatchDecision, Limit, parse_limits
+from fastguard.limits import BatchDecision, Limit, ban_settings, parse_limits
 
 __all__ = ["RateLimiter", "ALGORITHMS"]
 
@@ -41,6 +41,12 @@ class RateLimiter:
         exchanges counts with the store that often (local-first; see fastguard.redis.SyncTable for the error bound).
     on_error: with a store, what a decision does while the store cannot answer: "allow", "deny" or "local"
         (decide in process). Decisions never raise for store faults; stats() counts them.
+    ban_after, ban_for: a key denied ban_after times within one period of its shortest-period limit is banned
+        for ban_for seconds: refused at once (Decision.banned, Retry-After = the ban's remainder) without looking
+        at its limits. ban_for alone allows bans set with ban(). Bans live in the key table (bounded by max_keys;
+        a banned key is never evicted for a fresh one first). In process only for now: a store refuses them.
+
+    ban(key, seconds, now=None), unban(key), banned(key, now=None) -> seconds left (0.0 when not banned)
 
     hit(key, cost=1, now=None) -> Decision        key: str or bytes; cost: int >= 0; now: epoch seconds
     peek(key, now=None) -> Decision               what a hit of cost 1 would get, recording nothing
@@ -48,12 +54,12 @@ class RateLimiter:
     Raises ValueError / TypeError naming the problem for bad limits, algorithm, max_keys, key, cost or now.
     """
 
-    __slots__ = ("limits", "algorithm", "max_keys", "store", "sync", "on_error", "_table", "hit", "peek", "reset",
-                 "__weakref__")
+    __slots__ = ("limits", "algorithm", "max_keys", "store", "sync", "on_error", "ban_after", "ban_for", "_table",
+                 "hit", "peek", "reset", "__weakref__")
 
     def __init__(self, limits: str | Limit | Sequence[Limit], algorithm: str = "sliding_window",
                  max_keys: int = 1_000_000, store: Store | None = None, *, sync: float | None = None,
-                 on_error: str = "allow", _core: Any = None) -> None:
+                 on_error: str = "allow", ban_after: int = 0, ban_for: float = 0.0, _core: Any = None) -> None:
         if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
         if isinstance(max_keys, bool) or not isinstance(max_keys, int):
@@ -73,6 +79,10 @@ class RateLimiter:
         self.store = store
         self.sync = sync
         self.on_error = on_error
+        ban_settings(ban_after, ban_for)  # checked here, whatever the store
+        self.ban_after, self.ban_for = ban_after, ban_for
+        if store is not None and (ban_after or ban_for):
+            raise ValueError("bans are in-process only for now: a store (Redis) does not keep them yet")
         if store is not None:
             if not callable(getattr(store, "table", None)):
                 raise TypeError(f"store must provide table(algorithm, limits, max_keys); got {type(store).__name__}")
@@ -80,7 +90,7 @@ class RateLimiter:
         else:
             if _core is None:
                 from fastguard import _impl as _core
-            self._table = _core.Table(algorithm, tuple(self.limits), max_keys)
+            self._table = _core.Table(algorithm, tuple(self.limits), max_keys, ban_after, ban_for)
         self.hit = self._table.hit
         self.peek = self._table.peek
         self.reset = self._table.reset
@@ -126,6 +136,23 @@ class RateLimiter:
         st = dict(self._table.stats())
         st["bytes_per_key"] = st["bytes"] / max(st["keys"], 1)
         return st
+
+    def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
+        """Ban `key` for `seconds` from `now`. ValueError when the limiter was made without ban_after/ban_for."""
+        self._bans().ban(key, seconds, now)
+
+    def unban(self, key: str | bytes) -> None:
+        """Lift `key`'s ban (and forget the denials counting towards one)."""
+        self._bans().unban(key)
+
+    def banned(self, key: str | bytes, now: float | None = None) -> float:
+        """Seconds left of `key`'s ban at `now`, 0.0 when it is not banned."""
+        return self._bans().banned(key, now)
+
+    def _bans(self) -> Any:
+        if not callable(getattr(self._table, "ban", None)):
+            raise ValueError("this limiter has no bans: give it ban_after and ban_for (in process)")
+        return self._table
 
     def close(self) -> None:
         """Stop what the store runs for this limiter (the sync thread of local-first mode, after a last push)."""

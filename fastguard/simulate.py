@@ -4,7 +4,8 @@ It starts real `fastguard kong-server` processes on temporary sockets and plays 
 protocol for N requests from M consumers:
 
 * route `/api` runs the `fastguard` plugin: verify the bearer JWT (ES256, keys made at start, served as an inline
-  JWKS), then rate-limit by the verified `sub`;
+  JWKS), then rate-limit by the verified `sub`; a caller denied `ban_after` times within a second is banned for
+  `ban_for` seconds (answered 403 meanwhile; in process only, so not with --redis);
 * route `/login` runs `fastguard-rate-limiting` by client IP.
 
 The traffic mixes valid tokens, tokens of a few abusive consumers who send far more than their limit, expired
@@ -48,6 +49,8 @@ class Options:
     mix: dict[str, float] | None = None
     redis: str | None = None
     seed: int = 1
+    ban_after: int = 20
+    ban_for: float = 30.0
 
 
 def _b64(data: bytes) -> str:
@@ -182,8 +185,10 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
         servers = [fastguard_server("fastguard", folder, *(["--metrics-port", str(ports[0])] if ports else [])),
                    fastguard_server("fastguard-rate-limiting", folder,
                                     *(["--metrics-port", str(ports[1])] if ports else []))]
+        bans = {"ban_after": opts.ban_after, "ban_for": opts.ban_for, "ban_status": 403} \
+            if opts.ban_after and not opts.redis else {}
         api_cfg = {"jwks": signer.jwks, "issuers": ["https://idp.simulated"], "audiences": ["api"],
-                   "claims_to_verify": ["exp"], "algorithm": opts.algorithm, **api_limits, **policy}
+                   "claims_to_verify": ["exp"], "algorithm": opts.algorithm, **api_limits, **policy, **bans}
         login_cfg = {"limit_by": "ip", "algorithm": opts.algorithm, **login_limits, **policy}
         say(f"  started fastguard kong-server fastguard (pid {servers[0].proc.pid}) and fastguard-rate-limiting "
             f"(pid {servers[1].proc.pid}) on {folder}; keys and {len(tokens) + 40} tokens made in "
@@ -292,7 +297,8 @@ def _scrape(ports: list[int]) -> dict[str, Any]:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, Any] = {"events": {}, "event_ms": {}, "decisions": {}, "verifications": {}, "token_cache": {}}
+    out: dict[str, Any] = {"events": {}, "event_ms": {}, "decisions": {}, "verifications": {}, "token_cache": {},
+                           "bans": {}}
     for port in ports:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         sums: dict[str, float] = {}
@@ -309,6 +315,8 @@ def _scrape(ports: list[int]) -> dict[str, Any]:
                 elif smp.name == "fastguard_ratelimit_decisions_total":
                     plugin = lab["limiter"].split(":", 1)[0]
                     out["decisions"].setdefault(plugin, {})[lab["outcome"]] = int(smp.value)
+                elif smp.name == "fastguard_ratelimit_bans_total":
+                    out["bans"][lab["limiter"].split(":", 1)[0]] = int(smp.value)
                 elif smp.name == "fastguard_jwt_verifications_total":
                     out["verifications"][lab["outcome"]] = int(smp.value)
                 elif smp.name == "fastguard_jwt_cache_requests_total" and lab["cache"] == "tokens":
@@ -344,6 +352,7 @@ def _summary(results: list[tuple[str, str, int, str, float, int]], elapsed: floa
                        for (kind, status), n in sorted(by_kind.items())],
         "routes": routes,
         "config": {"limits": opts.limits, "login_limits": opts.login_limits, "algorithm": opts.algorithm,
+                   "ban_after": opts.ban_after, "ban_for": opts.ban_for,
                    "consumers": opts.consumers, "concurrency": opts.concurrency, "redis": opts.redis,
                    "mix": opts.mix or MIX},
         "pid": os.getpid(),
@@ -377,7 +386,9 @@ def _print(s: dict[str, Any], out: TextIO) -> None:
             parts = ", ".join(f"{st}: {n:,}" for st, n in sorted(statuses.items()))
             w(f"  {plugin:<24} events {parts}; {m['event_ms'].get(plugin, 0.0):.3f} ms in the server per event\n")
         for plugin, d in sorted(m["decisions"].items()):
-            w(f"  {plugin:<24} limiter: {d.get('allowed', 0):,} allowed, {d.get('denied', 0):,} denied\n")
+            bans = m["bans"].get(plugin, 0)
+            w(f"  {plugin:<24} limiter: {d.get('allowed', 0):,} allowed, {d.get('denied', 0):,} denied"
+              + (f", {bans:,} callers banned (answered 403 while banned)" if bans else "") + "\n")
         if m["verifications"]:
             parts = ", ".join(f"{k}: {v:,}" for k, v in sorted(m["verifications"].items(), key=lambda kv: -kv[1]))
             cache = m["token_cache"]

@@ -49,7 +49,7 @@ def test_simulate_in_process_prints_a_json_summary_and_progress_apart():
         if o["route"] == "api":
             api[o["status"]] = api.get(o["status"], 0) + o["count"]
     assert {int(k): v for k, v in m["events"]["fastguard"].items()} == api
-    assert m["decisions"]["fastguard"]["denied"] == api.get(429, 0)
+    assert m["decisions"]["fastguard"]["denied"] == api.get(429, 0) + api.get(403, 0)  # 403: banned
     reasons = {(o["status"], o["reason"]) for o in summary["outcomes"]}
     assert (401, '{"exp": "token expired"}') in reasons and (401, "Invalid signature") in reasons
     assert (429, "API rate limit exceeded") in reasons

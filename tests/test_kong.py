@@ -432,3 +432,19 @@ def test_the_stock_kong_pdk_server_loads_the_plugin_modules_unchanged(tmp_path):
 
 def test_plugin_dir_holds_one_module_per_plugin():
     assert sorted(os.path.splitext(f)[0] for f in os.listdir(PLUGIN_DIR) if f.endswith(".py")) == sorted(PLUGINS)
+
+
+def test_repeat_offenders_are_banned_with_ban_status_and_retry_after(rl):
+    client = rl.client()
+    iid = client.start("fastguard-rate-limiting", {"second": 1, "hour": 100, "ban_after": 2, "ban_for": 300,
+                                                   "ban_status": 403})
+    statuses = [client.event(iid, CONSUMER) for _ in range(4)]
+    assert [o.status for o in statuses] == [200, 429, 403, 403]  # the 2nd denial starts the ban
+    assert 298 <= int(statuses[-1].exit[2]["Retry-After"]) <= 300
+    assert client.event(iid, {"kong.client.get_consumer": {"id": "someone-else"}}).status == 200
+    with pytest.raises(RPCError, match="invalid config field 'ban_for'"):
+        client.start("fastguard-rate-limiting", {"second": 1, "ban_after": 2})
+    with pytest.raises(RPCError, match="invalid config field 'ban_after'"):
+        client.start("fastguard-rate-limiting", {"second": 1, "ban_after": 2, "ban_for": 5, "policy": "redis",
+                                                 "redis": {"host": "127.0.0.1"}})
+    client.close()

@@ -33,6 +33,20 @@ def test_ten_million_distinct_keys_stay_within_max_keys():
     assert grown <= st["bytes"] + 1024 * 1024   # what tracemalloc saw the core allocate is what it reports
 
 
+def test_a_spray_of_ten_million_keys_with_bans_stays_within_max_keys():
+    max_keys = 100_000
+    lim = fg.RateLimiter("1/minute", algorithm="fixed_window", max_keys=max_keys, ban_after=1, ban_for=600)
+    now = 864_000.0
+    for start in range(0, 10_000_000, 1_000_000):
+        ids = np.repeat(np.arange(start // 2, (start + 1_000_000) // 2, dtype=np.uint64), 2)  # the 2nd hit bans
+        assert lim.hit_many(ids, now=now).allowed.sum() == 500_000
+        now += 0.05
+    st = lim.stats()
+    assert st["keys"] <= max_keys + st["shards"]
+    assert st["bans"] == 5_000_000 and st["entry_bytes"] == 8 * (2 + 2 + 3)  # 10M hits, 5M distinct keys
+    assert st["bytes"] <= st["entry_bytes"] * (max_keys + st["shards"]) * 5 // 3 + 64 * 1024  # slots >= 60% full
+
+
 def test_string_key_spray_is_bounded_too():
     lim = fg.RateLimiter("1/second", algorithm="fixed_window", max_keys=5_000)
     for round_ in range(20):

@@ -23,7 +23,7 @@ LIMIT_SETS = [
 
 ops = st.lists(
     st.tuples(
-        st.sampled_from(["hit", "hit", "hit", "hit", "peek", "reset", "charge"]),
+        st.sampled_from(["hit", "hit", "hit", "hit", "peek", "reset", "charge", "ban"]),
         st.sampled_from(["a", "b", "c", "d", "e", "ключ", b"\x00"]),
         st.integers(min_value=0, max_value=12),            # cost
         st.integers(min_value=-2_000_000_000, max_value=3_000_000_000),   # time step in ns (backwards allowed)
@@ -33,15 +33,20 @@ ops = st.lists(
 
 
 def _fields(d):
-    return (d.allowed, d.limit, d.remaining, d.reset_after, d.retry_after, d.period, d.remainings)
+    return (d.allowed, d.banned, d.limit, d.remaining, d.reset_after, d.retry_after, d.period, d.remainings)
+
+
+BAN_SETTINGS = [(0, 0.0), (0, 0.0), (2, 3.0), (3, 0.5), (1, 60.0), (0, 5.0)]  # (ban_after, ban_for)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(alg=st.sampled_from(fg.ALGORITHMS), limits=st.sampled_from(LIMIT_SETS), seq=ops,
-       max_keys=st.sampled_from([2, 3, 5, 1000]), start=st.integers(min_value=0, max_value=10**6))
-def test_core_and_pure_decide_identically(alg, limits, seq, max_keys, start):
+       max_keys=st.sampled_from([2, 3, 5, 1000]), start=st.integers(min_value=0, max_value=10**6),
+       bans=st.sampled_from(BAN_SETTINGS))
+def test_core_and_pure_decide_identically(alg, limits, seq, max_keys, start, bans):
     parsed = tuple(fg.parse_limits(limits))
-    c, p = _core.Table(alg, parsed, max_keys), _pure.Table(alg, parsed, max_keys)
+    c, p = _core.Table(alg, parsed, max_keys, *bans), _pure.Table(alg, parsed, max_keys, *bans)
+    with_bans = bans != (0, 0.0)
     c.record_hits(True)
     p.record_hits(True)
     t = start * 1_000_000_000
@@ -55,6 +60,20 @@ def test_core_and_pure_decide_identically(alg, limits, seq, max_keys, start):
         elif op == "charge":
             c.charge(key, cost, now)
             p.charge(key, cost, now)
+        elif op == "ban" and with_bans:
+            seconds = 0.5 + cost
+            if cost % 3 == 0:
+                c.unban(key)
+                p.unban(key)
+            else:
+                c.ban(key, seconds, now)
+                p.ban(key, seconds, now)
+            assert c.banned(key, now) == p.banned(key, now)
+        elif op == "ban":
+            with pytest.raises(ValueError, match="no bans"):
+                c.ban(key, 1.0, now)
+            with pytest.raises(ValueError, match="no bans"):
+                p.ban(key, 1.0, now)
         else:
             c.reset(key)
             p.reset(key)

@@ -412,3 +412,70 @@ def test_the_journal_grows_and_sums_per_key(impl):
     drained = dict(table.drain_hits())
     assert len(drained) == 3000 and set(drained.values()) == {3}
     assert table.drain_hits() == []
+
+
+
+# -- bans -----------------------------------------------------------------------------------------------------------
+def test_a_key_over_ban_after_is_refused_for_exactly_ban_for_then_admitted(impl):
+    lim = fg.RateLimiter("2/10s; 100/hour", algorithm="fixed_window", ban_after=3, ban_for=60, _core=impl)
+    t = 1000.0
+    got = [lim.hit("k", now=t) for _ in range(5)]
+    assert [d.allowed for d in got] == [True, True, False, False, False]
+    assert [d.banned for d in got] == [False, False, False, False, True]   # the third denial starts the ban
+    assert got[-1].retry_after == 60.0 and got[-1].headers()["Retry-After"] == "60"
+    assert lim.banned("k", now=t + 10) == 50.0
+    during = lim.hit("k", now=t + 59.999)
+    assert not during.allowed and during.banned and during.remaining == 0 and during.limit == 2
+    assert abs(during.retry_after - 0.001) < 1e-9
+    assert lim.peek("k", now=t + 30).banned
+    after = lim.hit("k", now=t + 60)
+    assert after.allowed and not after.banned and lim.banned("k", now=t + 60) == 0.0
+    assert lim.stats()["bans"] == 1
+
+
+def test_denials_count_within_the_window_of_the_shortest_limit_only(impl):
+    lim = fg.RateLimiter("1/second; 50/minute", algorithm="sliding_window", ban_after=3, ban_for=30, _core=impl)
+    lim.hit("k", now=10.0)
+    assert not lim.hit("k", now=10.1).allowed
+    assert not lim.hit("k", now=10.2).allowed            # 2 denials within 1 s
+    assert lim.hit("k", now=12.5).allowed                # a later window: admitted, and the count starts over
+    assert not lim.hit("k", now=12.6).banned
+    assert lim.banned("k", now=12.6) == 0.0
+
+
+def test_manual_bans_and_unban(impl):
+    lim = fg.RateLimiter("5/minute", ban_for=1, _core=impl)   # ban_for alone: manual bans only
+    lim.ban("intruder", 120, now=100.0)
+    assert lim.banned("intruder", now=100.0) == 120.0
+    d = lim.hit("intruder", now=150.0)
+    assert d.banned and d.retry_after == 70.0
+    lim.unban("intruder")
+    assert lim.hit("intruder", now=150.0).allowed
+    assert all(lim.hit("other", now=150.0).allowed for _ in range(5))
+    assert not lim.hit("other", now=150.0).banned        # no ban_after: denials never ban
+
+
+def test_ban_arguments_are_checked(impl):
+    with pytest.raises(ValueError, match="ban_after needs ban_for"):
+        fg.RateLimiter("1/s", ban_after=3, _core=impl)
+    with pytest.raises(TypeError, match="ban_after must be an int"):
+        fg.RateLimiter("1/s", ban_after=2.5, ban_for=1, _core=impl)
+    with pytest.raises(ValueError, match="ban_for must be between"):
+        fg.RateLimiter("1/s", ban_after=1, ban_for=-1, _core=impl)
+    with pytest.raises(ValueError, match="ban_for must be between"):
+        fg.RateLimiter("1/s", ban_after=1, ban_for=float("nan"), _core=impl)
+    plain = fg.RateLimiter("1/s", _core=impl)
+    with pytest.raises(ValueError, match="no bans"):
+        plain.ban("k", 10)
+    with pytest.raises(ValueError, match="no bans"):
+        plain.banned("k")
+    banning = fg.RateLimiter("1/s", ban_for=1, _core=impl)
+    with pytest.raises(ValueError, match="a ban lasts"):
+        banning.ban("k", 0)
+
+
+def test_bans_need_the_in_process_table_for_now():
+    from fastguard.redis import RedisStore
+
+    with pytest.raises(ValueError, match="in-process only"):
+        fg.RateLimiter("1/s", store=RedisStore.from_url("redis://127.0.0.1:1/0"), ban_after=2, ban_for=10)

@@ -73,6 +73,10 @@ RATE_LIMITING_FIELDS = (
     Field("redis", "record", fields=REDIS_FIELDS),
     Field("algorithm", "string", "fixed_window", one_of=fg.ALGORITHMS),
     Field("max_keys", "integer", 1_000_000, between=(1, 2**40)),
+    Field("ban_after", "integer", 0, between=(0, 2**40),
+          help="denials within the shortest window that ban the caller (0: no bans; policy local)"),
+    Field("ban_for", "number", 0, between=(0, 100 * 365 * 86_400), help="seconds a ban lasts"),
+    Field("ban_status", "integer", 429, between=(100, 599), help="status of a refusal during a ban"),
 )
 
 JWT_FIELDS = (
@@ -209,8 +213,13 @@ class _Limiting:
         if cfg["policy"] == "redis":
             url = _redis_url(cfg["redis"])
             sync = cfg["sync_rate"] if cfg["sync_rate"] and cfg["sync_rate"] > 0 else None
+        if cfg["ban_after"] and not cfg["ban_for"]:
+            raise ConfigError("ban_for", "ban_after needs ban_for: how many seconds a ban lasts")
+        if (cfg["ban_after"] or cfg["ban_for"]) and url is not None:
+            raise ConfigError("ban_after", "bans need policy local for now (the Redis policies do not keep them)")
+        self.ban_status = int(cfg["ban_status"])
         self._key = ("limiter", entity, cfg["algorithm"], tuple((x.count, x.period_ns) for x in limits), url, sync,
-                     cfg["max_keys"], self.fault_tolerant)
+                     cfg["max_keys"], self.fault_tolerant, cfg["ban_after"], cfg["ban_for"])
         timeout = cfg["redis"]["timeout"] / 1000
 
         def make() -> fg.RateLimiter:
@@ -222,7 +231,8 @@ class _Limiting:
                                             prefix=f"fg-kong-{entity}".replace(" ", "_").replace("{", "(")
                                             .replace("}", ")"))
             return fg.RateLimiter(limits, algorithm=cfg["algorithm"], max_keys=cfg["max_keys"], store=store,
-                                  sync=sync, on_error="allow" if self.fault_tolerant else "deny")
+                                  sync=sync, on_error="allow" if self.fault_tolerant else "deny",
+                                  ban_after=cfg["ban_after"], ban_for=cfg["ban_for"])
 
         self.limiter: fg.RateLimiter = REGISTRY.acquire(self._key, make)
         if TRACK is not None:
@@ -242,6 +252,8 @@ class _Limiting:
             headers = {} if self.hide else d.headers("kong")
             if "Retry-After" not in headers and d.retry_after != float("inf"):
                 headers["Retry-After"] = str(max(1, int(-(-d.retry_after // 1))))
+            if d.banned:  # Retry-After: what is left of the ban
+                return _json_exit(self.ban_status, self.error_message, headers)
             return _json_exit(self.error_code, self.error_message, headers)
         if self.hide:
             return None
