@@ -211,6 +211,13 @@ def render(data: dict) -> str:
     worst_rate = min(pipelined.values(), default=None)
     check("pipelined `hit_many` ≥ 150k decisions/s", worst_rate,
           None if worst_rate is None else worst_rate >= 150_000, f"{worst_rate:,.0f}/s" if worst_rate else "")
+    banned = {b["extra_info"]["contender"]: _ns(b) for b in by_group.get("banned key", [])}
+    if banned:
+        lines += ["A banned key's `hit`: " + ", ".join(f"{c} {v:.0f} ns" for c, v in sorted(banned.items())) + ".", ""]
+    b_local, b_redis = banned.get("fastguard in process"), banned.get("fastguard strict Redis")
+    if b_local and b_redis:
+        check("banned key in cluster mode ≤ 1.5× in process (no round trip)", b_redis, b_redis <= 1.5 * b_local,
+              f"{b_redis / b_local:.2f}× ({b_redis:.0f} vs {b_local:.0f} ns)")
     sync_ns, local_ns = local_first.get("fastguard sync=0.1"), local_first.get("fastguard in process")
     if sync_ns and local_ns:
         check("`sync=0.1` `hit` ≤ 2× in process", sync_ns, sync_ns <= 2 * local_ns, f"{sync_ns / local_ns:.2f}×")

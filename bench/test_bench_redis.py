@@ -135,3 +135,23 @@ def test_local_first(benchmark, server, mode):
         assert lim.stats()["syncs"] > 0 and lim.stats()["redis_errors"] == 0
         lim.close()
 
+
+
+@pytest.mark.parametrize("mode", ["in process", "strict Redis"])
+def test_banned_key(benchmark, server, mode):
+    """A banned key: in process, and in cluster mode where the ban lives in Redis but is answered locally."""
+    store = RedisStore.from_url(server.url, prefix="bench-ban") if mode != "in process" else None
+    lim = fg.RateLimiter("1/minute", algorithm="sliding_window", store=store, ban_after=1, ban_for=600)
+    lim.hit("mallory")
+    assert lim.hit("mallory").banned
+    hit = lim.hit
+    ops = 20_000
+
+    def run():
+        for _ in range(ops):
+            hit("mallory")
+
+    benchmark.group = "banned key"
+    benchmark.extra_info.update(ops=ops, contender=f"fastguard {mode}", algorithm="sliding_window")
+    benchmark.pedantic(run, rounds=rounds(10), iterations=1, warmup_rounds=1)
+    assert lim.hit("mallory").banned

@@ -61,6 +61,13 @@ class Table:
     def banned(self, key: str | bytes, now: float | None = None) -> float: ...
     def drain_hits(self) -> list[tuple[str | bytes, int]]: ...
 
+class BanGate:
+    """hit() of a shared limiter: banned keys answered from `table`, others by `slow(key, cost, now)`."""
+
+    answered: int
+    def __init__(self, table: Table, slow: Any) -> None: ...
+    def __call__(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision: ...
+
 def b64url_decode(data: bytes | bytearray) -> bytes:
     """Strict base64url: alphabet only, no padding, no length 4k+1, zero unused bits; else ValueError."""
 

@@ -41,8 +41,8 @@ from typing import Any
 from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
 from fastguard.limits import MAX_LIMITS, Limit, ban_settings, decision_headers
 
-__all__ = ["Decision", "Table", "ALGORITHMS", "EVICTION_SAMPLE", "key_id", "siphash", "mix64", "b64url_decode",
-           "split_token", "parse_compact", "TokenCache", "CachedVerify", "check_claims",
+__all__ = ["Decision", "Table", "BanGate", "ALGORITHMS", "EVICTION_SAMPLE", "key_id", "siphash", "mix64",
+           "b64url_decode", "split_token", "parse_compact", "TokenCache", "CachedVerify", "check_claims",
            "parse_json_object"]
 
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
@@ -770,6 +770,29 @@ class Table:
         _, pos = shard.find(kid, h)
         shard.slots[pos] = [kid, now, *words, *([0, 0, 0] if self._bans else [])]
         shard.n += 1
+
+
+class BanGate:
+    """The hit() of a shared (cluster-mode) limiter whose bans a local table knows: a banned key is answered from
+    that table, with no round trip; any other key goes to `slow(key, cost, now)`."""
+
+    def __init__(self, table: Table, slow: Any) -> None:
+        table._ban_entry(b"", 0, False)  # raises ValueError for a table without bans
+        self.table = table
+        self.slow = slow
+        self.answered = 0  # banned keys answered here (each one a decision: a denial)
+
+    def __call__(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision:
+        t = now_ns_from(now)
+        cost_from(cost)
+        left = self.table.banned(key, t / 1e9) if now is not None else self.table.banned(key)
+        if left > 0:
+            self.answered += 1
+            tb = self.table
+            lim = tb.limits[tb._ban_limit]
+            return Decision.of(False, lim.count, 0, left, left, lim.period, tb.limits, [0] * len(tb.limits),
+                               banned=True)
+        return self.slow(key, cost, now)
 
 
 # ---------------------------------------------------------------------------------------------------------------

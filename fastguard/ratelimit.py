@@ -44,7 +44,8 @@ class RateLimiter:
     ban_after, ban_for: a key denied ban_after times within one period of its shortest-period limit is banned
         for ban_for seconds: refused at once (Decision.banned, Retry-After = the ban's remainder) without looking
         at its limits. ban_for alone allows bans set with ban(). Bans live in the key table (bounded by max_keys;
-        a banned key is never evicted for a fresh one first). In process only for now: a store refuses them.
+        a banned key is never evicted for a fresh one first). With a Redis store a ban is written to Redis once
+        (every node honours it) and each node answers it from its own core, without a round trip, until it ends.
 
     ban(key, seconds, now=None), unban(key), banned(key, now=None) -> seconds left (0.0 when not banned)
 
@@ -81,12 +82,12 @@ class RateLimiter:
         self.on_error = on_error
         ban_settings(ban_after, ban_for)  # checked here, whatever the store
         self.ban_after, self.ban_for = ban_after, ban_for
-        if store is not None and (ban_after or ban_for):
-            raise ValueError("bans are in-process only for now: a store (Redis) does not keep them yet")
         if store is not None:
             if not callable(getattr(store, "table", None)):
                 raise TypeError(f"store must provide table(algorithm, limits, max_keys); got {type(store).__name__}")
-            self._table = store.table(algorithm, tuple(self.limits), max_keys, sync=sync, on_error=on_error)
+            kwargs: dict[str, Any] = {"ban_after": ban_after, "ban_for": ban_for} if (ban_after or ban_for) else {}
+            self._table = store.table(algorithm, tuple(self.limits), max_keys, sync=sync, on_error=on_error,
+                                      **kwargs)
         else:
             if _core is None:
                 from fastguard import _impl as _core

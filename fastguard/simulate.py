@@ -5,7 +5,7 @@ protocol for N requests from M consumers:
 
 * route `/api` runs the `fastguard` plugin: verify the bearer JWT (ES256, keys made at start, served as an inline
   JWKS), then rate-limit by the verified `sub`; a caller denied `ban_after` times within a second is banned for
-  `ban_for` seconds (answered 403 meanwhile; in process only, so not with --redis);
+  `ban_for` seconds (answered 403 meanwhile; with --redis the ban is kept in Redis too);
 * route `/login` runs `fastguard-rate-limiting` by client IP.
 
 The traffic mixes valid tokens, tokens of a few abusive consumers who send far more than their limit, expired
@@ -185,8 +185,7 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
         servers = [fastguard_server("fastguard", folder, *(["--metrics-port", str(ports[0])] if ports else [])),
                    fastguard_server("fastguard-rate-limiting", folder,
                                     *(["--metrics-port", str(ports[1])] if ports else []))]
-        bans = {"ban_after": opts.ban_after, "ban_for": opts.ban_for, "ban_status": 403} \
-            if opts.ban_after and not opts.redis else {}
+        bans = {"ban_after": opts.ban_after, "ban_for": opts.ban_for, "ban_status": 403} if opts.ban_after else {}
         api_cfg = {"jwks": signer.jwks, "issuers": ["https://idp.simulated"], "audiences": ["api"],
                    "claims_to_verify": ["exp"], "algorithm": opts.algorithm, **api_limits, **policy, **bans}
         login_cfg = {"limit_by": "ip", "algorithm": opts.algorithm, **login_limits, **policy}

@@ -474,8 +474,22 @@ def test_ban_arguments_are_checked(impl):
         banning.ban("k", 0)
 
 
-def test_bans_need_the_in_process_table_for_now():
-    from fastguard.redis import RedisStore
+def test_the_ban_gate_answers_banned_keys_and_hands_on_the_others(impl):
+    calls = []
 
-    with pytest.raises(ValueError, match="in-process only"):
-        fg.RateLimiter("1/s", store=RedisStore.from_url("redis://127.0.0.1:1/0"), ban_after=2, ban_for=10)
+    def slow(key, cost, now):
+        calls.append((key, cost, now))
+        return "slow"
+
+    bans = impl.Table("fixed_window", (fg.Limit(5, 60),), 100, 0, 1.0)
+    gate = impl.BanGate(bans, slow)
+    bans.ban("mallory", 30, now=100.0)
+    d = gate("mallory", now=110.0)
+    assert d.banned and not d.allowed and d.retry_after == 20.0 and d.remainings == (0,)
+    assert gate("alice", 2, now=110.0) == "slow" and calls == [("alice", 2, 110.0)]
+    assert gate("mallory", now=130.0) == "slow"  # the ban ended
+    assert gate.answered == 1
+    with pytest.raises(ValueError):
+        gate("mallory", -1, now=110.0)
+    with pytest.raises(ValueError, match="no bans"):
+        impl.BanGate(impl.Table("fixed_window", (fg.Limit(5, 60),), 100), slow)

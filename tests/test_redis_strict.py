@@ -262,3 +262,75 @@ def test_stats_carry_the_table_names_of_the_design(redis_server):
     st = lim.stats()
     assert {"keys", "capacity", "evictions", "hits", "denials", "bytes"} <= set(st)
     assert (st["hits"], st["denials"], st["capacity"]) == (6, 2, 500)
+
+
+# -- bans through Redis ----------------------------------------------------------------------------------------
+def test_a_ban_started_on_one_node_is_honoured_by_another_and_answered_locally(redis_server):
+    prefix = f"b{uuid.uuid4().hex[:10]}"
+    node_a = fg.RateLimiter("2/minute", algorithm="fixed_window", ban_after=2, ban_for=60,
+                            store=RedisStore(redis.Redis(port=redis_server.port), prefix=prefix))
+    node_b = fg.RateLimiter("2/minute", algorithm="fixed_window", ban_after=2, ban_for=60,
+                            store=RedisStore(redis.Redis(port=redis_server.port), prefix=prefix))
+    got = [node_a.hit("k") for _ in range(4)]
+    assert [d.allowed for d in got] == [True, True, False, False]
+    assert [d.banned for d in got] == [False, False, False, True]   # the 2nd denial starts the ban, in Redis
+    assert 59 < got[-1].retry_after <= 60
+    calls = node_a.stats()["redis_calls"]
+    again = node_a.hit("k")
+    assert again.banned and node_a.stats()["redis_calls"] == calls   # answered from the core, no round trip
+    first_b = node_b.hit("k")                                         # node b learns it from Redis...
+    assert first_b.banned and 58 < first_b.retry_after <= 60
+    calls_b = node_b.stats()["redis_calls"]
+    assert node_b.hit("k").banned and node_b.stats()["redis_calls"] == calls_b  # ...then answers it locally
+    assert 58 < node_b.banned("k") <= 60 and node_a.stats()["bans"] == 1
+    node_b.unban("k")
+    assert redis.Redis(port=redis_server.port).pttl(node_a._table.name("k") + b"~ban") < 0
+
+
+def test_manual_bans_reach_redis_and_hit_many_sees_them(redis_server):
+    lim = fg.RateLimiter("5/minute", ban_for=1, store=store_for(redis_server))
+    other = fg.RateLimiter("5/minute", ban_for=1, store=RedisStore(redis.Redis(port=redis_server.port),
+                                                                   prefix=lim.store.prefix))
+    lim.ban("intruder", 120)
+    b = other.hit_many(["intruder", "friend", "intruder"])
+    assert b.allowed.tolist() == [False, True, False]
+    assert 119 < b.retry_after[0] <= 120
+
+
+def test_a_known_ban_survives_redis_going_down(fresh_redis):
+    lim = fg.RateLimiter("1/minute", ban_after=1, ban_for=300, on_error="allow",
+                         store=RedisStore.from_url(fresh_redis.url, timeout=0.2))
+    assert lim.hit("k").allowed
+    assert lim.hit("k").banned
+    fresh_redis.kill()
+    for _ in range(3):
+        d = lim.hit("k")
+        assert d.banned and not d.allowed      # on_error="allow" does not lift a ban this node knows
+    assert lim.hit("someone-else").allowed    # ... while other keys follow on_error
+    assert lim.stats()["redis_up"] is False
+
+
+BAN_NODE = r"""
+import sys
+import fastguard as fg
+from fastguard.redis import RedisStore
+url, prefix, action = sys.argv[1], sys.argv[2], sys.argv[3]
+lim = fg.RateLimiter("100/minute", ban_for=1, store=RedisStore.from_url(url, prefix=prefix))
+if action == "ban":
+    lim.ban("mallory", 90)
+    print("banned")
+else:
+    d = lim.hit("mallory")
+    print(d.banned, round(d.retry_after))
+"""
+
+
+def test_a_ban_set_in_one_process_is_honoured_in_another(redis_server):
+    import subprocess
+    import sys
+
+    prefix = f"p{uuid.uuid4().hex[:10]}"
+    args = [sys.executable, "-c", BAN_NODE, redis_server.url, prefix]
+    assert subprocess.run([*args, "ban"], capture_output=True, text=True, timeout=60).stdout.strip() == "banned"
+    out = subprocess.run([*args, "hit"], capture_output=True, text=True, timeout=60).stdout.split()
+    assert out[0] == "True" and 85 <= int(out[1]) <= 90

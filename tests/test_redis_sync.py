@@ -167,3 +167,14 @@ def test_two_nodes_share_counts_through_a_redis_cluster(redis_cluster):
         for key in keys:
             assert [b.hit(key).allowed for _ in range(2)] == [True, False]  # 4 + 1 + 1 = 6
         assert b.stats()["redis_errors"] == 0 and a.stats()["redis_errors"] == 0
+
+
+def test_local_first_nodes_share_bans_through_redis(redis_server):
+    store = make_store(redis_server)
+    with fg.RateLimiter("1/minute", store=store, sync=60, ban_after=1, ban_for=120) as a, \
+            fg.RateLimiter("1/minute", store=store, sync=60, ban_after=1, ban_for=120) as b:
+        assert b.hit("k").allowed                 # b meets the key (one admitted hit of its own)
+        assert a.hit("k").allowed and a.hit("k").banned
+        assert a._table.sync_now()               # a writes its ban
+        assert b._table.sync_now()               # b reads it
+        assert 118 < b.banned("k") <= 120 and b.hit("k").banned

@@ -74,7 +74,7 @@ RATE_LIMITING_FIELDS = (
     Field("algorithm", "string", "fixed_window", one_of=fg.ALGORITHMS),
     Field("max_keys", "integer", 1_000_000, between=(1, 2**40)),
     Field("ban_after", "integer", 0, between=(0, 2**40),
-          help="denials within the shortest window that ban the caller (0: no bans; policy local)"),
+          help="denials within the shortest window that ban the caller (0: no bans)"),
     Field("ban_for", "number", 0, between=(0, 100 * 365 * 86_400), help="seconds a ban lasts"),
     Field("ban_status", "integer", 429, between=(100, 599), help="status of a refusal during a ban"),
 )
@@ -215,8 +215,6 @@ class _Limiting:
             sync = cfg["sync_rate"] if cfg["sync_rate"] and cfg["sync_rate"] > 0 else None
         if cfg["ban_after"] and not cfg["ban_for"]:
             raise ConfigError("ban_for", "ban_after needs ban_for: how many seconds a ban lasts")
-        if (cfg["ban_after"] or cfg["ban_for"]) and url is not None:
-            raise ConfigError("ban_after", "bans need policy local for now (the Redis policies do not keep them)")
         self.ban_status = int(cfg["ban_status"])
         self._key = ("limiter", entity, cfg["algorithm"], tuple((x.count, x.period_ns) for x in limits), url, sync,
                      cfg["max_keys"], self.fault_tolerant, cfg["ban_after"], cfg["ban_for"])

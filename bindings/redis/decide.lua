@@ -13,7 +13,8 @@
 --            10^9 / P (0 if not a whole divisor of a second), T = ceil(P / C), L = C * T, as decimals
 --          then one cost per key (decimal, capped by the client at the largest count + 1: the same answer)
 -- Returns  for each key: allowed 0|1, index of the reported limit (1-based), reset_after ns,
---          retry_after ns ("-1" = never), then the remaining of every limit
+--          retry_after ns ("-1" = never), then the remaining of every limit; or, for a banned key, 2 (3 when
+--          this very call started the ban), the ban's limit, the ms left of the ban twice, then zeros
 --
 -- Two transcriptions of the same rules. "fast": every period is whole seconds or a whole divisor of a second
 -- (>= 1 ms) and every C * P < 2^53, so each quantity but absolute time fits a Lua number exactly; absolute times
@@ -25,6 +26,37 @@ local code = ARGV[1]
 local commit = ARGV[4] == "1"
 local ttl = ARGV[5]
 local nlim = tonumber(ARGV[7])
+-- Bans: ARGV[6] may carry ":ban_after:window_ms:ban_for_ms:limit" after the path. A ban is the key `<key>~ban`
+-- (same hash tag: same slot) living ban_for ms; denials count in `<key>~deny`, living window_ms from the first.
+local path, ban_after, ban_window, ban_for, ban_limit = ARGV[6], 0, 0, 0, 1
+do
+  local p, a, w, f, l = string.match(ARGV[6], "^(%a+):(%d+):(%d+):(%d+):(%d+)$")
+  if p then path, ban_after, ban_window, ban_for, ban_limit = p, tonumber(a), tonumber(w), tonumber(f), tonumber(l) end
+end
+local function ban_left(key)  -- ms left of the key's ban, 0 when none
+  if ban_for == 0 then return 0 end
+  local left = redis.call("PTTL", key .. "~ban")
+  return left > 0 and left or 0
+end
+local function count_denial(key)  -- true when this denial starts a ban
+  if ban_after == 0 then return false end
+  local dk = key .. "~deny"
+  local n = redis.call("INCR", dk)
+  if n == 1 then redis.call("PEXPIRE", dk, ban_window) end
+  if n < ban_after then return false end
+  redis.call("SET", key .. "~ban", "1", "PX", ban_for)
+  redis.call("DEL", dk)
+  return true
+end
+-- The reply of a banned key: code 2 (3 when this call started the ban), the ban's limit, ms left twice, zeros.
+local function banned_reply(reply, at, left, started)
+  reply[at + 1] = started and 3 or 2
+  reply[at + 2] = ban_limit
+  reply[at + 3] = left
+  reply[at + 4] = left
+  for i = 1, nlim do reply[at + 4 + i] = 0 end
+  return at + 4 + nlim
+end
 local now_s, now_n
 if ARGV[2] == "" then
   local t = redis.call("TIME")
@@ -34,7 +66,7 @@ else
 end
 local reply = {}
 
-if ARGV[6] == "fast" then
+if path == "fast" then
   -- ARGV[8]: the struct format of a state (little-endian doubles: exact for integers below 2^53);
   -- ARGV[9], ARGV[10]: the format and the packed C, P, P in seconds, 10^9 / P, T, L of every limit;
   -- the costs from ARGV[11].
@@ -53,10 +85,15 @@ if ARGV[6] == "fast" then
   -- Every state in one call; `written` holds what this call stored, for a key that comes again in the batch.
   local states = redis.call("MGET", unpack(KEYS))
   local written = {}
-  for x = 1, #KEYS do
+  for x = 1, #KEYS do repeat
     local key = KEYS[x]
     local k = tonumber(ARGV[10 + x])
     local s, n = now_s, now_n
+    local left = ban_left(key)
+    if left > 0 then
+      nreply = banned_reply(reply, nreply, left, false)
+      break  -- the next key (repeat ... until true: Lua 5.1 has no continue)
+    end
     local stored = written[key]
     if stored == nil then stored = states[x] end
     local v = nil
@@ -199,13 +236,17 @@ if ARGV[6] == "fast" then
       redis.call("SET", key, packed, "PX", ttl)
       written[key] = packed
     end
+    if commit and not allowed and count_denial(key) then
+      nreply = banned_reply(reply, nreply, ban_for, true)
+      break
+    end
     reply[nreply + 1] = allowed and 1 or 0
     reply[nreply + 2] = best
     reply[nreply + 3] = resets[best]
     reply[nreply + 4] = retry
     for i = 1, nlim do reply[nreply + 4 + i] = rem[i] end
     nreply = nreply + 4 + nlim
-  end
+  until true end
   return reply
 end
 
@@ -512,6 +553,11 @@ do  -- "exact"
   end
 
   local function decide(key, k, reply)
+    local left = ban_left(key)
+    if left > 0 then
+      banned_reply(reply, #reply, left, false)
+      return
+    end
     local now = clock
     -- The stored state, if any: touched, then alg.n words per limit.
     local stored = redis.call("GET", key)
@@ -572,6 +618,10 @@ do  -- "exact"
         for j = 1, alg.n do out[#out + 1] = str(keep[i][j]) end
       end
       redis.call("SET", key, table.concat(out, " "), "PX", ttl)
+    end
+    if commit and not allowed and count_denial(key) then
+      banned_reply(reply, #reply, ban_for, true)
+      return
     end
 
     reply[#reply + 1] = allowed and 1 or 0

@@ -23,6 +23,7 @@ from redis.retry import Retry
 
 import fastguard
 from fastguard import Decision, Limit
+from fastguard.limits import ban_settings
 
 try:  # the lean client needs hiredis (the "redis" extra installs it); without it redis-py does every call
     import hiredis
@@ -245,13 +246,13 @@ class RedisStore:
         raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or redis+cluster://")
 
     def table(self, algorithm: str, limits: Sequence[Limit], max_keys: int, *, sync: float | None = None,
-              on_error: str = "allow") -> Any:
+              on_error: str = "allow", ban_after: int = 0, ban_for: float = 0.0) -> Any:
         """The table behind a RateLimiter: StrictTable (sync=None) or SyncTable (sync=seconds)."""
         if sync is None:
-            return StrictTable(self, algorithm, limits, max_keys, on_error)
+            return StrictTable(self, algorithm, limits, max_keys, on_error, ban_after, ban_for)
         from fastguard.redis.sync import SyncTable
 
-        return SyncTable(self, algorithm, limits, max_keys, sync, on_error)
+        return SyncTable(self, algorithm, limits, max_keys, sync, on_error, ban_after, ban_for)
 
     def namespace(self, algorithm: str, limits: Sequence[Limit]) -> bytes:
         spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in limits)
@@ -357,8 +358,10 @@ class StrictTable:
     """
 
     def __init__(self, store: RedisStore, algorithm: str, limits: Sequence[Limit], max_keys: int,
-                 on_error: str) -> None:
+                 on_error: str, ban_after: int = 0, ban_for: float = 0.0) -> None:
         check_on_error(on_error)
+        self.ban_after, ban_for_ns = ban_settings(ban_after, ban_for)
+        self.ban_for = ban_for
         self.store = store
         self.algorithm = algorithm
         self.limits = tuple(limits)
@@ -373,7 +376,14 @@ class StrictTable:
         ttl_ms = (2 * longest + self._max_count) // 1_000_000 + 1000
         self.fast = all(fast_arithmetic(lim) for lim in self.limits)
         self._head = [_ALG_CODES[algorithm]]
-        self._tail = [str(ttl_ms).encode(), b"fast" if self.fast else b"exact", str(len(self.limits)).encode()]
+        path = b"fast" if self.fast else b"exact"
+        self.bans = ban_for_ns > 0
+        if self.bans:
+            # Bans in Redis too (<key>~ban, <key>~deny): the script answers a banned key without deciding.
+            short = min(range(len(self.limits)), key=lambda j: self.limits[j].period_ns)
+            path += b":%d:%d:%d:%d" % (self.ban_after, max(1, -(-self.limits[short].period_ns // 1_000_000)),
+                                       max(1, round(ban_for_ns / 1_000_000)), short + 1)
+        self._tail = [str(ttl_ms).encode(), path, str(len(self.limits)).encode()]
         constants: list[int] = []
         for lim in self.limits:
             c, p = lim.count, lim.period_ns
@@ -391,7 +401,14 @@ class StrictTable:
         self._packed_head = b"*%d\r\n" % (4 + len(self._hit_now) + 1) + bulk(b"EVALSHA") + bulk(
             store.sha.encode()) + bulk(b"1") if hiredis is not None else b""
         self._packed_mid = b"".join(bulk(a) for a in self._hit_now) if hiredis is not None else b""
-        self._local = fastguard._impl.Table(algorithm, self.limits, max_keys) if on_error == "local" else None
+        self._local = fastguard._impl.Table(algorithm, self.limits, max_keys, ban_after, ban_for) \
+            if on_error == "local" else None
+        # Bans this node knows of, answered from the core without a round trip until they end: `hit` is then a
+        # compiled gate that answers a banned key itself and hands any other to the remote hit.
+        self._banned = fastguard._impl.Table(algorithm, self.limits, max_keys, 0, 1.0) if self.bans else None
+        self.bans_started = 0
+        if self._banned is not None:
+            self.hit = fastguard._impl.BanGate(self._banned, self._hit_remote)
         self.calls = 0
         self.decisions = 0
         self.denials = 0
@@ -408,8 +425,17 @@ class StrictTable:
         when = [b"", b""] if t is None else [str(t // _E9).encode(), str(t % _E9).encode()]
         return [*self._head, *when, commit, *self._tail, *[c if c < cap else cap for c in costs]]
 
-    def _decision(self, r: list[Any], at: int) -> Decision:
+    def _decision(self, r: list[Any], at: int, key: Any = None) -> Decision:
         n = len(self.limits)
+        code = int(r[at])
+        if code >= 2:  # banned: ms left of the ban
+            left = int(r[at + 2]) / 1e3
+            if code == 3:
+                self.bans_started += 1
+            if key is not None and self._banned is not None:
+                self._banned.ban(key, left)
+            lim = self.limits[int(r[at + 1]) - 1]
+            return Decision.of(False, lim.count, 0, left, left, lim.period, self.limits, [0] * n, banned=True)
         if self.fast:  # the fast path answers in integers
             best = r[at + 1] - 1
             retry = r[at + 3]
@@ -445,7 +471,11 @@ class StrictTable:
     # -- the table API (fastguard._core.Table's) -------------------------------------------------------------
     def hit(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision:
         """Count a hit of `cost` against `key` if every limit admits it (one script call). Never raises for
-        Redis faults (see on_error); raises TypeError/ValueError for a bad key, cost or now."""
+        Redis faults (see on_error); raises TypeError/ValueError for a bad key, cost or now. With bans, a
+        banned key this node knows of is answered by the compiled gate set up in __init__, without Redis."""
+        return self._hit_remote(key, cost, now)
+
+    def _hit_remote(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision:
         name = self.name(key)
         k = check_cost(cost)
         t = now_ns(now)
@@ -475,10 +505,44 @@ class StrictTable:
         self.health.succeeded()
         self.calls += 1
         self.decisions += 1
-        d = self._decision(r, 0)
+        d = self._decision(r, 0, key)
         if not d.allowed:
             self.denials += 1
         return d
+
+    # -- bans ------------------------------------------------------------------------------------------------------
+    def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
+        """Ban `key` for `seconds` on every node: written to Redis (raises RedisError when it cannot be) and kept
+        here. `now` is accepted for the table API; Redis counts the ban from its own clock."""
+        if not self.bans:
+            raise ValueError("this limiter has no bans: give it ban_after and ban_for, or ban_for alone")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3153600000:
+            raise ValueError(f"a ban lasts between 0 and 100 years of seconds, got {seconds!r}")
+        self.store.client.set(self.name(key) + b"~ban", b"1", px=max(1, round(seconds * 1000)))
+        self._banned.ban(key, seconds)
+        self.bans_started += 1
+
+    def unban(self, key: str | bytes) -> None:
+        """Lift `key`'s ban in Redis (raises RedisError when it cannot) and here."""
+        if not self.bans:
+            raise ValueError("this limiter has no bans: give it ban_after and ban_for, or ban_for alone")
+        name = self.name(key)
+        self.store.client.delete(name + b"~ban", name + b"~deny")
+        self._banned.unban(key)
+
+    def banned(self, key: str | bytes, now: float | None = None) -> float:
+        """Seconds left of `key`'s ban: what this node knows, else Redis's answer (0.0 when not banned or when
+        Redis cannot be asked)."""
+        if not self.bans:
+            raise ValueError("this limiter has no bans: give it ban_after and ban_for, or ban_for alone")
+        left = self._banned.banned(key)
+        if left > 0:
+            return left
+        try:
+            ms = self.store.client.pttl(self.name(key) + b"~ban")
+        except FAULTS:
+            return 0.0
+        return ms / 1e3 if ms and ms > 0 else 0.0
 
     def peek(self, key: str | bytes, now: float | None = None) -> Decision:
         """The decision a hit of cost 1 would get, recording nothing (one script call)."""
@@ -540,12 +604,15 @@ class StrictTable:
                 self.health.failed(r)
                 failed.extend(batch)
                 return
-            a = np.array(r if self.fast else [int(x) for x in r], dtype=np.int64).reshape(-1, width)
+            a = np.array([int(x) for x in r] if not self.fast or self.bans else r, dtype=np.int64).reshape(-1, width)
             at = batch if not isinstance(batch, range) else slice(batch.start, batch.stop)
             allowed[at] = a[:, 0] == 1
             remaining[at] = a[np.arange(len(a)), 3 + a[:, 1]]
-            reset[at] = a[:, 2] / 1e9
-            retry[at] = np.where(a[:, 3] < 0, math.inf, a[:, 3] / 1e9)
+            banned = a[:, 0] >= 2  # banned keys answer in ms
+            unit = np.where(banned, 1e3, 1e9)
+            reset[at] = a[:, 2] / unit
+            retry[at] = np.where(a[:, 3] < 0, math.inf, a[:, 3] / unit)
+            self.bans_started += int(np.count_nonzero(a[:, 0] == 3))
             self.calls += 1
             self.denials += int(len(a) - np.count_nonzero(a[:, 0] == 1))
             done += len(a)
@@ -620,13 +687,17 @@ class StrictTable:
         st: dict[str, Any] = {"store": "redis-cluster" if self.store.cluster else "redis", "mode": "strict",
                               "on_error": self.on_error, "algorithm": self.algorithm, "redis_calls": self.calls,
                               "redis_decisions": self.decisions, "hiredis": redis.utils.HIREDIS_AVAILABLE,
+                              "bans": self.bans_started,
                               "client": "redis-py" if self.store.wire is None and not self.store._cluster_wire
                               else "fastguard wire",
                               "compiled": fastguard.COMPILED}
         st.update(self.health.stats())
         local = self._local.stats() if self._local is not None else {"keys": 0, "bytes": 0, "evictions": 0}
+        answered = self.hit.answered if self._banned is not None else 0  # banned keys the gate answered
         st.update(keys=local["keys"], bytes=local["bytes"], evictions=local["evictions"], capacity=self.max_keys,
-                  hits=self.decisions + self.health.fallbacks, denials=self.denials)
+                  hits=self.decisions + self.health.fallbacks + answered, denials=self.denials + answered)
+        if self._banned is not None:
+            st["banned_keys_known"] = self._banned.stats()["keys"]
         return st
 
     def close(self) -> None:

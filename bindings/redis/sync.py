@@ -30,20 +30,39 @@ __all__ = ["SyncTable", "SYNC_SCRIPT"]
 
 log = logging.getLogger("fastguard.redis")
 
-#: Adds each key's delta to its counter (refreshing its TTL) and returns every counter's total.
+#: Adds each key's delta to its counter (refreshing its TTL) and returns every counter's total. With bans
+#: (ARGV[2] = "1"): ARGV holds, after the deltas, each key's ban as this node knows it (ms left, 0 for none); a
+#: longer one is written to `<base>~ban`, and the reply also carries each key's ban in Redis (ms left).
 SYNC_SCRIPT = """
+local n = #KEYS
+local bans = ARGV[2] == "1"
 local out = {}
-for i = 1, #KEYS do
-  local d = tonumber(ARGV[i + 1])
+for i = 1, n do
+  local d = tonumber(ARGV[i + 2])
   if d > 0 then
     out[i] = redis.call("INCRBY", KEYS[i], d)
     redis.call("PEXPIRE", KEYS[i], ARGV[1])
   else
     out[i] = tonumber(redis.call("GET", KEYS[i]) or "0")
   end
+  if bans then
+    local bk = string.gsub(KEYS[i], ":[0-9]+$", "~ban")
+    local mine = tonumber(ARGV[n + i + 2])
+    local left = redis.call("PTTL", bk)
+    if mine > 0 and mine > left then
+      redis.call("SET", bk, "1", "PX", mine)
+      left = mine
+    end
+    out[n + i] = left > 0 and left or 0
+  end
 end
 return out
 """
+
+
+def bases_of(names: list[bytes]) -> list[bytes]:
+    """The counter base of each epoch counter name (`<base><epoch>`)."""
+    return [name[:name.rindex(b":") + 1] for name in names]
 
 
 class _Seen:
@@ -91,17 +110,22 @@ class SyncTable:
     """
 
     def __init__(self, store: RedisStore, algorithm: str, limits: Sequence[Limit], max_keys: int, sync: float,
-                 on_error: str) -> None:
+                 on_error: str, ban_after: int = 0, ban_for: float = 0.0) -> None:
         check_on_error(on_error)
+        self.bans = bool(ban_after or ban_for)
         self.store = store
         self.algorithm = algorithm
         self.limits = tuple(limits)
         self.interval = float(sync)
         self.on_error = on_error
         self.health = Health(f"sync of {algorithm} {'; '.join(str(lim) for lim in self.limits)}")
-        self._local = fastguard._impl.Table(algorithm, self.limits, max_keys)
+        self._local = fastguard._impl.Table(algorithm, self.limits, max_keys, ban_after, ban_for)
         self._local.record_hits(True)
         self.peek = self._local.peek
+        if self.bans:  # bans are the local table's; each exchange shares them through Redis
+            self.ban = self._local.ban
+            self.unban = self._local.unban
+            self.banned = self._local.banned
         if on_error != "deny":
             self.hit = self._local.hit  # the compiled method itself: no Python frame of ours per decision
         spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in self.limits)
@@ -251,14 +275,26 @@ class SyncTable:
             batches = list(groups.values())
         else:
             batches = [list(range(i, min(i + BATCH_KEYS, len(names)))) for i in range(0, len(names), BATCH_KEYS)]
-        replies = self.store.run_scripts([([names[i] for i in batch], [self._ttl_ms, *[deltas[i] for i in batch]])
+        mine = [0] * len(names)
+        if self.bans:
+            for i, base in enumerate(bases_of(names)):
+                seen = self._seen.get(base)
+                if seen is not None:
+                    mine[i] = round(self._local.banned(seen.key) * 1000)
+        replies = self.store.run_scripts([([names[i] for i in batch],
+                                           [self._ttl_ms, b"1" if self.bans else b"0", *[deltas[i] for i in batch],
+                                            *([mine[i] for i in batch] if self.bans else [])])
                                           for batch in batches], sha=self._sha, source=SYNC_SCRIPT)
         totals = [0] * len(names)
         for batch, reply in zip(batches, replies, strict=True):
             if isinstance(reply, BaseException):
                 raise reply
-            for i, total in zip(batch, reply, strict=True):
-                totals[i] = total
+            for j, i in enumerate(batch):
+                totals[i] = reply[j]
+                if self.bans and int(reply[len(batch) + j]) > mine[i] + 1:  # a ban another node started
+                    seen = self._seen.get(bases_of([names[i]])[0])
+                    if seen is not None:
+                        self._local.ban(seen.key, int(reply[len(batch) + j]) / 1e3)
         return totals
 
     # -- the rest of the table API --------------------------------------------------------------------------------
