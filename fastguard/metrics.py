@@ -17,6 +17,7 @@ Metric names (labels in braces):
     fastguard_redis_calls_total{limiter}, fastguard_redis_errors_total{limiter},
     fastguard_redis_fallbacks_total{limiter}, fastguard_redis_up{limiter}       (strict and local-first modes)
     fastguard_sync_exchanges_total{limiter}, fastguard_sync_lag_seconds{limiter} (local-first mode)
+    fastguard_redis_call_seconds{limiter}                                       histogram (strict mode)
     fastguard_jwt_verifications_total{verifier, outcome="valid"|<error code>}   (cache hits count as valid)
     fastguard_jwt_cache_requests_total{verifier, cache="tokens"|"failures", result="hit"|"miss"}
     fastguard_jwt_cache_evictions_total{verifier}, fastguard_jwt_cache_entries{verifier, cache}
@@ -34,7 +35,7 @@ from typing import Any
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("fastguard.metrics needs prometheus_client: pip install 'fastguard[metrics]'") from exc
@@ -95,6 +96,8 @@ class FastguardCollector(Collector):
         syncs = CounterMetricFamily("fastguard_sync_exchanges", "Local-first exchanges with Redis",
                                     labels=["limiter"])
         lag = GaugeMetricFamily("fastguard_sync_lag_seconds", "Duration of the last exchange", labels=["limiter"])
+        latency = HistogramMetricFamily("fastguard_redis_call_seconds", "Duration of each Redis script call "
+                                        "(strict mode; a hit_many batch counts as one call each)", labels=["limiter"])
         for name, lim in self._live("limiter"):
             st = lim.stats()
             hits, denials = st.get("hits", 0), st.get("denials", 0)
@@ -113,6 +116,13 @@ class FastguardCollector(Collector):
             if "syncs" in st:
                 syncs.add_metric([name], st["syncs"])
                 lag.add_metric([name], st["sync_lag"])
+            if "redis_call_seconds" in st:
+                h = st["redis_call_seconds"]
+                cumulative, buckets = 0, []
+                for bound, n in h["buckets"]:
+                    cumulative += n
+                    buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+                latency.add_metric([name], buckets, h["sum"])
         verifications = CounterMetricFamily("fastguard_jwt_verifications", "Token verifications by outcome",
                                             labels=["verifier", "outcome"])
         cache = CounterMetricFamily("fastguard_jwt_cache_requests", "Cache lookups",
@@ -132,7 +142,7 @@ class FastguardCollector(Collector):
             cache_evictions.add_metric([name], st["cache_evictions"])
             entries.add_metric([name, "tokens"], st["cache_entries"])
             entries.add_metric([name, "failures"], st["negative_entries"])
-        yield from (decisions, evictions, bans, keys, capacity, size, calls, errors, fallbacks, up, syncs, lag,
+        yield from (decisions, evictions, bans, keys, capacity, size, calls, errors, fallbacks, up, syncs, lag, latency,
                     verifications, cache, cache_evictions, entries)
 
 

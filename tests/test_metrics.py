@@ -149,3 +149,16 @@ def test_kong_server_serves_event_and_limiter_metrics(tmp_path):
     label = (("limiter", f"fastguard-rate-limiting:{pid}"), ("outcome", "denied"))
     assert got[("fastguard_ratelimit_decisions_total", label)] == 2
     json.dumps(sorted(map(str, got)))  # every sample parsed
+
+
+def test_redis_call_latency_is_a_histogram(registry, redis_server):
+    lim = fg.RateLimiter("100/minute", store=RedisStore.from_url(redis_server.url, prefix=f"m{uuid.uuid4().hex}"))
+    fm.track(lim, "timed")
+    for _ in range(7):
+        lim.hit("k")
+    lim.hit_many([f"u{i}" for i in range(600)])  # 3 script calls
+    got = scrape(registry)
+    assert got[("fastguard_redis_call_seconds_count", (("limiter", "timed"),))] == 7 + 3
+    assert got[("fastguard_redis_call_seconds_bucket", (("le", "+Inf"), ("limiter", "timed")))] == 10
+    assert 0 < got[("fastguard_redis_call_seconds_sum", (("limiter", "timed"),))] < 10
+    fm.untrack("timed")

@@ -43,6 +43,8 @@ SCRIPT = resources.files(__package__).joinpath("decide.lua").read_text(encoding=
 _ALG_CODES = {"fixed_window": b"f", "sliding_window": b"s", "token_bucket": b"b", "gcra": b"g"}
 #: Keys per script call in hit_many on a standalone server (one call holds the server for ~this many decisions).
 BATCH_KEYS = 256
+#: Upper bounds (s) of the buckets of the Redis call latency histogram (stats()["redis_call_seconds"]).
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 #: Reconnect backoff: first retry after 20 ms, doubling to at most 0.4 s, so a recovered Redis is used within 1 s.
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 0.4
@@ -412,6 +414,10 @@ class StrictTable:
         self.calls = 0
         self.decisions = 0
         self.denials = 0
+        # Latency of each script call (one per hit, one per hit_many batch): bucket counts and their sum, kept
+        # here in plain ints (a few hundred ns on a call of tens of µs); fastguard.metrics exports a histogram.
+        self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
 
     # -- names and replies ------------------------------------------------------------------------------------
     def name(self, key: Any) -> bytes:
@@ -481,6 +487,7 @@ class StrictTable:
         t = now_ns(now)
         if not self.health.may_try():
             return self._fallback(key, k, now)
+        started = time.perf_counter()
         try:
             wire = self.store.wire_for(name) if t is None else None
             if wire is not None:  # the common call: prepacked, the server's clock
@@ -502,6 +509,7 @@ class StrictTable:
         except FAULTS as exc:
             self.health.failed(exc)
             return self._fallback(key, k, now)
+        self._observe(time.perf_counter() - started)
         self.health.succeeded()
         self.calls += 1
         self.decisions += 1
@@ -509,6 +517,14 @@ class StrictTable:
         if not d.allowed:
             self.denials += 1
         return d
+
+    def _observe(self, seconds: float) -> None:
+        self._latency_sum += seconds
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self._latency[i] += 1
+                return
+        self._latency[-1] += 1
 
     # -- bans ------------------------------------------------------------------------------------------------------
     def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
@@ -617,6 +633,7 @@ class StrictTable:
             self.denials += int(len(a) - np.count_nonzero(a[:, 0] == 1))
             done += len(a)
 
+        started = time.perf_counter()
         if batches and self.health.may_try():
             # Batches per server: the standalone server, or each Cluster master (by redis-py's slot map).
             per_wire: dict[Any, list[Any]] = {}
@@ -663,6 +680,9 @@ class StrictTable:
                     store_reply(batch, r)
             if done:
                 self.health.succeeded()
+                per_call = (time.perf_counter() - started) / max(1, len(batches))
+                for _ in batches:  # the batches overlap in one stream: each is given its share of the time
+                    self._observe(per_call)
             self.decisions += done
         else:
             failed = list(range(n))
@@ -698,6 +718,8 @@ class StrictTable:
                   hits=self.decisions + self.health.fallbacks + answered, denials=self.denials + answered)
         if self._banned is not None:
             st["banned_keys_known"] = self._banned.stats()["keys"]
+        st["redis_call_seconds"] = {"buckets": list(zip(LATENCY_BUCKETS + (float("inf"),), self._latency,
+                                                        strict=True)), "sum": self._latency_sum}
         return st
 
     def close(self) -> None:
