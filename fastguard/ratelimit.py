@@ -138,6 +138,12 @@ class RateLimiter:
         st["bytes_per_key"] = st["bytes"] / max(st["keys"], 1)
         return st
 
+    @property
+    def store_up(self) -> bool:
+        """False while the store cannot be reached (decisions then follow on_error); True without a store."""
+        health = getattr(self._table, "health", None)
+        return True if health is None else bool(health.up)
+
     def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
         """Ban `key` for `seconds` from `now`. ValueError when the limiter was made without ban_after/ban_for."""
         self._bans().ban(key, seconds, now)

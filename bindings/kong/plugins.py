@@ -244,8 +244,7 @@ class _Limiting:
         headers are hidden)."""
         d = self.limiter.hit(key)
         if not d.allowed:
-            if not self.fault_tolerant and self.limiter.store is not None and \
-                    not self.limiter.stats().get("redis_up", True):
+            if not self.fault_tolerant and not self.limiter.store_up:
                 return _json_exit(500, "An unexpected error occurred")
             headers = {} if self.hide else d.headers("kong")
             if "Retry-After" not in headers and d.retry_after != float("inf"):

@@ -539,7 +539,8 @@ class StrictTable:
         self.bans_started += 1
 
     def unban(self, key: str | bytes) -> None:
-        """Lift `key`'s ban in Redis (raises RedisError when it cannot) and here."""
+        """Lift `key`'s ban in Redis (raises RedisError when it cannot) and here. Other nodes that already cached
+        the ban keep answering it until it would have ended: nothing tells them (a known limit)."""
         if not self.bans:
             raise ValueError("this limiter has no bans: give it ban_after and ban_for, or ban_for alone")
         name = self.name(key)
