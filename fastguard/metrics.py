@@ -147,15 +147,16 @@ class FastguardCollector(Collector):
 
 
 COLLECTOR = FastguardCollector()
-_registered: set[int] = set()
+# The registries COLLECTOR is in, held weakly: an id() could be reused by a new registry once an old one is gone.
+_registered: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
 _registered_lock = threading.Lock()
 
 
 def _register(registry: CollectorRegistry) -> None:
     with _registered_lock:
-        if id(registry) not in _registered:
+        if registry not in _registered:
             registry.register(COLLECTOR)
-            _registered.add(id(registry))
+            _registered.add(registry)
 
 
 def track(obj: Any, name: str, registry: CollectorRegistry | None = None) -> Any:

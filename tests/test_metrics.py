@@ -162,3 +162,17 @@ def test_redis_call_latency_is_a_histogram(registry, redis_server):
     assert got[("fastguard_redis_call_seconds_bucket", (("le", "+Inf"), ("limiter", "timed")))] == 10
     assert 0 < got[("fastguard_redis_call_seconds_sum", (("limiter", "timed"),))] < 10
     fm.untrack("timed")
+
+
+def test_a_new_registry_gets_the_collector_even_where_an_old_one_lived():
+    """Regression: registries were remembered by id(), which a new registry can reuse once the old one is gone;
+    the new one then never got the collector and scraped nothing."""
+    lim = fm.track(fg.RateLimiter("1/s"), "reused")
+    for _ in range(50):
+        reg = CollectorRegistry()
+        fm._register(reg)
+        assert ("fastguard_ratelimit_keys", (("limiter", "reused"),)) in scrape(reg)
+        del reg
+        gc.collect()
+    fm.untrack("reused")
+    del lim
