@@ -409,8 +409,9 @@ class StrictTable:
         # compiled gate that answers a banned key itself and hands any other to the remote hit.
         self._banned = fastguard._impl.Table(algorithm, self.limits, max_keys, 0, 1.0) if self.bans else None
         self.bans_started = 0
-        if self._banned is not None:
-            self.hit = fastguard._impl.BanGate(self._banned, self._hit_remote)
+        # `hit` is the remote call itself (no extra frame), or the gate in front of it when there are bans.
+        self.hit = fastguard._impl.BanGate(self._banned, self._hit_remote) if self._banned is not None \
+            else self._hit_remote
         self.calls = 0
         self.decisions = 0
         self.denials = 0
@@ -475,13 +476,10 @@ class StrictTable:
                            self._counts if allowed else [0] * len(self.limits))
 
     # -- the table API (fastguard._core.Table's) -------------------------------------------------------------
-    def hit(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision:
-        """Count a hit of `cost` against `key` if every limit admits it (one script call). Never raises for
-        Redis faults (see on_error); raises TypeError/ValueError for a bad key, cost or now. With bans, a
-        banned key this node knows of is answered by the compiled gate set up in __init__, without Redis."""
-        return self._hit_remote(key, cost, now)
-
     def _hit_remote(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision:
+        """`hit`: count a hit of `cost` against `key` if every limit admits it (one script call). Never raises for
+        Redis faults (see on_error); raises TypeError/ValueError for a bad key, cost or now. With bans, a banned
+        key this node knows of is answered by the compiled gate set up in __init__, without Redis."""
         name = self.name(key)
         k = check_cost(cost)
         t = now_ns(now)
