@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
-from fastguard.limits import MAX_LIMITS, Limit, ban_settings, decision_headers
+from fastguard.limits import MAX_LIMITS, MAX_NOW_NS, Limit, ban_settings, checked_cost, decision_headers, epoch_ns
 
 __all__ = ["Decision", "Table", "BanGate", "ALGORITHMS", "EVICTION_SAMPLE", "key_id", "siphash", "mix64",
            "b64url_decode", "split_token", "parse_compact", "TokenCache", "CachedVerify", "check_claims",
@@ -56,33 +56,17 @@ MIN_SLOTS = 8
 SHARD_HEADER_BYTES = 128
 #: Costs above this are clamped (they exceed every count, so the answer does not change).
 MAX_COST = 2**62
-#: Largest accepted time: 2**62 ns (year 2116); sums inside the core stay within int64.
-MAX_NOW_NS = 2**62
 INF = math.inf
 NEVER = -1  # retry time in ns meaning "never admissible"
 
 
 def now_ns_from(now: Any) -> int:
     """`now` (float epoch seconds, or None for the wall clock) as int64 nanoseconds. Raises ValueError/TypeError."""
-    if now is None:
-        return time.time_ns()
-    if isinstance(now, bool) or not isinstance(now, (int, float)):
-        raise TypeError(f"now must be epoch seconds as a float, not {type(now).__name__}")
-    try:
-        ns = float(now) * 1e9
-    except OverflowError:
-        ns = INF
-    if not math.isfinite(ns) or ns < 0 or ns >= MAX_NOW_NS:
-        raise ValueError(f"now must be epoch seconds between 0 and 2**62 ns, got {now!r}")
-    return math.floor(ns)
+    return time.time_ns() if now is None else epoch_ns(now)
 
 
 def cost_from(cost: Any) -> int:
-    if isinstance(cost, bool) or not isinstance(cost, int):
-        raise TypeError(f"cost must be an int, not {type(cost).__name__}")
-    if cost < 0:
-        raise ValueError(f"cost must not be negative, got {cost}")
-    return min(cost, MAX_COST)
+    return min(checked_cost(cost), MAX_COST)
 
 
 def key_id(key: Any) -> int:
@@ -552,9 +536,12 @@ class Table:
             d.reset_after = max(d.reset_after, _seconds(self._ban_for))
 
     # -- bans -----------------------------------------------------------------------------------------------
-    def _ban_entry(self, key: Any, now: int, create: bool) -> tuple[Shard, list[Any] | None]:
+    def _check_bans(self) -> None:
         if not self._bans:
             raise ValueError("this table has no bans: make it with ban_after (and ban_for), or ban_for alone")
+
+    def _ban_entry(self, key: Any, now: int, create: bool) -> tuple[Shard, list[Any] | None]:
+        self._check_bans()
         kid = key_id(key)
         h = table_hash(kid)
         shard = self._shard(h)
@@ -567,8 +554,7 @@ class Table:
     def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
         """Ban `key` for `seconds` from `now` (it is refused without looking at its limits until then)."""
         t = now_ns_from(now)
-        if not self._bans:
-            raise ValueError("this table has no bans: make it with ban_after (and ban_for), or ban_for alone")
+        self._check_bans()
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3153600000:
             raise ValueError(f"a ban lasts between 0 and 100 years of seconds, got {seconds!r}")
         with self._lock:
@@ -777,7 +763,7 @@ class BanGate:
     that table, with no round trip; any other key goes to `slow(key, cost, now)`."""
 
     def __init__(self, table: Table, slow: Any) -> None:
-        table._ban_entry(b"", 0, False)  # raises ValueError for a table without bans
+        table._check_bans()
         self.table = table
         self.slow = slow
         self.answered = 0  # banned keys answered here (each one a decision: a denial)

@@ -10,7 +10,8 @@ import math
 import re
 from typing import Any
 
-__all__ = ["Limit", "parse_limits", "decision_headers", "BatchDecision", "MAX_LIMITS", "ban_settings"]
+__all__ = ["Limit", "parse_limits", "decision_headers", "BatchDecision", "MAX_LIMITS", "ban_settings",
+           "epoch_ns", "checked_cost"]
 
 #: A limiter decides at most this many limits per key (the core keeps them in a fixed C array).
 MAX_LIMITS = 8
@@ -227,3 +228,30 @@ def ban_settings(ban_after: Any, ban_for: Any) -> tuple[int, int]:
     if ban_after > 0 and ban_for_ns <= 0:
         raise ValueError("ban_after needs ban_for: how many seconds a ban lasts")
     return ban_after, ban_for_ns
+
+
+#: Largest accepted time: 2**62 ns (year 2116); sums inside the core stay within int64.
+MAX_NOW_NS = 2**62
+
+
+def epoch_ns(now: Any) -> int:
+    """`now=` (epoch seconds, int or float) as int nanoseconds, floor(now * 1e9), exactly as the compiled core
+    takes it. Raises TypeError / ValueError (outside 0 .. 2**62 ns, or not finite)."""
+    if isinstance(now, bool) or not isinstance(now, (int, float)):
+        raise TypeError(f"now must be epoch seconds as a float, not {type(now).__name__}")
+    try:
+        ns = float(now) * 1e9
+    except OverflowError:
+        ns = math.inf
+    if not math.isfinite(ns) or ns < 0 or ns >= MAX_NOW_NS:
+        raise ValueError(f"now must be epoch seconds between 0 and 2**62 ns, got {now!r}")
+    return math.floor(ns)
+
+
+def checked_cost(cost: Any) -> int:
+    """A hit's cost: an int >= 0 (TypeError / ValueError otherwise)."""
+    if isinstance(cost, bool) or not isinstance(cost, int):
+        raise TypeError(f"cost must be an int, not {type(cost).__name__}")
+    if cost < 0:
+        raise ValueError(f"cost must not be negative, got {cost}")
+    return cost

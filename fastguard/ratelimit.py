@@ -158,7 +158,7 @@ class RateLimiter:
 
     def _bans(self) -> Any:
         if not callable(getattr(self._table, "ban", None)):
-            raise ValueError("this limiter has no bans: give it ban_after and ban_for (in process)")
+            raise ValueError("this limiter has no bans: give it ban_after and ban_for, or ban_for alone")
         return self._table
 
     def close(self) -> None:

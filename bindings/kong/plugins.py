@@ -328,17 +328,10 @@ class _Verifying:
                 cookies = {k: m.value for k, m in jar.items()}
         token = fg.extract_token(headers, None, cookies, header_names=self.header_names, uri_param_names=(),
                                  cookie_names=self.cookie_names)
-        if self.uri_param_names:
-            query = None
-            if token is None:
-                query = yield ("kong.request.get_query", [])
-            elif any(f"{n}=" in (_header(headers, ":path") or "") for n in self.uri_param_names):
-                query = yield ("kong.request.get_query", [])
+        if token is None and self.uri_param_names:  # the query string only when the headers hold no token
+            query = yield ("kong.request.get_query", [])
             if query:
-                extra = fg.extract_token(None, query, None, uri_param_names=self.uri_param_names)
-                if extra is not None and token is not None and extra != token:
-                    raise fg.MalformedToken("Multiple tokens provided")
-                token = token or extra
+                token = fg.extract_token(None, query, None, uri_param_names=self.uri_param_names)
         return token, headers
 
     def refusal(self, exc: fg.InvalidToken | None, given: bool) -> PDKCall:

@@ -23,7 +23,7 @@ from redis.retry import Retry
 
 import fastguard
 from fastguard import Decision, Limit
-from fastguard.limits import ban_settings
+from fastguard.limits import ban_settings, checked_cost, epoch_ns
 
 try:  # the lean client needs hiredis (the "redis" extra installs it); without it redis-py does every call
     import hiredis
@@ -50,7 +50,6 @@ BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 0.4
 #: Retry-After given by on_error="deny" while Redis is unreachable (s).
 DENY_RETRY_AFTER = 1.0
-_MAX_NOW_NS = 2**62
 #: What counts as "Redis cannot answer" (redis-py raises RedisClusterException, not a RedisError, when it cannot
 #: reach any node of a cluster).
 FAULTS = (RedisError, RedisClusterException, OSError)
@@ -71,26 +70,8 @@ def fast_arithmetic(lim: Limit) -> bool:
 
 
 def now_ns(now: Any) -> int | None:
-    """`now=` (float epoch seconds or None) as int nanoseconds, floor(now * 1e9) as the in-process core takes it."""
-    if now is None:
-        return None
-    if isinstance(now, bool) or not isinstance(now, (int, float)):
-        raise TypeError(f"now must be epoch seconds as a float, not {type(now).__name__}")
-    try:
-        ns = float(now) * 1e9
-    except OverflowError:
-        ns = math.inf
-    if not math.isfinite(ns) or ns < 0 or ns >= _MAX_NOW_NS:
-        raise ValueError(f"now must be epoch seconds between 0 and 2**62 ns, got {now!r}")
-    return math.floor(ns)
-
-
-def check_cost(cost: Any) -> int:
-    if isinstance(cost, bool) or not isinstance(cost, int):
-        raise TypeError(f"cost must be an int, not {type(cost).__name__}")
-    if cost < 0:
-        raise ValueError(f"cost must not be negative, got {cost}")
-    return cost
+    """`now=` as int nanoseconds, as the in-process core takes it; None stays None (the server's clock)."""
+    return None if now is None else epoch_ns(now)
 
 
 def check_on_error(on_error: Any) -> None:
@@ -481,7 +462,7 @@ class StrictTable:
         Redis faults (see on_error); raises TypeError/ValueError for a bad key, cost or now. With bans, a banned
         key this node knows of is answered by the compiled gate set up in __init__, without Redis."""
         name = self.name(key)
-        k = check_cost(cost)
+        k = checked_cost(cost)
         t = now_ns(now)
         if not self.health.may_try():
             return self._fallback(key, k, now)
@@ -525,11 +506,14 @@ class StrictTable:
         self._latency[-1] += 1
 
     # -- bans ------------------------------------------------------------------------------------------------------
+    def _check_bans(self) -> None:
+        if not self.bans:
+            raise ValueError("this limiter has no bans: give it ban_after and ban_for, or ban_for alone")
+
     def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
         """Ban `key` for `seconds` on every node: written to Redis (raises RedisError when it cannot be) and kept
         here. `now` is accepted for the table API; Redis counts the ban from its own clock."""
-        if not self.bans:
-            raise ValueError("this limiter has no bans: give it ban_after and ban_for, or ban_for alone")
+        self._check_bans()
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3153600000:
             raise ValueError(f"a ban lasts between 0 and 100 years of seconds, got {seconds!r}")
         self.store.client.set(self.name(key) + b"~ban", b"1", px=max(1, round(seconds * 1000)))
@@ -539,8 +523,7 @@ class StrictTable:
     def unban(self, key: str | bytes) -> None:
         """Lift `key`'s ban in Redis (raises RedisError when it cannot) and here. Other nodes that already cached
         the ban keep answering it until it would have ended: nothing tells them (a known limit)."""
-        if not self.bans:
-            raise ValueError("this limiter has no bans: give it ban_after and ban_for, or ban_for alone")
+        self._check_bans()
         name = self.name(key)
         self.store.client.delete(name + b"~ban", name + b"~deny")
         self._banned.unban(key)
@@ -548,8 +531,7 @@ class StrictTable:
     def banned(self, key: str | bytes, now: float | None = None) -> float:
         """Seconds left of `key`'s ban: what this node knows, else Redis's answer (0.0 when not banned or when
         Redis cannot be asked)."""
-        if not self.bans:
-            raise ValueError("this limiter has no bans: give it ban_after and ban_for, or ban_for alone")
+        self._check_bans()
         left = self._banned.banned(key)
         if left > 0:
             return left
