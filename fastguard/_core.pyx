@@ -28,7 +28,7 @@ import numpy as np
 from fastguard import errors as _errors
 from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
 
-from fastguard.limits import ban_settings, decision_headers
+from fastguard.limits import as_integer, ban_settings, decision_headers
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
@@ -59,13 +59,11 @@ cdef inline uint64_t _key_id(object key) except? 0:
     if type(key) is str and PyUnicode_IS_COMPACT_ASCII(key):
         buf = <const char *>PyUnicode_DATA(key)   # ASCII is its own UTF-8: no conversion, no call
         n = PyUnicode_GET_LENGTH(key)
-    elif type(key) is str:
-        buf = PyUnicode_AsUTF8AndSize(key, &n)
     elif type(key) is bytes:
         buf = PyBytes_AS_STRING(key)
         n = PyBytes_GET_SIZE(key)
     elif isinstance(key, str):
-        buf = PyUnicode_AsUTF8AndSize(key, &n)
+        buf = _utf8(key, &n)
     elif isinstance(key, bytes):
         buf = PyBytes_AS_STRING(key)
         n = PyBytes_GET_SIZE(key)
@@ -74,11 +72,19 @@ cdef inline uint64_t _key_id(object key) except? 0:
     return fg_siphash13(<const unsigned char *>buf, <size_t>n, _sip_k0, _sip_k1)
 
 
+cdef const char *_utf8(object key, Py_ssize_t *n) except NULL:
+    """A str key's UTF-8; ValueError (as _pure's) when it holds a lone surrogate."""
+    try:
+        return PyUnicode_AsUTF8AndSize(key, n)
+    except UnicodeEncodeError:
+        raise ValueError(f"rate-limit key {key!r} holds a lone surrogate: pass the key as bytes") from None
+
+
 cdef inline int64_t _cost(object cost) except -1:
     cdef int overflow = 0
     cdef long long v
     if type(cost) is not int and (isinstance(cost, bool) or not isinstance(cost, int)):
-        raise TypeError(f"cost must be an int, not {type(cost).__name__}")
+        cost = as_integer(cost)   # numpy integers and the like; TypeError for the rest
     v = PyLong_AsLongLongAndOverflow(cost, &overflow)
     if overflow < 0 or (overflow == 0 and v < 0):
         raise ValueError(f"cost must not be negative, got {cost}")
@@ -1629,6 +1635,9 @@ cdef object _json_string(fg_json *j):
                 if 0xDC00 <= low <= 0xDFFF:
                     u = 0x10000 + ((u - 0xD800) << 10) + (low - 0xDC00)
                     k += 6
+            if 0xD800 <= u <= 0xDFFF:   # a lone surrogate is no character: no UTF-8 (or msgpack) can carry it
+                j.i = k - 6
+                return _json_fail(j, "lone surrogate in \\u escape")
             parts.append(chr(u))
         else:
             escaped = _JSON_ESCAPES.get(c)

@@ -39,7 +39,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
-from fastguard.limits import MAX_LIMITS, MAX_NOW_NS, Limit, ban_settings, checked_cost, decision_headers, epoch_ns
+from fastguard.limits import (
+    MAX_LIMITS,
+    MAX_NOW_NS,
+    Limit,
+    ban_settings,
+    checked_cost,
+    decision_headers,
+    epoch_ns,
+    key_bytes,
+)
 
 __all__ = ["Decision", "Table", "BanGate", "ALGORITHMS", "EVICTION_SAMPLE", "key_id", "siphash", "mix64",
            "b64url_decode", "split_token", "parse_compact", "TokenCache", "CachedVerify", "check_claims",
@@ -71,11 +80,7 @@ def cost_from(cost: Any) -> int:
 
 def key_id(key: Any) -> int:
     """The identity of a key: SipHash-1-3 of its bytes (a str's UTF-8). Raises TypeError for anything else."""
-    if isinstance(key, str):
-        return siphash(str.encode(key, "utf-8"), SIP_K0, SIP_K1)
-    if isinstance(key, bytes):
-        return siphash(bytes(key), SIP_K0, SIP_K1)
-    raise TypeError(f"rate-limit key must be str or bytes, not {type(key).__name__}")
+    return siphash(key_bytes(key), SIP_K0, SIP_K1)
 
 
 _M64 = 2**64 - 1
@@ -979,11 +984,25 @@ _STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant
 
 
 def _depth(value: Any) -> int:
+    """Nesting depth; ValueError for a str holding a lone surrogate (a \\u escape of half a pair), which is no
+    character: no UTF-8, msgpack or HTTP header can carry it."""
     if type(value) is dict:
+        for name in value:
+            _characters(name)
         return 1 + max(map(_depth, value.values()), default=0)
     if type(value) is list:
         return 1 + max(map(_depth, value), default=0)
+    if type(value) is str:
+        _characters(value)
     return 0
+
+
+def _characters(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("lone surrogate in \\u escape") from None
 
 
 def parse_json_object(data: bytes) -> dict[str, Any]:

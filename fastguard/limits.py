@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 __all__ = ["Limit", "parse_limits", "decision_headers", "BatchDecision", "MAX_LIMITS", "ban_settings",
-           "epoch_ns", "checked_cost"]
+           "epoch_ns", "checked_cost", "key_bytes"]
 
 #: A limiter decides at most this many limits per key (the core keeps them in a fixed C array).
 MAX_LIMITS = 8
@@ -249,9 +249,30 @@ def epoch_ns(now: Any) -> int:
 
 
 def checked_cost(cost: Any) -> int:
-    """A hit's cost: an int >= 0 (TypeError / ValueError otherwise)."""
+    """A hit's cost: an int >= 0, or any integer type (numpy's) (TypeError / ValueError otherwise)."""
     if isinstance(cost, bool) or not isinstance(cost, int):
-        raise TypeError(f"cost must be an int, not {type(cost).__name__}")
+        cost = as_integer(cost)
     if cost < 0:
         raise ValueError(f"cost must not be negative, got {cost}")
     return cost
+
+
+def as_integer(value: Any) -> int:
+    """An integer of another type (numpy.int64, ...) as an int; TypeError for bools and non-integers."""
+    index = getattr(type(value), "__index__", None)
+    if index is None or "bool" in type(value).__name__:
+        raise TypeError(f"cost must be an int, not {type(value).__name__}")
+    return int(index(value))
+
+
+def key_bytes(key: Any) -> bytes:
+    """A rate-limit key's bytes: a str's UTF-8, or the bytes themselves. TypeError for other types; ValueError for a
+    str that is not valid Unicode (a lone surrogate, e.g. from surrogateescape): pass such a key as bytes."""
+    if isinstance(key, str):
+        try:
+            return key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"rate-limit key {key!r} holds a lone surrogate: pass the key as bytes") from None
+    if isinstance(key, bytes):
+        return bytes(key)
+    raise TypeError(f"rate-limit key must be str or bytes, not {type(key).__name__}")

@@ -61,10 +61,12 @@ class KongClient:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(timeout)
             s.connect(path)
-            self.conns.append((s, msgpack.Unpacker(raw=False, strict_map_key=False)))
+            self.conns.append((s, msgpack.Unpacker(raw=False, strict_map_key=False,
+                                                   unicode_errors="surrogateescape")))
         self._next = itertools.cycle(range(connections))
         self._ids = itertools.count(1)
         self.instances: dict[int, tuple[str, dict[str, Any]]] = {}
+        self.notifications: list[tuple[str, Any]] = []
 
     def close(self) -> None:
         for s, _ in self.conns:
@@ -73,9 +75,14 @@ class KongClient:
     def call(self, method: str, arg: Any) -> Any:
         sock, unpacker = self.conns[next(self._next)]
         msgid = next(self._ids)
-        sock.sendall(msgpack.packb([0, msgid, method, [arg]]))
+        # Kong's lua-MessagePack sends any Lua string as msgpack str, whatever its bytes: here a str with
+        # surrogate escapes ("\udcff") stands for such raw bytes and is sent as they are.
+        sock.sendall(msgpack.packb([0, msgid, method, [arg]], unicode_errors="surrogateescape"))
         while True:
             for message in unpacker:
+                if message[0] == 2:  # a notification ([2, label, args]), e.g. serverPid: Kong reads on
+                    self.notifications.append((message[1], message[2]))
+                    continue
                 kind, rid, error, result = message
                 assert kind == 1 and rid == msgid, message
                 if error is not None:

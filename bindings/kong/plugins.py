@@ -194,6 +194,13 @@ def _header(headers: dict[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _key(kind: str, value: Any) -> bytes:
+    """A rate-limit key from a value Kong sent. Kong's strings are bytes (the plugin server decodes them with
+    surrogateescape), so a key is made of those bytes, whatever they are: undecodable bytes still name a caller."""
+    text = value if isinstance(value, str) else "" if value is None else json.dumps(value, separators=(",", ":"))
+    return kind.encode() + b":" + text.encode("utf-8", "surrogateescape")
+
+
 def _json_exit(status: int, message: Any, headers: dict[str, str] | None = None) -> PDKCall:
     body = message if isinstance(message, dict) else {"message": message}
     return ("kong.response.exit", [int(status), body, headers or {}])
@@ -239,7 +246,11 @@ class _Limiting:
     def close(self) -> None:
         REGISTRY.release(self._key)
 
-    def answer(self, key: str) -> PDKCall | None:
+    def fault_answer(self) -> PDKCall | None:
+        """The answer when the event cannot be decided: pass (fault_tolerant) or 500."""
+        return None if self.fault_tolerant else _json_exit(500, "An unexpected error occurred")
+
+    def answer(self, key: bytes) -> PDKCall | None:
         """The PDK call that ends the rate-limit part: exit when refused, set_headers when allowed (None when the
         headers are hidden)."""
         d = self.limiter.hit(key)
@@ -410,6 +421,11 @@ class _Base:
     def steps(self) -> Steps:  # pragma: no cover - every plugin defines it
         raise NotImplementedError
 
+    def fault_answer(self) -> PDKCall | None:
+        """What ends an event the server could not finish (a step it cannot encode, an error outside the plugin's
+        own handling): an explicit 500, never a silent pass. None means pass the request on."""
+        return _json_exit(500, "An unexpected error occurred")
+
     def access(self, kong: Any) -> None:
         """The access phase under any kong-pdk server: drive `steps()` through the `kong` object."""
         drive(self.steps(), kong)
@@ -437,6 +453,9 @@ class RateLimitingPlugin(_Base):
     def close(self) -> None:
         self.part.close()
 
+    def fault_answer(self) -> PDKCall | None:
+        return self.part.fault_answer()
+
     def steps(self) -> Steps:
         try:
             key = yield from self._identifier()
@@ -453,28 +472,28 @@ class RateLimitingPlugin(_Base):
         if answer is not None:
             yield answer
 
-    def _identifier(self) -> Generator[PDKCall, Any, str | None]:
+    def _identifier(self) -> Generator[PDKCall, Any, bytes | None]:
         by = self.limit_by
         if by in ("consumer", "credential"):
             if by == "consumer":
                 consumer = yield ("kong.client.get_consumer", [])
                 if isinstance(consumer, dict) and consumer.get("id"):
-                    return f"consumer:{consumer['id']}"
+                    return _key("consumer", consumer["id"])
             credential = yield ("kong.client.get_credential", [])
             if isinstance(credential, dict) and credential.get("id"):
-                return f"credential:{credential['id']}"
+                return _key("credential", credential["id"])
             by = "ip"  # Kong's fallback
         if by == "ip":
             ip = yield ("kong.client.get_forwarded_ip", [])
-            return f"ip:{ip}"
+            return _key("ip", ip)
         if by == "service":
             service = yield ("kong.router.get_service", [])
-            return f"service:{service.get('id') if isinstance(service, dict) else ''}"
+            return _key("service", service.get("id") if isinstance(service, dict) else "")
         if by == "header":
             value = yield ("kong.request.get_header", [self.config["header_name"]])
-            return f"header:{value or ''}"
+            return _key("header", value or "")
         path = yield ("kong.request.get_path", [])
-        return f"path:{path}" if path == self.config["path"] else None
+        return _key("path", path) if path == self.config["path"] else None
 
 
 class JWTPlugin(_Base):
@@ -538,7 +557,7 @@ class GuardPlugin(JWTPlugin):
         who = claims.get(self.config["limit_by_claim"])
         if who is None:
             return self.part.refusal(fg.MissingClaim(f"missing claim '{self.config['limit_by_claim']}'"), True)
-        answer = self.limiting.answer(f"claim:{who if isinstance(who, str) else json.dumps(who)}")
+        answer = self.limiting.answer(_key("claim", who))
         upstream = self.part.upstream_headers(claims)
         if answer is not None and answer[0] in TERMINAL:
             return answer

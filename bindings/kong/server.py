@@ -1,7 +1,7 @@
 """`fastguard kong-server NAME`: one plugin per process, on kong-pdk's plugin server, with its defects fixed.
 
-This is kong-pdk's `PluginServer` (same MessagePack-RPC protocol, same plugin API, served by kong-pdk's own Unix
-socket listener), subclassed where kong-pdk 0.36 goes wrong:
+This is kong-pdk's `PluginServer` (same MessagePack-RPC protocol, same plugin API) on a socket listener of our own
+(fastguard.kong.rpc), subclassed where kong-pdk 0.36 goes wrong:
 
 * kong-pdk holds a global event lock from HandleEvent until the handler's first PDK call, and a handler that raises
   before that call never releases it: the whole server deadlocks. Here no lock is held while a handler works,
@@ -12,6 +12,11 @@ socket listener), subclassed where kong-pdk 0.36 goes wrong:
   Kong stops stepping it) is woken by a timeout and returns its thread.
 * every wait has a timeout (`--timeout`, 10 s): a plugin that does not answer is answered 500 for it.
 * events that Kong abandoned are forgotten after that timeout too.
+* any error while an event is pending ends that event with the plugin's fault answer (`fault_answer()`: 500, or
+  the limiter's `fault_tolerant` pass), never with an RPC error that Kong would answer by proxying unchecked.
+* instance and event ids start at the process's start time in microseconds, so an id Kong cached before a
+  restart never names a live instance of the new process: it gets "no plugin instance" and Kong starts it again.
+* the socket is fastguard.kong.rpc's: hostile bytes, an allow-list of methods, mode 0600, bounded connections.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kong_pdk.exception import PluginServerException
-from kong_pdk.listener import UnixStreamServer
 from kong_pdk.logger import Logger
 from kong_pdk.module import Module
 from kong_pdk.pdk import Kong
@@ -36,6 +40,7 @@ from kong_pdk.server import PluginServer
 
 import fastguard
 from fastguard.kong.plugins import PLUGINS, PRIORITIES, TERMINAL, PDKError
+from fastguard.kong.rpc import MAX_CONNECTIONS, METHODS, RPCServer
 
 __all__ = ["FastguardPluginServer", "main", "plugin_module"]
 
@@ -46,14 +51,28 @@ _FAIL_CLOSED = {"Method": "kong.response.exit",
                 "Args": [500, {"message": "An unexpected error occurred"}, {}]}
 
 
-class _Event:
-    __slots__ = ("steps", "channel", "deadline", "started")
+def _first_id() -> int:
+    """Ids of this process start at its start time in microseconds (below 2**53: exact in Kong's Lua numbers), so
+    they never repeat across restarts unless a process started more instances than microseconds passed."""
+    return time.time_ns() // 1000
 
-    def __init__(self, steps: Any = None, channel: Any = None, deadline: float = 0.0) -> None:
+
+def _fault(plugin: Any) -> Any:
+    """The Data that ends an event whose handling failed: the plugin's fault answer, else a 500 exit."""
+    answer = getattr(plugin, "fault_answer", None)
+    call = answer() if answer is not None else ("kong.response.exit", _FAIL_CLOSED["Args"])
+    return MSG_RET if call is None else {"Method": call[0], "Args": list(call[1])}
+
+
+class _Event:
+    __slots__ = ("steps", "channel", "deadline", "started", "plugin")
+
+    def __init__(self, steps: Any = None, channel: Any = None, deadline: float = 0.0, plugin: Any = None) -> None:
         self.steps = steps        # a fastguard plugin's generator of PDK calls
         self.channel = channel    # or the queues of a kong-pdk handler running on the pool
         self.deadline = deadline
         self.started = time.perf_counter()
+        self.plugin = plugin      # the plugin object: its fault_answer() ends a failed event
 
 
 class _EventMetrics:
@@ -118,6 +137,33 @@ class FastguardPluginServer(PluginServer):
         self.metrics: _EventMetrics | None = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kong-handler")
         self._sweep_at = time.monotonic() + timeout
+        self.instance_id = self.event_id = _first_id()
+
+    # -- the socket's entry points (fastguard.kong.rpc) -------------------------------------------------------------
+    def dispatch(self, method: str, args: list[Any]) -> Any:
+        """Run one of the protocol's methods (rpc.METHODS is the allow-list)."""
+        return getattr(self, METHODS[method])(*args)
+
+    def encode_failed(self, result: Any, exc: Exception) -> Any:
+        """An event's answer that msgpack cannot encode ends that event with the plugin's fault answer."""
+        if not (isinstance(result, dict) and "EventId" in result):
+            raise exc
+        eid = result["EventId"]
+        with self._lock:
+            ev = self.events.pop(eid, None)
+        log.error("fastguard kong-server: a PDK call could not be encoded (%s); ending the event", exc)
+        plugin = None
+        if ev is not None:
+            plugin = ev.plugin
+            if ev.steps is not None:
+                ev.steps.close()
+            else:
+                ev.channel.to_plugin.put((None, "the PDK call could not be encoded"))
+            self._finished(ev, 500)
+        data = _fault(plugin) if plugin is not None else _FAIL_CLOSED
+        if isinstance(data, dict) and data.get("Method") == "kong.response.exit" and data["Args"][0] < 500:
+            data = _FAIL_CLOSED  # a refusal we cannot send intact is a server error
+        return {"Data": data, "EventId": eid}
 
     # -- instances ------------------------------------------------------------------------------------------------
     def start_instance(self, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -156,24 +202,26 @@ class FastguardPluginServer(PluginServer):
 
     # -- events ---------------------------------------------------------------------------------------------------
     def handle_event(self, event: dict[str, Any]) -> dict[str, Any]:
-        iid = event["InstanceId"]
-        instance = self.instances.get(iid)
+        if not isinstance(event, dict):
+            raise PluginServerException("HandleEvent expects a map")
+        iid = event.get("InstanceId")
+        instance = self.instances.get(iid) if isinstance(iid, int) else None
         if instance is None:
             raise PluginServerException(f"no plugin instance #{iid}")  # Kong restarts the instance on this text
         instance.reset_expire_ts()
         plugin = instance.cls
-        phase = event["EventName"]
-        if not hasattr(plugin, phase):
+        phase = event.get("EventName")
+        if not isinstance(phase, str) or phase.startswith("_") or not hasattr(plugin, phase):
             raise PluginServerException(f"{instance.name} has no {phase} handler")
         with self._lock:
             eid = self.event_id
             self.event_id = eid + 1
         self._sweep()
         if phase == "access" and hasattr(plugin, "steps"):
-            return self._advance(eid, _Event(plugin.steps()), "start", None)
+            return self._advance(eid, _Event(plugin.steps(), plugin=plugin), "start", None)
         channel = _Channel(self.timeout)
         self._pool.submit(self._run_handler, getattr(plugin, phase), channel)
-        return self._relay(eid, _Event(channel=channel))
+        return self._relay(eid, _Event(channel=channel, plugin=plugin))
 
     def step(self, data: dict[str, Any]) -> dict[str, Any]:
         return self._step(data, False)
@@ -185,16 +233,23 @@ class FastguardPluginServer(PluginServer):
     step_memory_stats = step
 
     def _step(self, data: dict[str, Any], is_error: bool) -> dict[str, Any]:
-        eid = data["EventId"]
+        eid = data.get("EventId") if isinstance(data, dict) else None
         with self._lock:
-            ev = self.events.pop(eid, None)
+            ev = self.events.pop(eid, None) if isinstance(eid, int) else None
         if ev is None:
-            raise PluginServerException(f"event id {eid} not found")
-        value = data.get("Data")  # no Data key: the PDK call returned nil
-        if ev.steps is not None:
-            return self._advance(eid, ev, "throw" if is_error else "send", value)
-        ev.channel.to_plugin.put((None, value) if is_error else (value, None))
-        return self._relay(eid, ev)
+            raise PluginServerException(f"event id {eid!r} not found")
+        try:
+            value = data.get("Data")  # no Data key: the PDK call returned nil
+            if ev.steps is not None:
+                return self._advance(eid, ev, "throw" if is_error else "send", value)
+            ev.channel.to_plugin.put((None, value) if is_error else (value, None))
+            return self._relay(eid, ev)
+        except Exception as exc:  # noqa: BLE001 - the pending event always gets an answer
+            log.error("fastguard kong-server: step failed, ending the event: %r", exc, exc_info=exc)
+            if ev.steps is not None:
+                ev.steps.close()
+            self._finished(ev, 500)
+            return {"Data": _fault(ev.plugin), "EventId": eid}
 
     def _advance(self, eid: int, ev: _Event, how: str, value: Any) -> dict[str, Any]:
         """One step of a fastguard plugin's generator, in this RPC's thread."""
@@ -209,9 +264,9 @@ class FastguardPluginServer(PluginServer):
             self._finished(ev, 200)
             return {"Data": MSG_RET, "EventId": eid}
         except Exception as exc:  # noqa: BLE001 - the plugins answer their own errors; this is the last net
-            log.error("fastguard kong-server: plugin raised, answering 500: %r", exc, exc_info=exc)
+            log.error("fastguard kong-server: plugin raised, ending the event: %r", exc, exc_info=exc)
             self._finished(ev, 500)
-            return {"Data": _FAIL_CLOSED, "EventId": eid}
+            return {"Data": _fault(ev.plugin), "EventId": eid}
         method, args = call
         if method in TERMINAL:
             ev.steps.close()  # Kong sends nothing more for this event
@@ -291,10 +346,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (needs "
                                                          "fastguard[metrics])")
     parser.add_argument("--metrics-addr", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                        help=f"connections served at once (default {MAX_CONNECTIONS}); more wait until one closes")
+    parser.add_argument("--socket-mode", default="600",
+                        help="permissions of the socket file, octal (default 600: only this user can connect)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     if not args.timeout > 0:
         parser.error("--timeout must be positive")
+    if args.max_connections < 1:
+        parser.error("--max-connections must be at least 1")
+    try:
+        mode = int(args.socket_mode, 8)
+        if not 0 <= mode <= 0o777:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--socket-mode must be octal permissions such as 600 or 660, got {args.socket_mode!r}")
     if args.module is None and args.name not in PLUGINS:
         parser.error(f"unknown plugin {args.name!r}: use one of {', '.join(PLUGINS)}, or give --module")
     if args.module is not None and not os.path.isfile(args.module):
@@ -325,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     folder, sock_name = os.path.split(os.path.abspath(path))
     if not os.path.isdir(folder):
         parser.error(f"the socket's folder {folder} does not exist")
-    listener = UnixStreamServer(server, folder, sock_name=sock_name, use_gevent=False)
+    listener = RPCServer(server, os.path.join(folder, sock_name), mode=mode, max_connections=args.max_connections)
+    threading.Thread(target=_exit_with_parent, daemon=True, name="parent-watch").start()
     try:
         listener.serve_forever()
     except KeyboardInterrupt:
@@ -333,3 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.cleanup()
     return 0
+
+
+def _exit_with_parent() -> None:
+    """Kong starts the server; when Kong exits (the server is adopted by init), the server exits too."""
+    while True:
+        if os.getppid() == 1:
+            log.warning("fastguard kong-server: Kong exited; stopping")
+            os._exit(0)
+        time.sleep(1)

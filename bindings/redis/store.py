@@ -23,7 +23,7 @@ from redis.retry import Retry
 
 import fastguard
 from fastguard import Decision, Limit
-from fastguard.limits import ban_settings, checked_cost, epoch_ns
+from fastguard.limits import ban_settings, checked_cost, epoch_ns, key_bytes
 
 try:  # the lean client needs hiredis (the "redis" extra installs it); without it redis-py does every call
     import hiredis
@@ -79,12 +79,6 @@ def check_on_error(on_error: Any) -> None:
         raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
 
 
-def key_bytes(key: Any) -> bytes:
-    if isinstance(key, str):
-        return key.encode("utf-8")
-    if isinstance(key, bytes):
-        return key
-    raise TypeError(f"rate-limit key must be str or bytes, not {type(key).__name__}")
 
 
 class Health:

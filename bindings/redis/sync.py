@@ -14,6 +14,7 @@ from redis.crc import key_slot
 
 import fastguard
 from fastguard import Decision, Limit
+from fastguard.limits import key_bytes
 from fastguard.redis.store import (
     BATCH_KEYS,
     DENY_RETRY_AFTER,
@@ -22,7 +23,6 @@ from fastguard.redis.store import (
     Health,
     RedisStore,
     check_on_error,
-    key_bytes,
     sha1,
 )
 

@@ -1,0 +1,277 @@
+"""The plugin server under hostile input: bytes Kong really sends, calls Kong never makes, restarts, floods.
+
+Every test here speaks raw MessagePack over the real socket of a real `fastguard kong-server` process. A str with
+surrogate escapes ("\\udcff") stands for the raw bytes Kong's lua-MessagePack sends inside a msgpack str.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import textwrap
+import time
+
+import msgpack
+import pytest
+from jwt_helpers import jwk, sign
+from kong_client import RPCError, fastguard_server
+
+JWKS = json.dumps({"keys": [jwk("RSA", kid="rsa1", alg="RS256")]})
+NOW = int(time.time())
+JUNK = "\udcff\udcfe"   # the bytes ff fe: not UTF-8
+
+
+def token(**claims):
+    payload = {"iss": "https://idp.example", "sub": "alice", "exp": NOW + 600, "iat": NOW, **claims}
+    return sign(payload, "RS256", {"alg": "RS256", "typ": "JWT", "kid": "rsa1"})
+
+
+@pytest.fixture(scope="module")
+def rl(tmp_path_factory):
+    server = fastguard_server("fastguard-rate-limiting", str(tmp_path_factory.mktemp("rl")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def jwt_server(tmp_path_factory):
+    server = fastguard_server("fastguard-jwt", str(tmp_path_factory.mktemp("jwt")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def guard(tmp_path_factory):
+    server = fastguard_server("fastguard", str(tmp_path_factory.mktemp("guard")))
+    yield server
+    server.stop()
+
+
+def raw_call(sock: socket.socket, payload: bytes, timeout: float = 5.0):
+    """Send raw bytes, read one answer (skipping notifications); None when the server closed the connection."""
+    sock.settimeout(timeout)
+    sock.sendall(payload)
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, unicode_errors="surrogateescape")
+    while True:
+        for message in unpacker:
+            if message[0] == 2:
+                continue
+            return message
+        data = sock.recv(65536)
+        if not data:
+            return None
+        unpacker.feed(data)
+
+
+def connect(server) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(server.socket)
+    return s
+
+
+# -- 1. bytes that are not UTF-8 never switch a plugin off -----------------------------------------------------------
+def test_a_junk_header_reaches_the_jwt_plugin_and_a_valid_token_still_passes(jwt_server):
+    client = jwt_server.client()
+    iid = client.start("fastguard-jwt", {"jwks": JWKS})
+    o = client.event(iid, {"kong.request.get_headers": {"authorization": f"Bearer {token()}", "x-junk": JUNK}})
+    assert o.status == 200
+    # Without a token, the junk header must still end in Kong's 401 (before: the connection dropped -> fail open).
+    o = client.event(iid, {"kong.request.get_headers": {"x-junk": JUNK}})
+    assert o.status == 401 and o.exit[1] == {"message": "Unauthorized"}
+    client.close()
+
+
+def test_a_token_made_of_undecodable_bytes_is_malformed(jwt_server, guard):
+    for server, name in ((jwt_server, "fastguard-jwt"), (guard, "fastguard")):
+        client = server.client()
+        iid = client.start(name, {"jwks": JWKS, **({"minute": 100} if name == "fastguard" else {})})
+        o = client.event(iid, {"kong.request.get_headers": {"authorization": "Bearer \udcff"}})
+        assert o.status == 401 and o.exit[1] == {"message": "Bad token; invalid JSON"}, o
+        o = client.event(iid, {"kong.request.get_headers": {"authorization": f"Bearer {token()}\udcff"}})
+        assert o.status == 401, o
+        client.close()
+
+
+def test_a_junk_query_string_reaches_the_jwt_plugin(jwt_server):
+    client = jwt_server.client()
+    iid = client.start("fastguard-jwt", {"jwks": JWKS})
+    o = client.event(iid, {"kong.request.get_headers": {}, "kong.request.get_query": {"x": JUNK}})
+    assert o.status == 401 and o.exit[1] == {"message": "Unauthorized"}
+    o = client.event(iid, {"kong.request.get_headers": {}, "kong.request.get_query": {"x": JUNK, "jwt": token()}})
+    assert o.status == 200
+    o = client.event(iid, {"kong.request.get_headers": {}, "kong.request.get_query": {"jwt": JUNK}})
+    assert o.status == 401
+    client.close()
+
+
+def test_a_key_made_of_undecodable_bytes_is_still_limited(rl):
+    client = rl.client()
+    iid = client.start("fastguard-rate-limiting", {"minute": 3, "limit_by": "header", "header_name": "x-tenant",
+                                                    "fault_tolerant": True})
+    statuses = [client.event(iid, {"kong.request.get_header": JUNK}).status for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    # Other bytes are another caller.
+    assert client.event(iid, {"kong.request.get_header": "\udcfe"}).status == 200
+    client.close()
+
+
+def test_the_combined_plugin_with_a_junk_header(guard):
+    client = guard.client()
+    iid = client.start("fastguard", {"jwks": JWKS, "minute": 2})
+    headers = {"authorization": f"Bearer {token(sub='bob')}", "x-junk": JUNK, "cookie": f"a={JUNK}"}
+    assert [client.event(iid, {"kong.request.get_headers": headers}).status for _ in range(3)] == [200, 200, 429]
+    client.close()
+
+
+ENCODE_FAILS = textwrap.dedent('''
+    Schema = ({"value": {"type": "string"}},)
+    version = "1.0.0"
+    priority = 0
+
+    class Plugin:
+        def __init__(self, config):
+            self.config = config
+
+        def access(self, kong):
+            kong.service.request.set_header("X-Who", "\\ud800")   # msgpack cannot encode a lone surrogate
+''')
+
+
+def test_a_step_that_cannot_be_encoded_ends_the_event_with_500(tmp_path):
+    module = tmp_path / "encode_fails.py"
+    module.write_text(ENCODE_FAILS)
+    server = fastguard_server("encode_fails", str(tmp_path), "--module", str(module), "--timeout", "2")
+    try:
+        client = server.client()
+        iid = client.start("encode_fails", {})
+        for _ in range(3):
+            o = client.event(iid, {})
+            assert o.status == 500 and o.exit[1] == {"message": "An unexpected error occurred"}
+        assert server.alive()
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_a_claim_with_a_lone_surrogate_is_malformed_not_an_rpc_error(jwt_server):
+    client = jwt_server.client()
+    iid = client.start("fastguard-jwt", {"jwks": JWKS, "claims_to_headers": {"name": "X-Name"}})
+    payload = b'{"iss":"i","sub":"a","exp":%d,"name":"\\ud800"}' % (NOW + 600)  # a JSON escape of a lone surrogate
+    bad = sign(payload, "RS256", {"alg": "RS256", "kid": "rsa1"})
+    o = client.event(iid, {"kong.request.get_headers": {"authorization": f"Bearer {bad}", "x-name": "admin"}})
+    assert o.status == 401 and o.exit[1] == {"message": "Bad token; invalid JSON"}, o
+    client.close()
+
+
+# -- 6. instance ids never repeat across server processes ------------------------------------------------------------
+def test_an_instance_id_from_before_a_restart_never_names_another_entitys_instance(tmp_path):
+    first = fastguard_server("fastguard-rate-limiting", str(tmp_path))
+    client = first.client()
+    strict = client.start("fastguard-rate-limiting", {"minute": 5, "limit_by": "ip"})
+    assert client.event(strict, {"kong.client.get_forwarded_ip": "10.0.0.1"}).headers[
+        "X-RateLimit-Limit-Minute"] == "5"
+    client.close()
+    first.stop()
+    second = fastguard_server("fastguard-rate-limiting", str(tmp_path))
+    try:
+        client2 = second.client()
+        client2.instances = dict(client.instances)    # what Kong's worker still caches
+        # Another entity starts first on the new process (it may get any id the new process hands out).
+        loose = client2.start("fastguard-rate-limiting", {"minute": 10000, "limit_by": "ip"})
+        assert loose != strict
+        with pytest.raises(RPCError, match="no plugin instance"):
+            client2.call("plugin.HandleEvent", {"InstanceId": strict, "EventName": "access"})
+        # Through Kong's retry rule, each event runs on its own entity's instance.
+        for _ in range(3):
+            o = client2.event(strict, {"kong.client.get_forwarded_ip": "10.0.0.2"})
+            assert o.headers.get("X-RateLimit-Limit-Minute") == "5" or o.status == 429
+            o = client2.event(loose, {"kong.client.get_forwarded_ip": "10.0.0.2"})
+            assert o.headers["X-RateLimit-Limit-Minute"] == "10000"
+        assert ("serverPid", second.proc.pid) in client2.notifications
+        client2.close()
+    finally:
+        second.stop()
+
+
+# -- 13. only the protocol's methods, on a socket only this user can open ---------------------------------------------
+@pytest.mark.parametrize("method", ["plugin.SetPluginDir", "plugin._load_plugins", "plugin._loadPlugins",
+                                    "plugin.cleanup", "plugin.Cleanup", "plugin.__init__", "plugin.dispatch",
+                                    "other.GetStatus", "GetStatus"])
+def test_methods_outside_the_protocol_are_refused(rl, method, tmp_path):
+    client = rl.client(1)
+    with pytest.raises(RPCError, match="not supported"):
+        client.call(method, str(tmp_path))
+    assert client.status()["Pid"] == rl.proc.pid  # still serving, on the same connection
+    iid = client.start("fastguard-rate-limiting", {"minute": 5})
+    assert client.event(iid, {"kong.client.get_forwarded_ip": "1.2.3.4"}).status == 200
+    client.close()
+
+
+def test_the_socket_is_private_to_the_servers_user(rl):
+    assert stat.S_IMODE(os.stat(rl.socket).st_mode) == 0o600
+
+
+def test_socket_mode_can_be_widened_for_a_kong_group(tmp_path):
+    server = fastguard_server("fastguard-rate-limiting", str(tmp_path), "--socket-mode", "660")
+    try:
+        assert stat.S_IMODE(os.stat(server.socket).st_mode) == 0o660
+    finally:
+        server.stop()
+
+
+# -- 17. bounded connections and bytes; garbage closes only its own connection ---------------------------------------
+def test_connections_past_the_bound_wait_until_one_closes(tmp_path):
+    server = fastguard_server("fastguard-rate-limiting", str(tmp_path), "--max-connections", "2")
+    try:
+        status = msgpack.packb([0, 1, "plugin.GetStatus", [None]])
+        a, b = connect(server), connect(server)
+        assert raw_call(a, status)[3]["Pid"] == server.proc.pid
+        assert raw_call(b, status)[3]["Pid"] == server.proc.pid
+        c = connect(server)        # accepted by the kernel's backlog, not served yet
+        c.sendall(status)
+        c.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            c.recv(1)
+        a.close()
+        assert raw_call(c, b"")[3]["Pid"] == server.proc.pid
+        b.close()
+        c.close()
+    finally:
+        server.stop()
+
+
+def test_a_huge_message_closes_its_connection_only(rl):
+    bystander = rl.client(1)
+    s = connect(rl)
+    huge = msgpack.packb([0, 1, "plugin.GetStatus", ["x" * (8 * 1024 * 1024)]])
+    try:
+        assert raw_call(s, huge, timeout=10) is None
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    s.close()
+    assert bystander.status()["Pid"] == rl.proc.pid
+    bystander.close()
+
+
+@pytest.mark.parametrize("payload", [b"\xc1\xc1\xc1", msgpack.packb({"not": "a request"}),
+                                     msgpack.packb([1, 2, 3]), msgpack.packb([0, "id", "plugin.GetStatus", []])])
+def test_garbage_closes_its_connection_and_the_server_serves_on(rl, payload):
+    s = connect(rl)
+    assert raw_call(s, payload) is None
+    s.close()
+    client = rl.client(1)
+    assert client.status()["Pid"] == rl.proc.pid
+    client.close()
+
+
+@pytest.mark.parametrize("arg", [None, 5, "x", [], {"InstanceId": "1", "EventName": "access"},
+                                 {"InstanceId": 1, "EventName": "__init__"}])
+def test_malformed_event_arguments_are_rpc_errors_not_crashes(rl, arg):
+    client = rl.client(1)
+    for method in ("plugin.HandleEvent", "plugin.Step", "plugin.StepError", "plugin.CloseInstance"):
+        with pytest.raises(RPCError):
+            client.call(method, arg)
+    assert client.status()["Pid"] == rl.proc.pid
+    client.close()
