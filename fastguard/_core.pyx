@@ -590,11 +590,13 @@ cdef class Table:
     cdef readonly str algorithm
     cdef readonly tuple limits
     cdef readonly int64_t max_keys
-    # The journal of admitted hits, kept only while recording (local-first cluster mode): per key id, the key
-    # object and the summed cost, in a small open-addressing map (so a drain costs per key, not per hit).
+    # The journal of hits, kept only while recording (local-first cluster mode): per key id, the key object and
+    # the summed admitted cost (0 for a key only denied), in a small open-addressing map (a drain costs per key,
+    # not per hit), holding at most max_keys keys (more distinct keys between drains are not journaled).
     cdef bint recording
     cdef fg_jslot *jmap
     cdef Py_ssize_t jlen, jcap
+    cdef readonly int64_t jdropped
 
     def __cinit__(self, str algorithm, limits, max_keys, ban_after=0, ban_for=0.0):
         cdef int i
@@ -665,6 +667,9 @@ cdef class Table:
             i = (i + 1) & mask
         slot = &self.jmap[i]
         if slot.key == NULL:
+            if self.jlen >= self.max_keys:
+                self.jdropped += 1
+                return 0
             Py_INCREF(key)
             slot.key = <PyObject *>key
             slot.kid = kid
@@ -691,13 +696,14 @@ cdef class Table:
         return 0
 
     def record_hits(self, bint on):
-        """Start (True) or stop (False) keeping a journal of admitted hits for drain_hits()."""
+        """Start (True) or stop (False) keeping a journal of hits for drain_hits()."""
         self.recording = on
 
     def drain_hits(self):
-        """The admitted hits of `hit()` since the last drain, summed per key: a list of (key, cost) in no particular
-        order (one entry per key id), and an empty journal. `hit_many` is not journaled: its callers see its
-        decisions in its result arrays."""
+        """The keys `hit()` saw since the last drain with their summed admitted cost (0 for a key only denied): a
+        list of (key, cost) in no particular order (one entry per key id, at most max_keys; `jdropped` counts the
+        hits of keys past that), and an empty journal. `hit_many` is not journaled: its callers see its decisions
+        in its result arrays."""
         cdef Py_ssize_t j
         cdef list out = []
         cdef object key
@@ -772,8 +778,8 @@ cdef class Table:
         cdef uint64_t h = self._locate(kid)
         cdef int64_t k = _cost(cost)
         cdef Decision d = self._one(kid, h, k, _now_ns(now), True)
-        if self.recording and d.allowed and k > 0:
-            self._record(key, kid, k)
+        if self.recording:
+            self._record(key, kid, k if d.allowed else 0)
         return d
 
     def peek(self, key, now=None):

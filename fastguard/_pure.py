@@ -468,7 +468,8 @@ class Table:
         self._total = 0
         self._lock = threading.Lock()  # one decision at a time (the core has a lock per shard)
         self._recording = False
-        self._journal: dict[int, list[Any]] = {}  # key id -> [key, summed cost]
+        self._journal: dict[int, list[Any]] = {}  # key id -> [key, summed admitted cost]; at most max_keys
+        self.jdropped = 0                          # hits not journaled: max_keys other keys were already
 
     def _shard(self, h: int) -> Shard:
         return self._shards[h & (len(self._shards) - 1)]
@@ -612,21 +613,26 @@ class Table:
         kid, k, t = key_id(key), cost_from(cost), now_ns_from(now)
         with self._lock:
             d = self._hit_id(kid, k, t)
-            if self._recording and d.allowed and k > 0:
+            if self._recording:
+                c = k if d.allowed else 0
                 slot = self._journal.get(kid)
                 if slot is None:
-                    self._journal[kid] = [key, k]
+                    if len(self._journal) < self.max_keys:
+                        self._journal[kid] = [key, c]
+                    else:
+                        self.jdropped += 1
                 else:
-                    slot[1] = min(slot[1] + k, MAX_COST)
+                    slot[1] = min(slot[1] + c, MAX_COST)
             return d
 
     def record_hits(self, on: bool) -> None:
-        """Start (True) or stop (False) keeping a journal of admitted hits for drain_hits()."""
+        """Start (True) or stop (False) keeping a journal of hits for drain_hits()."""
         self._recording = bool(on)
 
     def drain_hits(self) -> list[tuple[Any, int]]:
-        """The admitted hits of `hit()` since the last drain, summed per key: a list of (key, cost) in no
-        particular order (one entry per key id; the first key object seen stands for it), and an empty journal."""
+        """The keys `hit()` saw since the last drain with their summed admitted cost (0 for a key only denied): a
+        list of (key, cost) in no particular order (one entry per key id, the first key object seen standing for
+        it; at most max_keys, `jdropped` counts the hits of keys past that), and an empty journal."""
         with self._lock:
             out, self._journal = self._journal, {}
             return [(key, cost) for key, cost in out.values()]

@@ -241,9 +241,11 @@ def test_bad_input_is_refused_clearly(make):
         lim.hit("k", now=10**400)
     with pytest.raises(TypeError, match="now must be epoch seconds"):
         lim.hit("k", now="soon")
-    with pytest.raises(UnicodeEncodeError):
+    with pytest.raises(ValueError, match="lone surrogate: pass the key as bytes") as caught:
         lim.hit("\ud800")  # a lone surrogate has no UTF-8 bytes
+    assert type(caught.value) is ValueError   # a clear error, not a bare UnicodeEncodeError
     assert lim.stats()["hits"] == 0
+    assert lim.hit(b"\xed\xa0\x80").allowed   # its bytes are a key like any other
 
 
 def test_bad_configuration_is_refused_clearly(make, impl):
@@ -390,14 +392,14 @@ def test_charge_checks_its_arguments(impl):
         table.charge("k", -1)
 
 
-def test_the_journal_holds_admitted_hits_only_while_recording(impl):
+def test_the_journal_holds_hits_only_while_recording(impl):
     table = impl.Table("token_bucket", (fg.Limit(2, 60),), 100)
     table.hit("before", now=1.0)
     table.record_hits(True)
-    for key, cost in [("a", 1), (b"b", 0), ("a", 1), ("a", 1), ("c", 2)]:
+    for key, cost in [("a", 1), (b"b", 0), ("a", 1), ("a", 1), ("c", 2), ("d", 3)]:
         table.hit(key, cost, now=1.0)
-    # Summed per key; cost 0 and the refused third "a" are absent.
-    assert sorted(table.drain_hits()) == [("a", 2), ("c", 2)]
+    # Admitted cost summed per key; a key that was hit but only refused (or cost 0) is there with 0.
+    assert sorted(table.drain_hits(), key=repr) == [("a", 2), ("c", 2), ("d", 0), (b"b", 0)]
     assert table.drain_hits() == []
     table.record_hits(False)
     table.hit("d", now=1.0)
@@ -493,3 +495,14 @@ def test_the_ban_gate_answers_banned_keys_and_hands_on_the_others(impl):
         gate("mallory", -1, now=110.0)
     with pytest.raises(ValueError, match="no bans"):
         impl.BanGate(impl.Table("fixed_window", (fg.Limit(5, 60),), 100), slow)
+
+
+def test_the_journal_holds_at_most_max_keys_keys(impl):
+    table = impl.Table("fixed_window", (fg.Limit(5, 60),), 10)
+    table.record_hits(True)
+    for i in range(25):
+        table.hit(f"spray-{i}", now=1.0)
+    table.hit("spray-0", now=1.0)   # a journaled key still sums
+    hits = dict(table.drain_hits())
+    assert len(hits) == 10 and table.jdropped == 15
+    assert sum(hits.values()) == 11

@@ -18,7 +18,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.retry import Retry
 
 import fastguard
@@ -32,7 +32,7 @@ try:  # the lean client needs hiredis (the "redis" extra installs it); without i
 except ImportError:  # pragma: no cover - exercised only without hiredis
     hiredis = None
 
-__all__ = ["RedisStore", "StrictTable", "ON_ERROR", "FAULTS", "Health"]
+__all__ = ["RedisStore", "StrictTable", "ON_ERROR", "FAULTS", "Health", "tagged"]
 
 log = logging.getLogger("fastguard.redis")
 
@@ -81,6 +81,26 @@ def check_on_error(on_error: Any) -> None:
 
 
 
+def tagged(key: Any) -> bytes:
+    """A key's part of its Redis names, `{<key>}`: the key is its own Cluster hash tag, so the state and its `~ban`
+    and `~deny` companions share one slot. Redis reads no tag from `{}` nor from a key holding `}` (`{}x` hashes
+    the whole name, and then each companion lands elsewhere): such keys get a tag derived from them,
+    `{#<digest>}:<key>`. Names stay distinct: a plain name's first `}` ends the key, a derived one's is followed by
+    `:` and the key."""
+    raw = key_bytes(key)
+    if raw and b"}" not in raw:
+        return b"{" + raw + b"}"
+    return b"{#" + hashlib.blake2b(raw, digest_size=8).hexdigest().encode() + b"}:" + raw
+
+
+def key_fault(exc: BaseException) -> bool:
+    """Whether a failed call failed because of the data of the keys it was given (the script raised, a key holds
+    another type): that decision falls back, the store stays up. Server states (LOADING, READONLY, BUSY, OOM,
+    NOAUTH, CLUSTERDOWN...) and unreachable servers are faults of the store."""
+    return isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError) \
+        and str(exc).startswith(("ERR", "WRONGTYPE"))
+
+
 class Health:
     """Whether Redis answers, with reconnect backoff and one log line per change of state.
 
@@ -97,6 +117,7 @@ class Health:
         self.fallbacks = 0
         self.changes = 0
         self.last_error = ""
+        self._key_log_at = 0.0
         self._lock = threading.Lock()
 
     def may_try(self) -> bool:
@@ -122,6 +143,16 @@ class Health:
             else:
                 self.backoff = min(self.backoff * 2, BACKOFF_MAX)
             self.retry_at = time.monotonic() + self.backoff
+
+    def key_failed(self, exc: BaseException) -> None:
+        """A call failed for its own keys' data: counted and logged (at most once a second), no change of state."""
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        t = time.monotonic()
+        if t >= self._key_log_at:
+            self._key_log_at = t + 1.0
+            log.warning("fastguard: Redis refused one decision for %s (%s); that decision follows on_error",
+                        self.what, self.last_error)
 
     def succeeded(self) -> None:
         if self.up:
@@ -310,6 +341,16 @@ class RedisStore:
                     replies[i] = exc
         return replies
 
+    def discard(self, name: bytes) -> None:
+        """Close this thread's lean socket to the server of `name` (a reply on it could not be trusted); the next
+        call reconnects. redis-py drops its own connection on a reply it cannot parse."""
+        try:
+            wire = self.wire_for(name)
+        except FAULTS:
+            return
+        if wire is not None:
+            wire.close()
+
     def close(self) -> None:
         for wire in [self.wire, *self._node_wires.values()]:
             if wire is not None:
@@ -397,7 +438,7 @@ class StrictTable:
 
     # -- names and replies ------------------------------------------------------------------------------------
     def name(self, key: Any) -> bytes:
-        return self._prefix + b"{" + key_bytes(key) + b"}"
+        return self._prefix + tagged(key)
 
     def id_name(self, kid: int) -> bytes:
         return self._prefix + b"#{" + str(kid).encode() + b"}"
@@ -407,29 +448,31 @@ class StrictTable:
         when = [b"", b""] if t is None else [str(t // _E9).encode(), str(t % _E9).encode()]
         return [*self._head, *when, commit, *self._tail, *[c if c < cap else cap for c in costs]]
 
-    def _decision(self, r: list[Any], at: int, key: Any = None) -> Decision:
+    def _decision(self, r: Any, at: int, key: Any = None) -> Decision:
+        """The Decision in reply `r` from position `at`. A reply of any other shape (not the script's: a proxy, a
+        wrong server, a garbled stream) raises InvalidResponse, a fault like a refused connection."""
         n = len(self.limits)
-        code = int(r[at])
+        try:
+            if type(r) is not list or len(r) < at + 4 + n:
+                raise ValueError("short")
+            code = int(r[at])
+            best = int(r[at + 1]) - 1
+            reset = int(r[at + 2])
+            retry = int(r[at + 3])
+            remainings = [int(x) for x in r[at + 4:at + 4 + n]]
+            if not 0 <= code <= 3 or not 0 <= best < n or reset < 0:
+                raise ValueError("out of range")
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidResponse(f"not a reply of the decision script: {r!r:.120}") from None
+        lim = self.limits[best]
         if code >= 2:  # banned: ms left of the ban
-            left = int(r[at + 2]) / 1e3
+            left = reset / 1e3
             if code == 3:
                 self.bans_started += 1
             if key is not None and self._banned is not None:
                 self._banned.ban(key, left)
-            lim = self.limits[int(r[at + 1]) - 1]
             return Decision.of(False, lim.count, 0, left, left, lim.period, self.limits, [0] * n, banned=True)
-        if self.fast:  # the fast path answers in integers
-            best = r[at + 1] - 1
-            retry = r[at + 3]
-            remainings = r[at + 4:at + 4 + n]
-            reset = r[at + 2]
-        else:
-            best = int(r[at + 1]) - 1
-            retry = int(r[at + 3])
-            remainings = [int(x) for x in r[at + 4:at + 4 + n]]
-            reset = int(r[at + 2])
-        lim = self.limits[best]
-        return Decision.of(r[at] == 1, lim.count, remainings[best], reset / 1e9,
+        return Decision.of(code == 1, lim.count, remainings[best], reset / 1e9,
                            math.inf if retry < 0 else retry / 1e9, lim.period, self.limits, remainings)
 
     # -- while Redis is unreachable --------------------------------------------------------------------------
@@ -479,17 +522,28 @@ class StrictTable:
                     r = self.store.call_script_redis_py([name], self._hit_now + [c])
             else:
                 r = self.store.call_script([name], self._args(t, b"1", [k]))
+            d = self._decision(r, 0, key)
         except FAULTS as exc:
-            self.health.failed(exc)
-            return self._fallback(key, k, now)
+            return self._fault(exc, name, key, k, now)
         self._observe(time.perf_counter() - started)
         self.health.succeeded()
         self.calls += 1
         self.decisions += 1
-        d = self._decision(r, 0, key)
         if not d.allowed:
             self.denials += 1
         return d
+
+    def _fault(self, exc: BaseException, name: bytes, key: Any, cost: int, now: Any, commit: bool = True) -> Decision:
+        """A decision Redis could not make: decided by on_error. A script error caused by this key's data counts
+        as an error of this decision only; anything else (unreachable, a reply that is not the script's) marks the
+        store down, and a garbled reply also closes the socket it came on (the stream cannot be trusted)."""
+        if key_fault(exc):
+            self.health.key_failed(exc)
+        else:
+            if isinstance(exc, InvalidResponse):
+                self.store.discard(name)
+            self.health.failed(exc)
+        return self._fallback(key, cost, now, commit)
 
     def _observe(self, seconds: float) -> None:
         self._latency_sum += seconds
@@ -542,13 +596,12 @@ class StrictTable:
         if not self.health.may_try():
             return self._fallback(key, 1, now, commit=False)
         try:
-            r = self.store.call_script([name], self._args(t, b"0", [1]))
+            d = self._decision(self.store.call_script([name], self._args(t, b"0", [1])), 0)
         except FAULTS as exc:
-            self.health.failed(exc)
-            return self._fallback(key, 1, now, commit=False)
+            return self._fault(exc, name, key, 1, now, commit=False)
         self.health.succeeded()
         self.calls += 1
-        return self._decision(r, 0)
+        return d
 
     def reset(self, key: str | bytes) -> None:
         """Forget `key` everywhere. Raises redis.exceptions.RedisError when Redis cannot be reached (a reset
@@ -591,11 +644,22 @@ class StrictTable:
 
         def store_reply(batch: Any, r: Any) -> None:
             nonlocal done
+            if not isinstance(r, BaseException):
+                try:
+                    a = np.array([int(x) for x in r] if type(r) is list else None,
+                                 dtype=np.int64).reshape(len(batch), width)
+                    if ((a[:, 0] < 0) | (a[:, 0] > 3) | (a[:, 1] < 1) | (a[:, 1] > width - 4)).any():
+                        raise ValueError("out of range")
+                except (TypeError, ValueError, OverflowError):
+                    r = InvalidResponse(f"not a reply of the decision script: {r!r:.120}")
+                    self.store.discard(batch_names(batch[:1])[0])
             if isinstance(r, BaseException):
-                self.health.failed(r)
+                if key_fault(r):
+                    self.health.key_failed(r)
+                else:
+                    self.health.failed(r)
                 failed.extend(batch)
                 return
-            a = np.array([int(x) for x in r] if not self.fast or self.bans else r, dtype=np.int64).reshape(-1, width)
             at = batch if not isinstance(batch, range) else slice(batch.start, batch.stop)
             allowed[at] = a[:, 0] == 1
             remaining[at] = a[np.arange(len(a)), 3 + a[:, 1]]

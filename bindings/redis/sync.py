@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from redis.crc import key_slot
+from redis.exceptions import InvalidResponse
 
 import fastguard
 from fastguard import Decision, Limit
@@ -18,12 +19,13 @@ from fastguard.limits import key_bytes
 from fastguard.redis.store import (
     BATCH_KEYS,
     DENY_RETRY_AFTER,
-    FAULTS,
     STATE_VERSION,
     Health,
     RedisStore,
     check_on_error,
+    key_fault,
     sha1,
+    tagged,
 )
 
 __all__ = ["SyncTable", "SYNC_SCRIPT"]
@@ -75,8 +77,8 @@ class _Seen:
         self.epoch = -1       # the epoch of the counter that mine / others describe
         self.mine = 0         # cost this node pushed into the epoch's counter
         self.others = 0       # cost of the other nodes in the epoch, already charged to the local table
-        self.active = True    # admitted a hit since the previous sync
-        self.used = used      # the epoch of its latest admitted hit here
+        self.active = True    # hit here since the previous exchange
+        self.used = used      # the epoch of its latest hit here
 
 
 class SyncTable:
@@ -88,8 +90,12 @@ class SyncTable:
 
     Counters live per epoch (the longest period, aligned to the epoch on each node's clock): a node that meets a
     key for the first time in an epoch is charged everything the others admitted in it. Each exchange carries
-    every key this node admitted in the current or the previous epoch (so the round trip grows with the keys a
-    node serves per longest period).
+    every key hit here (admitted or refused: a refused key may carry a ban to share) in the current or the
+    previous epoch — a key idle here may be busy elsewhere, and its next hit here should see that — but at most
+    max_keys of them, the most recently hit: the bookkeeping of what was shared holds at most max_keys keys (the
+    least recently hit goes first), and pending deltas past max_keys keys (a spray during an outage) keep the
+    largest (`unshared` counts the admitted cost left out). So memory and the size of an exchange stay bounded by
+    max_keys however many callers appear.
 
     Error bound: a hit admitted on one node reaches Redis at that node's next exchange (within `sync`), and the
     other nodes learn of it at their next exchange (within `sync` more; a node meeting the key for the first time
@@ -120,6 +126,7 @@ class SyncTable:
         self.on_error = on_error
         self.health = Health(f"sync of {algorithm} {'; '.join(str(lim) for lim in self.limits)}")
         self._local = fastguard._impl.Table(algorithm, self.limits, max_keys, ban_after, ban_for)
+        self.max_keys = max_keys
         self._local.record_hits(True)
         self.peek = self._local.peek
         if self.bans:  # bans are the local table's; each exchange shares them through Redis
@@ -133,8 +140,12 @@ class SyncTable:
         self._epoch_ns = max(lim.period_ns for lim in self.limits)
         self._ttl_ms = str(2 * self._epoch_ns // 1_000_000 + 1000).encode()
         self._sha = sha1(SYNC_SCRIPT)
-        self._seen: dict[bytes, _Seen] = {}
+        # What was shared, per counter base name, least recently hit first; at most max_keys (the oldest goes: a
+        # key forgotten here is charged the whole epoch's count again when it returns, as the local table, which
+        # forgets the same keys, has lost its own hits too).
+        self._seen: OrderedDict[bytes, _Seen] = OrderedDict()
         self._pending: dict[bytes, int] = defaultdict(int)   # admitted cost not yet pushed, by counter base name
+        self.unshared = 0                                    # admitted cost dropped past max_keys pending keys
         self._lock = threading.Lock()                        # guards _pending and _seen against hit_many/reset
         self.syncs = 0
         self.pushed = 0
@@ -169,10 +180,8 @@ class SyncTable:
             return result
         epoch = self._epoch()
         with self._lock:
-            for i in np.flatnonzero(allowed):
-                c = 1 if costs is None else int(costs[i])
-                if c > 0:
-                    self._note(keys[i], c, epoch)
+            for i in range(len(keys)):
+                self._note(keys[i], (1 if costs is None else int(costs[i])) if allowed[i] else 0, epoch)
         return result
 
     def reset(self, key: str | bytes) -> None:
@@ -186,42 +195,58 @@ class SyncTable:
 
     # -- the exchange ---------------------------------------------------------------------------------------------
     def _base(self, key: Any) -> bytes:
-        return self._prefix + b"{" + key_bytes(key) + b"}:"
+        return self._prefix + tagged(key) + b":"
 
     def _epoch(self) -> int:
         return time.time_ns() // self._epoch_ns
 
     def _note(self, key: Any, cost: int, epoch: int) -> None:
+        """A key hit here (cost: its admitted cost, 0 when refused): exchange it next time."""
         base = self._base(key)
-        self._pending[base] += cost
+        if cost:
+            self._pending[base] += cost
         seen = self._seen.get(base)
         if seen is None:
             self._seen[base] = _Seen(key, epoch)
+            if len(self._seen) > self.max_keys:
+                self._seen.popitem(last=False)
         else:
             seen.active = True
             seen.used = epoch
+            self._seen.move_to_end(base)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.sync_now()
+            try:
+                self.sync_now()
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one exchange
+                self.health.failed(exc)
+                log.exception("fastguard: a sync exchange failed unexpectedly; the next one runs as planned")
 
     def sync_now(self) -> bool:
-        """One exchange with Redis (the thread calls this every `sync` seconds). True when it succeeded."""
+        """One exchange with Redis (the thread calls this every `sync` seconds). True when every part of it
+        succeeded; a part that failed keeps its keys' deltas for the next exchange (the others are applied)."""
         epoch = self._epoch()
         with self._lock:
             for key, cost in self._local.drain_hits():
                 self._note(key, cost, epoch)
+            if len(self._pending) > self.max_keys:  # a spray while Redis was down: keep the largest deltas
+                keep = sorted(self._pending.items(), key=lambda item: item[1], reverse=True)[:self.max_keys]
+                self.unshared += sum(self._pending.values()) - sum(d for _, d in keep)
+                self._pending = defaultdict(int, keep)
             bases = []
             for base, seen in list(self._seen.items()):
-                # Every key admitted here in this epoch or the one before is exchanged, active or not: a key
-                # idle here may be busy elsewhere, and its next local hit must see that within one interval.
-                if seen.active or self._pending.get(base) or seen.used >= epoch - 1:
+                if seen.active or base in self._pending or seen.used >= epoch - 1:
                     bases.append(base)
                 else:
                     del self._seen[base]  # idle here for a whole epoch: forget it
+            bases += [base for base in self._pending if base not in self._seen]
+            del bases[:-self.max_keys]    # the most recently hit (the list is least recent first)
             deltas = []
             for base in bases:
-                seen = self._seen[base]
+                seen = self._seen.get(base)
+                if seen is None:
+                    seen = self._seen[base] = _Seen(None, epoch)
                 if seen.epoch != epoch:  # a new epoch: new counters everywhere
                     seen.epoch, seen.mine, seen.others = epoch, 0, 0
                 deltas.append(self._pending.pop(base, 0))
@@ -233,29 +258,36 @@ class SyncTable:
             return False
         names = [base + str(epoch).encode() for base in bases]
         t0 = time.monotonic()
-        try:
-            totals = self._exchange(names, deltas)
-        except FAULTS as exc:
-            self.health.failed(exc)
-            self._restore(bases, deltas)
-            return False
-        self.health.succeeded()
-        self.lag = time.monotonic() - t0
-        self.syncs += 1
-        self.pushed += sum(deltas)
+        totals, faults = self._exchange(names, deltas)
+        failed = [i for i, total in enumerate(totals) if total is None]
+        if failed:
+            self._restore([bases[i] for i in failed], [deltas[i] for i in failed])
+        for exc in faults:
+            if key_fault(exc):
+                self.health.key_failed(exc)
+            else:
+                self.health.failed(exc)
+        if len(failed) < len(bases):
+            if not any(not key_fault(exc) for exc in faults):
+                self.health.succeeded()
+            self.lag = time.monotonic() - t0
+            self.syncs += 1
         with self._lock:
             for base, delta, total in zip(bases, deltas, totals, strict=True):
+                if total is None:
+                    continue
+                self.pushed += delta
                 seen = self._seen.get(base)
-                if seen is None or seen.epoch != epoch:
+                if seen is None or seen.epoch != epoch or seen.key is None:
                     continue
                 seen.mine += delta
-                others = int(total) - seen.mine
+                others = total - seen.mine
                 fresh = others - seen.others
                 if fresh > 0:
                     seen.others = others
                     self._local.charge(seen.key, fresh)
                     self.charged += fresh
-        return True
+        return not failed
 
     def _restore(self, bases: list[bytes], deltas: list[int]) -> None:
         """A failed push: keep its deltas for the next one."""
@@ -267,7 +299,9 @@ class SyncTable:
                 if seen is not None:
                     seen.active = True
 
-    def _exchange(self, names: list[bytes], deltas: list[int]) -> list[int]:
+    def _exchange(self, names: list[bytes], deltas: list[int]) -> tuple[list[int | None], list[BaseException]]:
+        """Push the deltas and pull the totals, one script call per batch: (each name's total, None where its
+        batch failed; the faults)."""
         if self.store.cluster:
             groups: dict[int, list[int]] = defaultdict(list)
             for i, name in enumerate(names):
@@ -279,23 +313,36 @@ class SyncTable:
         if self.bans:
             for i, base in enumerate(bases_of(names)):
                 seen = self._seen.get(base)
-                if seen is not None:
+                if seen is not None and seen.key is not None:
                     mine[i] = round(self._local.banned(seen.key) * 1000)
         replies = self.store.run_scripts([([names[i] for i in batch],
                                            [self._ttl_ms, b"1" if self.bans else b"0", *[deltas[i] for i in batch],
                                             *([mine[i] for i in batch] if self.bans else [])])
                                           for batch in batches], sha=self._sha, source=SYNC_SCRIPT)
-        totals = [0] * len(names)
+        totals: list[int | None] = [None] * len(names)
+        faults: list[BaseException] = []
+        width = 2 if self.bans else 1
         for batch, reply in zip(batches, replies, strict=True):
+            if not isinstance(reply, BaseException):
+                try:
+                    if type(reply) is not list or len(reply) != width * len(batch):
+                        raise ValueError("wrong length")
+                    values = [int(x) for x in reply]
+                    if min(values) < 0:
+                        raise ValueError("negative")
+                except (TypeError, ValueError, OverflowError):
+                    reply = InvalidResponse(f"not a reply of the sync script: {reply!r:.120}")
+                    self.store.discard(names[batch[0]])
             if isinstance(reply, BaseException):
-                raise reply
+                faults.append(reply)
+                continue
             for j, i in enumerate(batch):
-                totals[i] = reply[j]
-                if self.bans and int(reply[len(batch) + j]) > mine[i] + 1:  # a ban another node started
+                totals[i] = values[j]
+                if self.bans and values[len(batch) + j] > mine[i] + 1:  # a ban another node started
                     seen = self._seen.get(bases_of([names[i]])[0])
-                    if seen is not None:
-                        self._local.ban(seen.key, int(reply[len(batch) + j]) / 1e3)
-        return totals
+                    if seen is not None and seen.key is not None:
+                        self._local.ban(seen.key, values[len(batch) + j] / 1e3)
+        return totals, faults
 
     # -- the rest of the table API --------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -305,7 +352,8 @@ class SyncTable:
         st.update({"store": "redis-cluster" if self.store.cluster else "redis", "mode": "sync",
                    "sync_interval": self.interval, "on_error": self.on_error, "syncs": self.syncs,
                    "pushed": self.pushed, "charged": self.charged, "sync_lag": self.lag,
-                   "pending_keys": len(self._pending)})
+                   "pending_keys": len(self._pending), "shared_keys": len(self._seen),
+                   "unshared": self.unshared + self._local.jdropped})
         st.update(self.health.stats())
         return st
 

@@ -20,6 +20,7 @@ import redis
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
+    InvalidResponse,
     NoScriptError,
     ReadOnlyError,
     ResponseError,
@@ -142,6 +143,9 @@ class Wire:
         except RedisConnectionError:
             self.close()
             raise
+        except hiredis.ProtocolError as exc:  # not RESP: this reader (and stream) cannot be used again
+            self.close()
+            raise InvalidResponse(f"{self!r} sent bytes that are not RESP: {exc}") from exc
 
     # -- commands ----------------------------------------------------------------------------------------------
     def call(self, packed: bytes) -> Any:
