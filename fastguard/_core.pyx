@@ -344,27 +344,53 @@ cdef int _grow(const fg_params *p, fg_shard *s) noexcept nogil:
     return 0
 
 
+cdef bint _exhausted(fg_params *p, const int64_t *entry, int64_t now) noexcept nogil:
+    """True when a hit of cost 1 would be refused now (the key has no capacity left)."""
+    cdef int64_t w[FG_MAX_LIMITS * FG_MAX_WORDS]
+    cdef fg_verdict v
+    if entry[1] > now:
+        now = entry[1]
+    memcpy(w, entry + FG_HEADER_WORDS, p.nlimits * p.words * sizeof(int64_t))
+    _decide(p, w, now, 1, False, &v)
+    return not v.allowed
+
+
 cdef int64_t _victim(fg_params *p, fg_shard *s, int64_t now) noexcept nogil:
-    """The slot to evict: among the next EVICTION_SAMPLE occupied slots from the clock hand, the first whose state
-    is fresh (evicting it loses nothing), else the least recently touched (the first of equals)."""
+    """The slot to evict; mirrors _pure.Table._victim. Among the next EVICTION_SAMPLE occupied slots from the clock
+    hand: the first fresh entry (evicting it loses nothing); else the lowest by (actively banned, exhausted, least
+    recently touched): a ban outlives every key without one, and a key with capacity left loses less when
+    forgotten than an exhausted one. While every entry looked at is banned, the scan goes on through the shard for
+    one that is not; in a shard of nothing but bans, the ban that ends first goes."""
     cdef int64_t sample = FG_EVICTION_SAMPLE if s.n > FG_EVICTION_SAMPLE else s.n
-    cdef int64_t pos = s.hand, seen = 0, oldest = -1, victim = -1
+    cdef int64_t pos = s.hand, here, seen = 0, best = -1
     cdef int64_t *e
-    while seen < sample:
+    cdef bint bans = p.stride > FG_HEADER_WORDS + p.nlimits * p.words
+    cdef bint banned, exhausted, best_banned = False, best_exhausted = False
+    cdef int64_t key2, best_key2 = 0
+    while seen < sample or (best_banned and seen < s.n):
         e = fg_table_slot(p, s, pos)
-        if e[1] != FG_EMPTY:
-            seen += 1
-            if _fresh(p, e, now):
-                victim = pos
-            elif oldest < 0 or e[1] < fg_table_slot(p, s, oldest)[1]:
-                oldest = pos
+        here = pos
         pos += 1
         if pos == s.cap:
             pos = 0
-        if victim >= 0:
+        if e[1] == FG_EMPTY:
+            continue
+        seen += 1
+        if _fresh(p, e, now):
+            best = here
             break
+        banned = bans and e[p.stride - 1] > now
+        if banned:
+            exhausted = False
+            key2 = e[p.stride - 1]      # among bans: the one that ends first
+        else:
+            exhausted = _exhausted(p, e, now)
+            key2 = e[1]                 # among the others: the least recently touched
+        if best < 0 or (banned < best_banned) or (banned == best_banned and (
+                exhausted < best_exhausted or (exhausted == best_exhausted and key2 < best_key2))):
+            best, best_banned, best_exhausted, best_key2 = here, banned, exhausted, key2
     s.hand = pos
-    return victim if victim >= 0 else oldest
+    return best
 
 
 cdef int _insert(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_t now,

@@ -736,24 +736,38 @@ class Table:
             return False  # banned, or denials still counting towards a ban
         return True
 
+    def _exhausted(self, entry: list[Any], now: int) -> bool:
+        """True when a hit of cost 1 would be refused now (the key has no capacity left)."""
+        t = max(now, entry[1])
+        words = self._words
+        return not all(alg.admits(alg.roll(entry[2 + i * words:2 + (i + 1) * words], t), t, 1)
+                       for i, alg in enumerate(self._algs))
+
     def _victim(self, shard: Shard, now: int) -> int:
-        """Among the next EVICTION_SAMPLE occupied slots from the clock hand: the first fresh entry (evicting it
-        loses nothing), else the least recently touched (the first of equals)."""
+        """The slot to evict. Among the next EVICTION_SAMPLE occupied slots from the clock hand: the first fresh
+        entry (evicting it loses nothing); else the lowest by (actively banned, exhausted, least recently touched):
+        a ban outlives every key without one, and a key with capacity left loses less when forgotten than an
+        exhausted one (whose caller would get a fresh allowance). While every entry looked at is banned, the scan
+        goes on through the shard for one that is not; in a shard of nothing but bans, the ban that ends first
+        goes."""
         sample = min(EVICTION_SAMPLE, shard.n)
-        pos, seen, oldest, victim = shard.hand, 0, -1, -1
-        while seen < sample:
+        pos, seen, best, best_rank = shard.hand, 0, -1, None
+        while seen < sample or (best_rank is not None and best_rank[0] and seen < shard.n):
             e = shard.slots[pos]
-            if e is not None:
-                seen += 1
-                if self._fresh(e, now):
-                    victim = pos
-                elif oldest < 0 or e[1] < shard.slots[oldest][1]:
-                    oldest = pos
             pos = pos + 1 if pos + 1 < shard.cap else 0
-            if victim >= 0:
+            if e is None:
+                continue
+            seen += 1
+            here = pos - 1 if pos > 0 else shard.cap - 1
+            if self._fresh(e, now):
+                best = here
                 break
+            banned = self._bans and e[-1] > now
+            rank = (True, e[-1], False, 0) if banned else (False, 0, self._exhausted(e, now), e[1])
+            if best_rank is None or rank < best_rank:
+                best, best_rank = here, rank
         shard.hand = pos
-        return victim if victim >= 0 else oldest
+        return best
 
     def _insert(self, shard: Shard, kid: int, h: int, now: int, words: list[int]) -> None:
         self._total += 1

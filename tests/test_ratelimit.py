@@ -506,3 +506,47 @@ def test_the_journal_holds_at_most_max_keys_keys(impl):
     hits = dict(table.drain_hits())
     assert len(hits) == 10 and table.jdropped == 15
     assert sum(hits.values()) == 11
+
+
+# -- eviction under a key spray: bans and exhausted keys are the last to go --------------------------------------------
+def test_a_ban_survives_a_spray_of_twice_max_keys_fresh_callers(impl):
+    lim = fg.RateLimiter("5/minute", algorithm="fixed_window", max_keys=1000, ban_after=3, ban_for=3600, _core=impl)
+    lim.ban("attacker", 3600, now=100.0)
+    for i in range(4):
+        lim.hit("repeat", now=100.0)
+    for _ in range(4):                       # banned by ban_after: 4 denials within the window
+        lim.hit("repeat", now=100.0)
+    assert lim.banned("repeat", now=100.0) > 0
+    for i in range(2000):
+        lim.hit(f"spray-{i}", now=101.0)
+    for key in ("attacker", "repeat"):
+        d = lim.hit(key, now=102.0)
+        assert not d.allowed and d.banned, key
+    assert lim.stats()["keys"] <= 1000
+
+
+def test_a_shard_full_of_bans_evicts_the_ban_that_ends_first(impl):
+    lim = fg.RateLimiter("5/minute", max_keys=20, ban_for=10_000, _core=impl)
+    for i in range(20):
+        lim.ban(f"b{i}", 1000 + (i * 7919) % 20 * 10, now=100.0)   # distinct lengths, in shuffled order
+    shortest = min(range(20), key=lambda i: (i * 7919) % 20)
+    assert lim.hit("newcomer", now=101.0).allowed                  # a newcomer is still stored and limited
+    assert lim.banned(f"b{shortest}", now=101.0) == 0.0
+    assert all(lim.banned(f"b{i}", now=101.0) > 0 for i in range(20) if i != shortest)
+    assert [lim.hit("newcomer", now=101.0).allowed for _ in range(5)] == [True] * 4 + [False]
+
+
+def test_a_small_spray_resets_almost_no_exhausted_key(impl):
+    n = 4000
+    lim = fg.RateLimiter("5/hour", algorithm="sliding_window", max_keys=n, _core=impl)
+    for i in range(n // 2):                  # half the table: idle callers with capacity left
+        lim.hit(f"light-{i}", now=10.0)
+    for i in range(n // 2):                  # the other half: exhausted callers
+        for _ in range(5):
+            lim.hit(f"heavy-{i}", now=10.0)
+    for i in range(n // 20):                 # a spray of 5 % of capacity
+        lim.hit(f"spray-{i}", now=20.0)
+    reset = sum(lim.peek(f"heavy-{i}", now=30.0).allowed for i in range(n // 2))
+    # Eviction takes a key with capacity left whenever its sample holds one: an exhausted key goes only when
+    # all 8 sampled entries are exhausted (before: 10 % of them were reset by such a spray).
+    assert reset <= n // 2 // 100, reset
