@@ -1227,15 +1227,19 @@ cdef class TokenCache:
     cdef fg_tok *slots
     cdef Py_ssize_t mask, n, hand
     cdef readonly Py_ssize_t capacity
+    cdef readonly Py_ssize_t max_token_bytes
     cdef readonly int64_t hits, misses, evictions
 
-    def __cinit__(self, capacity):
+    def __cinit__(self, capacity, max_token_bytes=4096):
         cdef Py_ssize_t size = 8
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
             raise ValueError(f"cache capacity must be an int >= 0, got {capacity!r}")
         if capacity > 2**30:
             raise ValueError("cache capacity is above 2**30")
+        if isinstance(max_token_bytes, bool) or not isinstance(max_token_bytes, int) or max_token_bytes < 0:
+            raise ValueError(f"max_token_bytes must be an int >= 0, got {max_token_bytes!r}")
         self.capacity = capacity
+        self.max_token_bytes = max_token_bytes
         while size * 3 < capacity * 4 + 4:
             size *= 2
         self.slots = <fg_tok *>PyMem_RawCalloc(size, sizeof(fg_tok))
@@ -1290,10 +1294,13 @@ cdef class TokenCache:
         cdef fg_tok *e
         cdef PyObject *old_token
         cdef PyObject *old_value
-        if self.n == 0 or not _token_bytes(token, &buf, &n):
-            self.misses += 1
+        if now is not None:
+            t = _now_ns(now)    # checked on every path, hit or miss (TypeError / ValueError)
+        if self.n == 0 or not _token_bytes(token, &buf, &n) or n > self.max_token_bytes:
+            self.misses += 1    # a longer token is never hashed: it was never stored
             return None
-        t = _now_ns(now)
+        if now is None:
+            t = _now_ns(now)
         pos = self._find(fg_siphash13(<const unsigned char *>buf, <size_t>n, _sip_k0, _sip_k1), buf, n)
         if pos < 0:
             self.misses += 1
@@ -1317,7 +1324,7 @@ cdef class TokenCache:
         cdef fg_tok *e
         cdef PyObject *old_token = NULL
         cdef PyObject *old_value = NULL
-        if self.capacity == 0 or not _token_bytes(token, &buf, &n):
+        if self.capacity == 0 or not _token_bytes(token, &buf, &n) or n > self.max_token_bytes:
             return
         h = fg_siphash13(<const unsigned char *>buf, <size_t>n, _sip_k0, _sip_k1)
         key = token if type(token) is bytes else PyBytes_FromStringAndSize(buf, n)

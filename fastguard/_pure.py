@@ -858,16 +858,21 @@ class TokenCache:
     approximates that with a CLOCK hand, so the two may pick different victims). Tokens are str (ASCII) or bytes.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_token_bytes: int = 4096) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0:
             raise ValueError(f"cache capacity must be an int >= 0, got {capacity!r}")
+        if isinstance(max_token_bytes, bool) or not isinstance(max_token_bytes, int) or max_token_bytes < 0:
+            raise ValueError(f"max_token_bytes must be an int >= 0, got {max_token_bytes!r}")
         self.capacity = capacity
+        self.max_token_bytes = max_token_bytes
         self._entries: OrderedDict[bytes, tuple[Any, int, int]] = OrderedDict()
         self.hits = self.misses = self.evictions = 0
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _key(token: Any) -> bytes | None:
+    def _key(self, token: Any) -> bytes | None:
+        """The token's bytes, or None: not ASCII/bytes, or longer than max_token_bytes (never stored)."""
+        if isinstance(token, (str, bytes, bytearray)) and len(token) > self.max_token_bytes:
+            return None
         if isinstance(token, str):
             return token.encode("ascii") if token.isascii() else None
         return bytes(token) if isinstance(token, (bytes, bytearray)) else None

@@ -10,14 +10,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -58,6 +62,101 @@ for _p in _ROCA_PRIMES:
 
 def _roca_vulnerable(n: int) -> bool:
     return all(n % p in members for p, members in _ROCA_SUBGROUPS)
+
+
+def _small_primes(limit: int) -> list[int]:
+    sieve = bytearray([1]) * limit
+    sieve[:2] = b"\0\0"
+    for i in range(2, int(limit ** 0.5) + 1):
+        if sieve[i]:
+            sieve[i * i::i] = bytearray(len(sieve[i * i::i]))
+    return [i for i in range(limit) if sieve[i]]
+
+
+#: The product of the primes below 10,000: a modulus sharing a factor with it has a factor anyone can find.
+_SMALL_PRIMES_PRODUCT = math.prod(_small_primes(10_000))
+
+
+def _probably_prime(n: int) -> bool:
+    """Miller-Rabin with the first 12 prime bases (deterministic below 3.3e24, overwhelming above)."""
+    if n < 2:
+        return False
+    bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+    if n in bases:
+        return True
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in bases:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def _rsa_modulus_problem(n: int) -> str | None:
+    """Why an RSA modulus is unsafe (anyone could compute its private key), or None."""
+    if math.gcd(n, _SMALL_PRIMES_PRODUCT) != 1:
+        return "its modulus has a small prime factor"
+    if _probably_prime(n):
+        return "its modulus is prime"
+    if _roca_vulnerable(n):
+        return "it has the ROCA weakness (CVE-2017-15361)"
+    return None
+
+
+# Edwards curves of EdDSA (RFC 8032): field prime, a, d, cofactor. A public key of small order (a multiple of the
+# cofactor is the neutral point) verifies signatures anyone can make (PyJWT and joserfc accept such keys).
+_EDWARDS = {
+    "Ed25519": (2**255 - 19, -1, -121665 * pow(121666, -1, 2**255 - 19) % (2**255 - 19), 8),
+    "Ed448": (2**448 - 2**224 - 1, 1, -39081 % (2**448 - 2**224 - 1), 4),
+}
+
+
+def _small_order(curve: str, encoded: bytes) -> bool:
+    """True when the encoded point (RFC 8032 §5.1.3 / §5.2.3) is not canonical or has small order."""
+    p, a, d, cofactor = _EDWARDS[curve]
+    value = int.from_bytes(encoded, "little")
+    sign = value >> (8 * len(encoded) - 1)
+    y = value & ((1 << (8 * len(encoded) - 1)) - 1)
+    if y >= p:
+        return True                                  # a non-canonical encoding
+    u, v = (y * y - 1) % p, (d * y * y - a) % p
+    if v == 0:
+        return True
+    x2 = u * pow(v, -1, p) % p
+    x = _sqrt_mod(x2, p)
+    if x is None:
+        return True                                  # not on the curve (cryptography refuses those anyway)
+    if x == 0 and sign:
+        return True                                  # -0: non-canonical
+    if x % 2 != sign:
+        x = p - x
+    px, py = x, y
+    for _ in range(cofactor.bit_length() - 1):      # multiply by the cofactor: double log2(cofactor) times
+        xy = px * py % p
+        denominator_x = (1 + d * xy * xy) % p
+        denominator_y = (1 - d * xy * xy) % p
+        px, py = (2 * xy * pow(denominator_x, -1, p) % p,
+                  (py * py - a * px * px) * pow(denominator_y, -1, p) % p)
+    return px == 0 and py == 1
+
+
+def _sqrt_mod(n: int, p: int) -> int | None:
+    """A square root of n modulo p (p = 5 mod 8 for Ed25519, 3 mod 4 for Ed448), or None."""
+    if p % 4 == 3:
+        r = pow(n, (p + 1) // 4, p)
+    else:
+        r = pow(n, (p + 3) // 8, p)
+        if r * r % p != n % p:
+            r = r * pow(2, (p - 1) // 4, p) % p
+    return r if r * r % p == n % p else None
 
 
 def _b64(value: Any, what: str) -> bytes:
@@ -142,8 +241,9 @@ class Key:
                 raise InvalidKey(f"RSA key of {public_key.key_size} bits: at least {MIN_RSA_BITS} are required")
             if nums.e < 3 or nums.e % 2 == 0:
                 raise InvalidKey(f"RSA public exponent {nums.e} is not allowed")
-            if _roca_vulnerable(nums.n):
-                raise InvalidKey("RSA key has the ROCA weakness (CVE-2017-15361)")
+            problem = _rsa_modulus_problem(nums.n)
+            if problem is not None:
+                raise InvalidKey(f"RSA key is unsafe: {problem}")
             algs = _check_alg(alg, _RSA, "RSA")
             size = (public_key.key_size + 7) // 8
             # Padding and hash objects built once per algorithm: building them per call costs more than parsing.
@@ -190,6 +290,9 @@ class Key:
             return cls(kid, "EC", algs, verify)
         for curve, (klass, _, sig_len) in _OKP.items():
             if isinstance(public_key, klass):
+                raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+                if _small_order(curve, raw):
+                    raise InvalidKey(f"{curve} public key of small order (it would verify forged signatures)")
                 algs = _check_alg(alg, {"EdDSA": None, curve: None}, f"an {curve} key")
 
                 def verify(a: str, data: bytes, sig: bytes, _k: Any = public_key, _n: int = sig_len) -> bool:
@@ -277,20 +380,63 @@ def _check_alg(alg: str | None, allowed: Mapping[str, Any], what: str) -> list[s
 
 
 def _looks_like_public_key(secret: bytes) -> bool:
+    """A PEM, OpenSSH, DER or JWK public key passed where an HMAC secret belongs (the algorithm-confusion attack:
+    a token signed with HS256 using the public key as the secret)."""
     head = secret.lstrip()[:40]
-    return head.startswith((b"-----BEGIN", b"ssh-rsa", b"ssh-ed25519", b"ecdsa-sha2-")) or b"PUBLIC KEY" in head
+    if head.startswith((b"-----BEGIN", b"ssh-rsa", b"ssh-ed25519", b"ecdsa-sha2-")) or b"PUBLIC KEY" in head:
+        return True
+    if secret[:1] == b"\x30":                       # DER: SubjectPublicKeyInfo, or a PKCS#1 RSA public key
+        for load in (serialization.load_der_public_key, _load_pkcs1_der):
+            try:
+                load(secret)
+                return True
+            except (ValueError, TypeError, UnsupportedAlgorithm):
+                pass
+    if secret.lstrip()[:1] == b"{":                 # a JWK as JSON text
+        try:
+            return "kty" in _loads_strict(secret)
+        except ValueError:
+            return False
+    return False
+
+
+def _load_pkcs1_der(der: bytes) -> Any:
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    # PKCS#1 RSAPublicKey inside a SubjectPublicKeyInfo with the rsaEncryption algorithm identifier
+    body = b"\x00" + der
+    spki = _der(0x30, _der(0x30, bytes.fromhex("06092a864886f70d0101010500")) + _der(0x03, body))
+    return load_der_public_key(spki)
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + content
+
+
+#: The most keys a key set holds. A token without `kid` is tried against every key of its algorithm, so this bounds
+#: the work an unnamed token can cause (identity providers publish a handful of keys; 64 leaves room to rotate).
+MAX_KEYS = 64
 
 
 class KeySet:
-    """An immutable set of verification keys. Build it with from_jwks, from_jwk, from_secret or from_pem."""
+    """An immutable set of verification keys (at most MAX_KEYS). Build it with from_jwks, from_jwk, from_secret or
+    from_pem. `skipped` lists the keys of a JWKS that were left out, as (kid, reason)."""
 
     #: Changes whenever the keys change (always 0 here; RemoteKeySet counts refreshes that changed its keys).
     version = 0
 
-    def __init__(self, keys: Iterable[Key]) -> None:
+    def __init__(self, keys: Iterable[Key], skipped: Iterable[tuple[str | None, str]] = ()) -> None:
         keys = list(keys)
+        self.skipped: tuple[tuple[str | None, str], ...] = tuple(skipped)
         if not keys:
-            raise InvalidKey("the key set has no key usable for signatures")
+            why = "; ".join(f"{kid or 'a key without kid'}: {reason}" for kid, reason in self.skipped)
+            raise InvalidKey("the key set has no key usable for signatures" + (f" ({why})" if why else ""))
+        if len(keys) > MAX_KEYS:
+            raise InvalidKey(f"the key set has {len(keys)} keys; at most {MAX_KEYS} are accepted")
         kinds = {k.kty == "oct" for k in keys}
         if len(kinds) > 1:
             raise InvalidKey("the key set mixes secret (oct) keys with public keys")
@@ -304,14 +450,17 @@ class KeySet:
         self._by_kid = by_kid
         self._by_alg: dict[str, tuple[Key, ...]] = {}
         self._unnamed_by_alg: dict[str, tuple[Key, ...]] = {}
-        for alg in ALGORITHMS:
-            self._by_alg[alg] = tuple(k for k in keys if alg in k.algorithms)[:4]
-            self._unnamed_by_alg[alg] = tuple(k for k in keys if alg in k.algorithms and k.kid is None)[:4]
+        for alg in ALGORITHMS:  # every candidate is tried (the set is bounded by MAX_KEYS)
+            self._by_alg[alg] = tuple(k for k in keys if alg in k.algorithms)
+            self._unnamed_by_alg[alg] = tuple(k for k in keys if alg in k.algorithms and k.kid is None)
 
     @classmethod
     def from_jwks(cls, jwks: Mapping[str, Any] | str | bytes) -> KeySet:
-        """From a JWKS (dict or JSON text). Keys whose `use` is not `sig`, or whose `key_ops` lack `verify`, are
-        skipped (they are meant for something else); a signing key that cannot be used safely is refused."""
+        """From a JWKS (dict or JSON text). An identity provider's JWKS routinely holds keys that are not for
+        verifying fastguard's tokens (encryption keys, unknown types, keys too weak or unsafe to use): each is
+        skipped with one log line and listed in `skipped`, and a token naming it fails with UnknownKey. The set is
+        refused (InvalidKey) only when no usable key is left, or when it is ambiguous (a kid twice, secret and
+        public keys mixed) or larger than MAX_KEYS."""
         if isinstance(jwks, (str, bytes, bytearray)):
             try:
                 jwks = _loads_strict(jwks)
@@ -321,13 +470,24 @@ class KeySet:
             return cls([Key.from_jwk(jwks)])
         if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
             raise InvalidKey("a JWKS is a JSON object with a 'keys' list")
-        keys = []
+        keys, skipped = [], []
+        kids = [jwk.get("kid") for jwk in jwks["keys"] if isinstance(jwk, Mapping) and isinstance(jwk.get("kid"), str)]
+        twice = sorted(kid for kid, n in Counter(kids).items() if n > 1)
+        if twice:  # usable or not, two keys under one kid make every token naming it ambiguous
+            raise InvalidKey(f"duplicate kid {twice[0]!r} in the key set")
         for jwk in jwks["keys"]:
+            kid = jwk.get("kid") if isinstance(jwk, Mapping) else None
+            kid = kid if isinstance(kid, str) else None
             if isinstance(jwk, Mapping) and (jwk.get("use", "sig") != "sig" or
                                              ("key_ops" in jwk and "verify" not in (jwk.get("key_ops") or ()))):
+                skipped.append((kid, "not a signature key (use / key_ops)"))
                 continue
-            keys.append(Key.from_jwk(jwk))
-        return cls(keys)
+            try:
+                keys.append(Key.from_jwk(jwk))
+            except InvalidKey as exc:
+                skipped.append((kid, str(exc)))
+                log.warning("fastguard: JWKS key %s skipped: %s", repr(kid) if kid else "without kid", exc)
+        return cls(keys, skipped)
 
     @classmethod
     def from_jwk(cls, jwk: Mapping[str, Any] | str | bytes) -> KeySet:
@@ -380,9 +540,10 @@ class KeySet:
             raise DisallowedAlgorithm(f"no key of this key set verifies {alg}")
         return found
 
-    @property
-    def is_secret(self) -> bool:
-        return self.keys[0].kty == "oct"
+    def stats(self) -> dict[str, Any]:
+        """keys (how many are in use), kids, skipped (kid and reason of each key left out of a JWKS)."""
+        return {"keys": len(self.keys), "kids": [k.kid for k in self.keys],
+                "skipped": [{"kid": kid, "reason": reason} for kid, reason in self.skipped]}
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -409,10 +570,12 @@ _OPENER = urllib.request.build_opener(_SafeRedirects)
 
 
 class RemoteKeySet:
-    """A JWKS fetched over HTTP(S), refreshed every `refresh_interval` seconds (in the background: a verification
-    never waits for a scheduled refresh) and at once, at most every `min_refetch_interval` seconds, when a token names
-    an unknown kid. A failed refresh keeps the last good set and says so in one log line per change of state.
-    Every fetch has a `timeout` (seconds) and a size limit."""
+    """A JWKS fetched over HTTP(S): first when a verification needs it, then every `refresh_interval` seconds by a
+    background timer thread (a verification never waits for a scheduled refresh, and a key removed from the JWKS
+    stops verifying within one interval even for tokens in a verifier's cache: a changed set bumps `version`,
+    which empties the caches), and at once, at most every `min_refetch_interval` seconds, when a token names an
+    unknown kid. A failed refresh keeps the last good set and says so in one log line per change of state. Every
+    fetch has a `timeout` (seconds) and a size limit. `close()` stops the timer (so does garbage collection)."""
 
     MAX_BYTES = 1 << 20
 
@@ -431,8 +594,10 @@ class RemoteKeySet:
         self._body = b""
         self._fetched_at = float("-inf")     # monotonic time of the last attempt
         self._lock = threading.Lock()
-        self._refreshing = False
         self._failing = False
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self.refreshes = 0
         self.last_error: str | None = None
 
     def _fetch(self) -> tuple[bytes, KeySet]:
@@ -457,6 +622,7 @@ class RemoteKeySet:
                 log.warning("fastguard: JWKS refresh from %s failed (%s); %s", self.url, self.last_error, kept)
             return False
         with self._lock:
+            self.refreshes += 1
             if body != self._body:
                 # New keys: verifiers holding cached verdicts see the new version and drop them.
                 self._set, self._body = fresh, body
@@ -467,24 +633,38 @@ class RemoteKeySet:
         self.last_error = None
         return True
 
-    def _refresh_in_background(self) -> None:
-        def run() -> None:
-            try:
-                self.refresh()
-            finally:
-                self._refreshing = False
+    def _start_timer(self) -> None:
+        with self._lock:
+            if self._timer is not None or self._stop.is_set():
+                return
+            # The thread holds only a weak reference: a key set nobody uses any more is collected, and its timer ends.
+            self._timer = threading.Thread(target=_refresh_loop, args=(weakref.ref(self), self._stop,
+                                                                        self.refresh_interval),
+                                           name="fastguard-jwks-refresh", daemon=True)
+            self._timer.start()
 
-        self._refreshing = True
-        threading.Thread(target=run, name="fastguard-jwks-refresh", daemon=True).start()
+    def close(self) -> None:
+        """Stop the refresh timer (the last fetched set stays usable)."""
+        self._stop.set()
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)   # absent when __init__ refused its arguments
+        if stop is not None:
+            stop.set()
 
     def current(self) -> KeySet | None:
         """The key set in use (fetching it first if there is none yet)."""
+        if self._timer is None:
+            self._start_timer()
         if self._set is None and time.monotonic() - self._fetched_at >= self.min_refetch_interval:
             self.refresh()
-        elif (self._set is not None and not self._refreshing
-              and time.monotonic() - self._fetched_at >= self.refresh_interval):
-            self._refresh_in_background()
         return self._set
+
+    def stats(self) -> dict[str, Any]:
+        """version, refreshes (fetches that succeeded), last_error, and the current set's keys / kids / skipped."""
+        st: dict[str, Any] = {"version": self.version, "refreshes": self.refreshes, "last_error": self.last_error}
+        st.update(self._set.stats() if self._set is not None else {"keys": 0, "kids": [], "skipped": []})
+        return st
 
     def candidates(self, alg: str, kid: str | None) -> tuple[Key, ...]:
         current = self.current()
@@ -498,9 +678,17 @@ class RemoteKeySet:
                 raise
             return self._set.candidates(alg, kid)  # type: ignore[union-attr]
 
-    @property
-    def is_secret(self) -> bool:
-        return False
-
     def __repr__(self) -> str:
         return f"<RemoteKeySet {self.url} version={self.version}>"
+
+
+def _refresh_loop(ref: weakref.ReferenceType[RemoteKeySet], stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        keys = ref()
+        if keys is None:
+            return
+        try:
+            keys.refresh()
+        except Exception:  # noqa: BLE001 - refresh() reports its own failures; the timer must go on
+            log.exception("fastguard: JWKS refresh of %s failed unexpectedly", keys.url)
+        del keys

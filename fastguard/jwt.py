@@ -8,7 +8,6 @@ of one bad token costs a lookup each. Any change of the key set empties both cac
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -28,6 +27,7 @@ from fastguard.errors import (
     TokenTooLarge,
 )
 from fastguard.jwks import ALGORITHMS, Key, KeySet, RemoteKeySet
+from fastguard.limits import epoch_ns
 
 __all__ = ["JWTVerifier", "extract_token", "CACHE_TTL", "NEGATIVE_TTL", "MAX_CACHED_TOKEN_BYTES"]
 
@@ -44,6 +44,47 @@ _CACHEABLE_FAILURES = (MalformedToken, TokenTooLarge, DisallowedAlgorithm, Inval
 
 
 _HEADER_CACHE_SIZE = 256
+#: Bounds of the verifier's arguments (seconds): beyond them the nanosecond arithmetic of the claim checks would
+#: overflow, and no real deployment needs more.
+MAX_LEEWAY = 365 * 86_400.0
+MAX_LIFETIME = 100 * 365 * 86_400.0
+
+
+class _FrozenDict(dict):  # type: ignore[type-arg]
+    """A nested JSON object of cached claims: a dict (json.dumps and == work) that refuses every change, so one
+    caller cannot alter what the next verification of the same token returns."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("verified claims are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+
+class _FrozenList(list):  # type: ignore[type-arg]
+    """A JSON array of cached claims: a list (json.dumps and == work) that refuses every change."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("verified claims are read-only")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = append = extend = insert = pop = remove = clear = _refuse
+    sort = reverse = _refuse
+
+
+def _frozen(value: Any) -> Any:
+    """The value with every nested object and array read-only (str, numbers, bools and None already are)."""
+    if type(value) is dict:
+        return _FrozenDict((k, _frozen(v)) for k, v in value.items())
+    if type(value) is list:
+        return _FrozenList(_frozen(v) for v in value)
+    return value
+
+
+def _read_only(obj: dict[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType({k: _frozen(v) for k, v in obj.items()})
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
@@ -59,8 +100,8 @@ def _as_list(value: str | Iterable[str] | None, what: str) -> frozenset[str] | N
     if value is None:
         return None
     items = [value] if isinstance(value, str) else list(value)
-    if not items or not all(isinstance(v, str) for v in items):
-        raise ValueError(f"{what} must be a string or a non-empty list of strings")
+    if not items or not all(isinstance(v, str) and v for v in items):
+        raise ValueError(f"{what} must be a non-empty string or a non-empty list of them, got {value!r}")
     return frozenset(items)
 
 
@@ -86,12 +127,18 @@ class JWTVerifier:
             unknown = sorted(a for a in algorithms if a not in ALGORITHMS)
             if unknown or not algorithms:
                 raise ValueError(f"unsupported algorithms {unknown}: choose from {sorted(ALGORITHMS)}")
-        if not isinstance(leeway, (int, float)) or not math.isfinite(leeway) or leeway < 0:
-            raise ValueError(f"leeway must be a non-negative number of seconds, got {leeway!r}")
-        if not isinstance(max_token_bytes, int) or max_token_bytes < 16:
+        if isinstance(leeway, bool) or not isinstance(leeway, (int, float)) or not 0 <= leeway <= MAX_LEEWAY:
+            raise ValueError(f"leeway must be seconds between 0 and {MAX_LEEWAY:g}, got {leeway!r}")
+        if isinstance(max_token_bytes, bool) or not isinstance(max_token_bytes, int) or max_token_bytes < 16:
             raise ValueError(f"max_token_bytes must be an int >= 16, got {max_token_bytes!r}")
-        if max_lifetime is not None and (not isinstance(max_lifetime, (int, float)) or max_lifetime <= 0):
-            raise ValueError(f"max_lifetime must be a positive number of seconds, got {max_lifetime!r}")
+        if max_lifetime is not None and (isinstance(max_lifetime, bool) or not isinstance(max_lifetime, (int, float))
+                                         or not 0 < max_lifetime <= MAX_LIFETIME):
+            raise ValueError(f"max_lifetime must be seconds above 0 and at most {MAX_LIFETIME:g}, got "
+                             f"{max_lifetime!r}")
+        if isinstance(required_claims, (str, bytes)) or not all(isinstance(c, str) for c in required_claims):
+            raise TypeError(f"required_claims must be a list of claim names, got {required_claims!r}")
+        if typ is not None and not isinstance(typ, str):
+            raise TypeError(f"typ must be a str, got {typ!r}")
         self.keys = keys
         self.algorithms = algorithms
         self.issuers = _as_list(issuer, "issuer")
@@ -103,10 +150,11 @@ class JWTVerifier:
         self.max_lifetime = max_lifetime
         self._leeway_ns = round(self.leeway * 1e9)
         self._max_lifetime_ns = None if max_lifetime is None else round(max_lifetime * 1e9)
-        self._cache = _impl.TokenCache(cache_size)
-        self._failures = _impl.TokenCache(min(cache_size, max(1024, cache_size // 10)))
+        cached_bytes = min(max_token_bytes, MAX_CACHED_TOKEN_BYTES)   # a longer token is never even hashed
+        self._cache = _impl.TokenCache(cache_size, cached_bytes)
+        self._failures = _impl.TokenCache(min(cache_size, max(1024, cache_size // 10)), cached_bytes)
         self._keys_version = keys.version
-        self._headers: dict[bytes, tuple[dict[str, Any], str, tuple[Key, ...] | None]] = {}
+        self._headers: dict[bytes, tuple[Mapping[str, Any], str, tuple[Key, ...] | None]] = {}
         self._outcomes: dict[str, int] = {}
         self._fast = _impl.CachedVerify(self._cache, keys, self._keys_version, self._verify_uncached)
         # `v.verify(token)` calls the compiled callable directly: a cache hit costs one C call, no Python frame.
@@ -130,20 +178,23 @@ class JWTVerifier:
     def stats(self) -> dict[str, Any]:
         """Counts since the verifier was made: `verified` (valid tokens, cached or not), `outcomes` (uncached
         verifications by result: "valid" or an error code), `cache_hits` / `cache_misses` / `cache_evictions` /
-        `cache_entries` of the verified-token cache and `negative_hits` / `negative_entries` of the failure cache."""
+        `cache_entries` of the verified-token cache, `negative_hits` / `negative_entries` of the failure cache, and
+        `keys`: the key set's stats (keys in use, kids, keys skipped from a JWKS and why)."""
         return {"verified": self._cache.hits + self._outcomes.get("valid", 0), "outcomes": dict(self._outcomes),
+                "keys": self.keys.stats(),
                 "cache_hits": self._cache.hits, "cache_misses": self._cache.misses,
                 "cache_evictions": self._cache.evictions, "cache_entries": len(self._cache),
                 "negative_hits": self._failures.hits, "negative_entries": len(self._failures)}
 
     def _verify_and_cache(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
-        if self.keys.version != self._keys_version:
+        t = time.time_ns() if now is None else epoch_ns(now)   # the rules of the cached path (TypeError/ValueError)
+        version = self.keys.version
+        if version != self._keys_version:
             self._reset()
         failure = self._failures.get(token, now)
         if failure is not None:
             raise failure[0](failure[1])
-        t = time.time_ns() if now is None else math.floor(float(now) * 1e9)
-        cacheable = isinstance(token, (str, bytes)) and len(token) <= MAX_CACHED_TOKEN_BYTES
+        cacheable = isinstance(token, (str, bytes)) and len(token) <= self._cache.max_token_bytes
         try:
             payload = self.verify_jws(token)[1]
             try:
@@ -152,20 +203,24 @@ class JWTVerifier:
                 raise MalformedToken(f"the payload is not a UTF-8 JSON object ({exc})") from None
             valid_from, valid_until = _impl.check_claims(claims, t, self._leeway_ns, self.required_claims,
                                                          self.issuers, self.audiences, self._max_lifetime_ns)
-            claims = MappingProxyType(claims)
-        except _CACHEABLE_FAILURES as exc:
-            if cacheable:
-                self._failures.put(token, (type(exc), str(exc)), 0, t + int(NEGATIVE_TTL * 1e9))
+            claims = _read_only(claims)
+        except (*_CACHEABLE_FAILURES, ExpiredToken) as exc:
+            # Expired stays expired as time moves on (a clock set back gets a fresh verification). A verdict
+            # reached while the key set changed is not remembered: it may come from keys no longer in use.
+            if cacheable and self.keys.version == version:
+                self._failures.put(token, (type(exc), str(exc)), t if isinstance(exc, ExpiredToken) else 0,
+                                   t + int(NEGATIVE_TTL * 1e9))
             raise
-        except ExpiredToken as exc:
-            # Expired stays expired as time moves on (a clock set back gets a fresh verification).
-            if cacheable:
-                self._failures.put(token, (type(exc), str(exc)), t, t + int(NEGATIVE_TTL * 1e9))
-            raise
-        if cacheable:
+        if cacheable and self.keys.version == version:
             self._cache.put(token, claims, valid_from, min(valid_until, t + int(CACHE_TTL * 1e9)))
         return claims
 
+
+    def close(self) -> None:
+        """Stop what the key set runs in the background (a RemoteKeySet's refresh timer)."""
+        close = getattr(self.keys, "close", None)
+        if close is not None:
+            close()
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -177,7 +232,7 @@ class JWTVerifier:
         self._headers.clear()
         self.clear_cache()
 
-    def verify_jws(self, token: str | bytes) -> tuple[dict[str, Any], bytes]:
+    def verify_jws(self, token: str | bytes) -> tuple[Mapping[str, Any], bytes]:
         """Signature and header checks only: (header, payload bytes). Raises an InvalidToken subclass."""
         if type(token) is str:
             if len(token) > self.max_token_bytes:
@@ -205,7 +260,7 @@ class JWTVerifier:
                 return header, payload
         raise InvalidSignature("the signature does not verify")
 
-    def _check_header(self, header_b64: bytes) -> tuple[dict[str, Any], str, tuple[Key, ...] | None]:
+    def _check_header(self, header_b64: bytes) -> tuple[Mapping[str, Any], str, tuple[Key, ...] | None]:
         """The header's rules. A header that passes is remembered by its exact encoding (most tokens share a few
         headers) with its alg and, for a static key set, its candidate keys. The signature still covers the bytes
         received; a RemoteKeySet is asked for keys on every token, so its refresh schedule keeps running."""
@@ -223,7 +278,7 @@ class JWTVerifier:
         if "crit" in header:
             raise MalformedToken(f"critical header parameters {header['crit']!r} are not understood")
         kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
+        if "kid" in header and not isinstance(kid, str):
             raise MalformedToken("kid must be a string")
         if self.typ is not None:
             typ = header.get("typ")
@@ -232,7 +287,7 @@ class JWTVerifier:
         keys = self.keys.candidates(alg, kid) if isinstance(self.keys, KeySet) else None
         if len(self._headers) >= _HEADER_CACHE_SIZE:
             self._headers.clear()
-        known = (header, alg, keys)
+        known = (_read_only(header), alg, keys)
         self._headers[header_b64] = known
         return known
 

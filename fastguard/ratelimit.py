@@ -116,7 +116,7 @@ class RateLimiter:
                 keys = keys.tolist()
             else:
                 raise TypeError(f"keys must be integer ids or str/bytes, not an array of {keys.dtype}")
-        elif isinstance(keys, (str, bytes)) or not hasattr(keys, "__len__"):
+        elif isinstance(keys, (str, bytes)) or not isinstance(keys, Sequence):
             raise TypeError(f"keys must be a list of str/bytes or a numpy array of ids, not {type(keys).__name__}")
         if costs is not None:
             arr = np.asarray(costs)

@@ -512,7 +512,7 @@ def test_the_journal_holds_at_most_max_keys_keys(impl):
 def test_a_ban_survives_a_spray_of_twice_max_keys_fresh_callers(impl):
     lim = fg.RateLimiter("5/minute", algorithm="fixed_window", max_keys=1000, ban_after=3, ban_for=3600, _core=impl)
     lim.ban("attacker", 3600, now=100.0)
-    for i in range(4):
+    for _ in range(4):
         lim.hit("repeat", now=100.0)
     for _ in range(4):                       # banned by ban_after: 4 denials within the window
         lim.hit("repeat", now=100.0)
@@ -550,3 +550,23 @@ def test_a_small_spray_resets_almost_no_exhausted_key(impl):
     # Eviction takes a key with capacity left whenever its sample holds one: an exhausted key goes only when
     # all 8 sampled entries are exhausted (before: 10 % of them were reset by such a spray).
     assert reset <= n // 2 // 100, reset
+
+
+def test_hit_many_refuses_mappings_and_sets_clearly(impl):
+    lim = fg.RateLimiter("5/minute", _core=impl)
+    for keys in ({"a": 1, "b": 2}, {"a", "b"}, "ab", b"ab", iter(["a"])):
+        with pytest.raises(TypeError, match="keys must be a list"):
+            lim.hit_many(keys)
+    assert lim.hit_many(("a", "b")).allowed.tolist() == [True, True]
+
+
+def test_numpy_integer_costs_are_accepted(impl):
+    import numpy as np
+
+    lim = fg.RateLimiter("5/minute", _core=impl)
+    assert lim.hit("k", np.int64(3), now=1.0).remaining == 2
+    assert lim.hit("k", np.uint8(2), now=1.0).remaining == 0
+    with pytest.raises(TypeError):
+        lim.hit("k", np.bool_(True), now=1.0)
+    with pytest.raises(TypeError):
+        lim.hit("k", np.float64(1.0), now=1.0)
