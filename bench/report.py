@@ -221,6 +221,14 @@ def render(data: dict) -> str:
     sync_ns, local_ns = local_first.get("fastguard sync=0.1"), local_first.get("fastguard in process")
     if sync_ns and local_ns:
         check("`sync=0.1` `hit` ≤ 2× in process", sync_ns, sync_ns <= 2 * local_ns, f"{sync_ns / local_ns:.2f}×")
+    for b in by_group.get("local-first key spray", []):
+        info = b["extra_info"]
+        lag = info["max_sync_lag_s"]
+        lines += [f"Local-first under a key spray ({info['contender']}): {_ns(b):.0f} ns per `hit`, the longest "
+                  f"exchange took {lag * 1e3:.0f} ms (sync every {info['sync_interval_s']:g} s), "
+                  f"{info['shared_keys']:,} keys in its bookkeeping.", ""]
+        check("local-first key spray: longest exchange < the sync interval", lag,
+              lag < info["sync_interval_s"], f"{lag * 1e3:.0f} ms")
     floor = "floor (1 PDK call)"
     for server in ("stock kong-pdk", "fastguard kong-server"):
         base = kong_by.get((server, floor, 1))

@@ -17,7 +17,6 @@ import fastguard
 from fastguard import Decision, Limit
 from fastguard.limits import key_bytes
 from fastguard.redis.store import (
-    BATCH_KEYS,
     DENY_RETRY_AFTER,
     STATE_VERSION,
     Health,
@@ -29,6 +28,10 @@ from fastguard.redis.store import (
 )
 
 __all__ = ["SyncTable", "SYNC_SCRIPT"]
+
+#: Keys per script call of an exchange with a standalone server. Large: each reply read releases and retakes the
+#: GIL, which costs up to a switch interval (5 ms) when the gateway's threads keep the CPU busy.
+SYNC_BATCH_KEYS = 4096
 
 log = logging.getLogger("fastguard.redis")
 
@@ -195,7 +198,10 @@ class SyncTable:
 
     # -- the exchange ---------------------------------------------------------------------------------------------
     def _base(self, key: Any) -> bytes:
-        return self._prefix + tagged(key) + b":"
+        raw = key.encode() if type(key) is str else key_bytes(key)
+        if raw and b"}" not in raw:  # the common case of tagged(), inline: this runs per key per exchange
+            return self._prefix + b"{" + raw + b"}:"
+        return self._prefix + tagged(raw) + b":"
 
     def _epoch(self) -> int:
         return time.time_ns() // self._epoch_ns
@@ -209,7 +215,7 @@ class SyncTable:
         if seen is None:
             self._seen[base] = _Seen(key, epoch)
             if len(self._seen) > self.max_keys:
-                self._seen.popitem(last=False)
+                self._seen.popitem(last=False)   # the least recently hit
         else:
             seen.active = True
             seen.used = epoch
@@ -308,7 +314,8 @@ class SyncTable:
                 groups[key_slot(name)].append(i)
             batches = list(groups.values())
         else:
-            batches = [list(range(i, min(i + BATCH_KEYS, len(names)))) for i in range(0, len(names), BATCH_KEYS)]
+            batches = [list(range(i, min(i + SYNC_BATCH_KEYS, len(names))))
+                       for i in range(0, len(names), SYNC_BATCH_KEYS)]
         mine = [0] * len(names)
         if self.bans:
             for i, base in enumerate(bases_of(names)):
