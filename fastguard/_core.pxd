@@ -134,6 +134,7 @@ cdef enum:
     FG_HEADER_WORDS = 2           # entry header: key id, touched (latest time seen, ns)
     FG_BAN_WORDS = 3              # with bans, after the limits: denials, start of their window, banned until
     FG_EVICTION_SAMPLE = 8
+    FG_EVICTION_SCAN = 72         # while only bans are seen, the scan goes on up to this many entries
     FG_EMPTY = -1                 # `touched` of an empty slot (real times are >= 0)
     FG_MIN_SLOTS = 8
     FG_BATCH_CHUNK = 16384        # hit_many groups this many keys at a time (work array and outputs stay in L2)

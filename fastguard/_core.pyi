@@ -10,6 +10,7 @@ from fastguard.limits import Limit
 
 ALGORITHMS: tuple[str, ...]
 EVICTION_SAMPLE: int
+EVICTION_SCAN: int
 
 class Decision:
     """One rate-limit decision. Times in float seconds; retry_after is 0.0 when allowed, inf when never."""

@@ -38,6 +38,7 @@ cdef extern from "Python.h":
 
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
 EVICTION_SAMPLE = FG_EVICTION_SAMPLE
+EVICTION_SCAN = FG_EVICTION_SCAN
 
 # Per-process secrets (fastguard._secret, shared with _pure): key bytes -> SipHash-1-3 id; id -> position.
 cdef uint64_t _sip_k0 = SIP_K0
@@ -359,15 +360,17 @@ cdef int64_t _victim(fg_params *p, fg_shard *s, int64_t now) noexcept nogil:
     """The slot to evict; mirrors _pure.Table._victim. Among the next EVICTION_SAMPLE occupied slots from the clock
     hand: the first fresh entry (evicting it loses nothing); else the lowest by (actively banned, exhausted, least
     recently touched): a ban outlives every key without one, and a key with capacity left loses less when
-    forgotten than an exhausted one. While every entry looked at is banned, the scan goes on through the shard for
-    one that is not; in a shard of nothing but bans, the ban that ends first goes."""
+    forgotten than an exhausted one. While every entry looked at is banned, the scan goes on, up to EVICTION_SCAN
+    entries, for one that is not; when all of those are banned, the ban that ends first goes (a longer scan would
+    make each new key cost the whole shard once most of it is banned)."""
     cdef int64_t sample = FG_EVICTION_SAMPLE if s.n > FG_EVICTION_SAMPLE else s.n
+    cdef int64_t scan = FG_EVICTION_SCAN if s.n > FG_EVICTION_SCAN else s.n
     cdef int64_t pos = s.hand, here, seen = 0, best = -1
     cdef int64_t *e
     cdef bint bans = p.stride > FG_HEADER_WORDS + p.nlimits * p.words
     cdef bint banned, exhausted, best_banned = False, best_exhausted = False
     cdef int64_t key2, best_key2 = 0
-    while seen < sample or (best_banned and seen < s.n):
+    while seen < sample or (best_banned and seen < scan):
         e = fg_table_slot(p, s, pos)
         here = pos
         pos += 1

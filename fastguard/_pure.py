@@ -50,13 +50,15 @@ from fastguard.limits import (
     key_bytes,
 )
 
-__all__ = ["Decision", "Table", "BanGate", "ALGORITHMS", "EVICTION_SAMPLE", "key_id", "siphash", "mix64",
+__all__ = ["Decision", "Table", "BanGate", "ALGORITHMS", "EVICTION_SAMPLE", "EVICTION_SCAN", "key_id", "siphash", "mix64",
            "b64url_decode", "split_token", "parse_compact", "TokenCache", "CachedVerify", "check_claims",
            "parse_json_object"]
 
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
 #: Occupied slots examined per eviction.
 EVICTION_SAMPLE = 8
+#: While only banned entries are seen, an eviction looks at up to this many.
+EVICTION_SCAN = 72
 #: Tables for fewer keys than this have one shard, larger ones SHARDS (the core locks each shard separately).
 SMALL_TABLE = 4096
 SHARDS = 64
@@ -748,11 +750,11 @@ class Table:
         entry (evicting it loses nothing); else the lowest by (actively banned, exhausted, least recently touched):
         a ban outlives every key without one, and a key with capacity left loses less when forgotten than an
         exhausted one (whose caller would get a fresh allowance). While every entry looked at is banned, the scan
-        goes on through the shard for one that is not; in a shard of nothing but bans, the ban that ends first
-        goes."""
-        sample = min(EVICTION_SAMPLE, shard.n)
+        goes on, up to EVICTION_SCAN entries, for one that is not; when all of those are banned, the ban that ends
+        first goes (a longer scan would make each new key cost the whole shard once most of it is banned)."""
+        sample, scan = min(EVICTION_SAMPLE, shard.n), min(EVICTION_SCAN, shard.n)
         pos, seen, best, best_rank = shard.hand, 0, -1, None
-        while seen < sample or (best_rank is not None and best_rank[0] and seen < shard.n):
+        while seen < sample or (best_rank is not None and best_rank[0] and seen < scan):
             e = shard.slots[pos]
             pos = pos + 1 if pos + 1 < shard.cap else 0
             if e is None:
