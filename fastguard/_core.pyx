@@ -379,10 +379,10 @@ cdef int64_t _victim(fg_params *p, fg_shard *s, int64_t now) noexcept nogil:
         if e[1] == FG_EMPTY:
             continue
         seen += 1
-        if _fresh(p, e, now):
+        banned = bans and e[p.stride - 1] > now
+        if not banned and _fresh(p, e, now):    # (a banned entry is never fresh)
             best = here
             break
-        banned = bans and e[p.stride - 1] > now
         if banned:
             exhausted = False
             key2 = e[p.stride - 1]      # among bans: the one that ends first
