@@ -50,8 +50,8 @@ from fastguard.limits import (
     key_bytes,
 )
 
-__all__ = ["Decision", "Table", "BanGate", "ALGORITHMS", "EVICTION_SAMPLE", "EVICTION_SCAN", "key_id", "siphash", "mix64",
-           "b64url_decode", "split_token", "parse_compact", "TokenCache", "CachedVerify", "check_claims",
+__all__ = ["Decision", "Table", "BanGate", "ALGORITHMS", "EVICTION_SAMPLE", "EVICTION_SCAN", "key_id", "siphash",
+           "mix64", "b64url_decode", "split_token", "parse_compact", "TokenCache", "CachedVerify", "check_claims",
            "parse_json_object"]
 
 ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
