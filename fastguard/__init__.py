@@ -29,6 +29,7 @@ else:
             f"to run the pure-Python core. Cause: {exc}") from exc
     COMPILED = True
 
+from fastguard.decision import BatchDecision  # noqa: E402
 from fastguard.errors import (  # noqa: E402
     DisallowedAlgorithm,
     ExpiredToken,
@@ -46,7 +47,7 @@ from fastguard.errors import (  # noqa: E402
 )
 from fastguard.jwks import KeySet, RemoteKeySet  # noqa: E402
 from fastguard.jwt import JWTVerifier, extract_token  # noqa: E402
-from fastguard.limits import BatchDecision, Limit, parse_limits  # noqa: E402
+from fastguard.limits import Limit, parse_limits  # noqa: E402
 from fastguard.ratelimit import ALGORITHMS, RateLimiter  # noqa: E402
 
 Decision = _impl.Decision

@@ -28,7 +28,9 @@ import numpy as np
 from fastguard import errors as _errors
 from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
 
-from fastguard.limits import as_integer, ban_settings, decision_headers
+from fastguard.arguments import ALGORITHMS as _ALGORITHMS
+from fastguard.arguments import NO_BANS, as_integer, ban_seconds, ban_settings, check_algorithm, check_max_keys
+from fastguard.decision import decision_headers
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
@@ -36,7 +38,7 @@ cdef extern from "Python.h":
     void *PyUnicode_DATA(object s)
     Py_ssize_t PyUnicode_GET_LENGTH(object s)
 
-ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
+ALGORITHMS = _ALGORITHMS   # fastguard.arguments, the one list (the core's codes are its indices)
 EVICTION_SAMPLE = FG_EVICTION_SAMPLE
 EVICTION_SCAN = FG_EVICTION_SCAN
 
@@ -631,12 +633,8 @@ cdef class Table:
         cdef int i
         self.shards = NULL
         self.jmap = NULL
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
-        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
-            raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
-        if max_keys < 1:
-            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        check_algorithm(algorithm)
+        check_max_keys(max_keys)
         if max_keys > 2**40:
             raise ValueError(f"max_keys {max_keys} is above the table's maximum 2**40")
         limits = tuple(limits)
@@ -853,8 +851,7 @@ cdef class Table:
         cdef fg_shard *s = self._shard(h)
         cdef int64_t *ban
         self._check_bans()
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3153600000:
-            raise ValueError(f"a ban lasts between 0 and 100 years of seconds, got {seconds!r}")
+        seconds = ban_seconds(seconds)
         cdef int64_t length = round(seconds * 1_000_000_000)
         fg_spin_lock(&s.lock)
         ban = self._ban_words(s, kid, h, t, True)

@@ -39,22 +39,25 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
-from fastguard.limits import (
-    MAX_LIMITS,
+from fastguard.arguments import ALGORITHMS as _ALGORITHMS
+from fastguard.arguments import (
     MAX_NOW_NS,
-    Limit,
+    ban_seconds,
     ban_settings,
+    check_algorithm,
+    check_max_keys,
     checked_cost,
-    decision_headers,
     epoch_ns,
     key_bytes,
 )
+from fastguard.decision import decision_headers
+from fastguard.limits import MAX_LIMITS, Limit
 
 __all__ = ["Decision", "Table", "BanGate", "ALGORITHMS", "EVICTION_SAMPLE", "EVICTION_SCAN", "key_id", "siphash",
            "mix64", "b64url_decode", "split_token", "parse_compact", "TokenCache", "CachedVerify", "check_claims",
            "parse_json_object"]
 
-ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
+ALGORITHMS = _ALGORITHMS  # fastguard.arguments, re-exported as both cores do
 #: Occupied slots examined per eviction.
 EVICTION_SAMPLE = 8
 #: While only banned entries are seen, an eviction looks at up to this many.
@@ -439,12 +442,8 @@ class Table:
 
     def __init__(self, algorithm: str, limits: Sequence[Limit], max_keys: int, ban_after: int = 0,
                  ban_for: float = 0.0) -> None:
-        if algorithm not in _ALGORITHM_CLASSES:
-            raise ValueError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
-        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
-            raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
-        if max_keys < 1:
-            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        check_algorithm(algorithm)
+        check_max_keys(max_keys)
         if max_keys > 2**40:
             raise ValueError(f"max_keys {max_keys} is above the table's maximum 2**40")
         self.algorithm = algorithm
@@ -563,8 +562,7 @@ class Table:
         """Ban `key` for `seconds` from `now` (it is refused without looking at its limits until then)."""
         t = now_ns_from(now)
         self._check_bans()
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3153600000:
-            raise ValueError(f"a ban lasts between 0 and 100 years of seconds, got {seconds!r}")
+        seconds = ban_seconds(seconds)
         with self._lock:
             shard, entry = self._ban_entry(key, t, True)
             assert entry is not None

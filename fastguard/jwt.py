@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from fastguard import _impl
+from fastguard.arguments import epoch_ns
 from fastguard.errors import (
     DisallowedAlgorithm,
     ExpiredToken,
@@ -27,7 +28,6 @@ from fastguard.errors import (
     TokenTooLarge,
 )
 from fastguard.jwks import ALGORITHMS, Key, KeySet, RemoteKeySet
-from fastguard.limits import epoch_ns
 
 __all__ = ["JWTVerifier", "extract_token", "CACHE_TTL", "NEGATIVE_TTL", "MAX_CACHED_TOKEN_BYTES"]
 

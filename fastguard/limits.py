@@ -1,7 +1,6 @@
-"""Limit strings ("100/minute; 10/second") -> Limit objects, and the response headers of a Decision.
+"""Limits: "100/minute; 10/second" -> Limit objects (count per period, in whole nanoseconds).
 
-This module is pure Python and imports neither core: both `_core` and `_pure` import it for `Limit`
-and for `decision_headers`, so the header rules exist once.
+Pure Python, importing neither core: both `_core` and `_pure` use it, so the rules of a limit exist once.
 """
 
 from __future__ import annotations
@@ -10,8 +9,7 @@ import math
 import re
 from typing import Any
 
-__all__ = ["Limit", "parse_limits", "decision_headers", "BatchDecision", "MAX_LIMITS", "ban_settings",
-           "epoch_ns", "checked_cost", "key_bytes"]
+__all__ = ["Limit", "parse_limits", "window_name", "MAX_LIMITS"]
 
 #: A limiter decides at most this many limits per key (the core keeps them in a fixed C array).
 MAX_LIMITS = 8
@@ -162,117 +160,3 @@ def _parse_one(part: str, whole: str) -> Limit:
         return Limit(count, mult * unit)
     except ValueError as exc:
         raise ValueError(f"limit {part!r}: {exc}") from None
-
-
-def _ceil_seconds(seconds: float) -> int:
-    return int(math.ceil(seconds)) if seconds > 0 else 0
-
-
-def decision_headers(decision: Any, style: str = "ietf") -> dict[str, str]:
-    """Response headers for a Decision.
-
-    "ietf": RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset (whole seconds, rounded up), plus Retry-After
-    when denied (at least 1 s; left out when the hit can never be admitted, its cost exceeding the limit).
-    "kong": X-RateLimit-Limit-<Window> and X-RateLimit-Remaining-<Window> for every limit, plus the IETF ones.
-    """
-    if style not in ("ietf", "kong"):
-        raise ValueError(f"unknown header style {style!r}: use 'ietf' or 'kong'")
-    headers: dict[str, str] = {}
-    if style == "kong":
-        for limit, remaining in zip(decision.limits, decision.remainings, strict=True):
-            name = window_name(limit.period)
-            headers[f"X-RateLimit-Limit-{name}"] = str(limit.count)
-            headers[f"X-RateLimit-Remaining-{name}"] = str(remaining)
-    headers["RateLimit-Limit"] = str(decision.limit)
-    headers["RateLimit-Remaining"] = str(decision.remaining)
-    headers["RateLimit-Reset"] = str(_ceil_seconds(decision.reset_after))
-    if not decision.allowed and math.isfinite(decision.retry_after):
-        headers["Retry-After"] = str(max(1, _ceil_seconds(decision.retry_after)))
-    return headers
-
-
-class BatchDecision:
-    """The decisions of `hit_many`, one entry per key, in order.
-
-    allowed: numpy bool; remaining: int64; retry_after and reset_after: float64 seconds (inf: never admissible).
-    """
-
-    __slots__ = ("allowed", "remaining", "retry_after", "reset_after")
-
-    def __init__(self, allowed: Any, remaining: Any, retry_after: Any, reset_after: Any) -> None:
-        self.allowed = allowed
-        self.remaining = remaining
-        self.retry_after = retry_after
-        self.reset_after = reset_after
-
-    def __len__(self) -> int:
-        return len(self.allowed)
-
-    def __repr__(self) -> str:
-        n = len(self.allowed)
-        return f"<BatchDecision {n} keys, {int(self.allowed.sum())} allowed>"
-
-
-def ban_settings(ban_after: Any, ban_for: Any) -> tuple[int, int]:
-    """(ban_after, ban_for in ns), checked: ban_after an int >= 0, ban_for seconds >= 0. Both 0: no bans;
-    ban_for alone: only bans set with ban(). Raises TypeError / ValueError naming the argument."""
-    if isinstance(ban_after, bool) or not isinstance(ban_after, int):
-        raise TypeError(f"ban_after must be an int, not {type(ban_after).__name__}")
-    if ban_after < 0 or ban_after > 2**40:
-        raise ValueError(f"ban_after must be between 0 and 2**40, got {ban_after}")
-    if isinstance(ban_for, bool) or not isinstance(ban_for, (int, float)):
-        raise TypeError(f"ban_for must be a number of seconds, not {type(ban_for).__name__}")
-    if not 0 <= ban_for <= 100 * 365 * 86_400:  # also refuses NaN
-        raise ValueError(f"ban_for must be between 0 and 100 years of seconds, got {ban_for!r}")
-    ban_for_ns = round(ban_for * 1_000_000_000)
-    if ban_after > 0 and ban_for_ns <= 0:
-        raise ValueError("ban_after needs ban_for: how many seconds a ban lasts")
-    return ban_after, ban_for_ns
-
-
-#: Largest accepted time: 2**62 ns (year 2116); sums inside the core stay within int64.
-MAX_NOW_NS = 2**62
-
-
-def epoch_ns(now: Any) -> int:
-    """`now=` (epoch seconds, int or float) as int nanoseconds, floor(now * 1e9), exactly as the compiled core
-    takes it. Raises TypeError / ValueError (outside 0 .. 2**62 ns, or not finite)."""
-    if isinstance(now, bool) or not isinstance(now, (int, float)):
-        raise TypeError(f"now must be epoch seconds as a float, not {type(now).__name__}")
-    try:
-        ns = float(now) * 1e9
-    except OverflowError:
-        ns = math.inf
-    if not math.isfinite(ns) or ns < 0 or ns >= MAX_NOW_NS:
-        raise ValueError(f"now must be epoch seconds between 0 and 2**62 ns, got {now!r}")
-    return math.floor(ns)
-
-
-def checked_cost(cost: Any) -> int:
-    """A hit's cost: an int >= 0, or any integer type (numpy's) (TypeError / ValueError otherwise)."""
-    if isinstance(cost, bool) or not isinstance(cost, int):
-        cost = as_integer(cost)
-    if cost < 0:
-        raise ValueError(f"cost must not be negative, got {cost}")
-    return cost
-
-
-def as_integer(value: Any) -> int:
-    """An integer of another type (numpy.int64, ...) as an int; TypeError for bools and non-integers."""
-    index = getattr(type(value), "__index__", None)
-    if index is None or "bool" in type(value).__name__:
-        raise TypeError(f"cost must be an int, not {type(value).__name__}")
-    return int(index(value))
-
-
-def key_bytes(key: Any) -> bytes:
-    """A rate-limit key's bytes: a str's UTF-8, or the bytes themselves. TypeError for other types; ValueError for a
-    str that is not valid Unicode (a lone surrogate, e.g. from surrogateescape): pass such a key as bytes."""
-    if isinstance(key, str):
-        try:
-            return key.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"rate-limit key {key!r} holds a lone surrogate: pass the key as bytes") from None
-    if isinstance(key, bytes):
-        return bytes(key)
-    raise TypeError(f"rate-limit key must be str or bytes, not {type(key).__name__}")

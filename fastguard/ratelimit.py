@@ -11,15 +11,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fastguard.limits import BatchDecision, Limit, ban_settings, parse_limits
+from fastguard.arguments import ALGORITHMS, NO_BANS, ban_settings, check_algorithm, check_max_keys, check_on_error
+from fastguard.decision import BatchDecision
+from fastguard.limits import Limit, parse_limits
 
 __all__ = ["RateLimiter", "ALGORITHMS"]
 
-ALGORITHMS = ("fixed_window", "sliding_window", "token_bucket", "gcra")
 _MAX_COST = 2**62
 
 
-ON_ERROR = ("allow", "deny", "local")
 
 
 class Store(Protocol):
@@ -61,14 +61,9 @@ class RateLimiter:
     def __init__(self, limits: str | Limit | Sequence[Limit], algorithm: str = "sliding_window",
                  max_keys: int = 1_000_000, store: Store | None = None, *, sync: float | None = None,
                  on_error: str = "allow", ban_after: int = 0, ban_for: float = 0.0, _core: Any = None) -> None:
-        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {algorithm!r}: use one of {', '.join(ALGORITHMS)}")
-        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
-            raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
-        if max_keys < 1:
-            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
-        if not isinstance(on_error, str) or on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+        check_algorithm(algorithm)
+        check_max_keys(max_keys)
+        check_on_error(on_error)
         if sync is not None:
             if isinstance(sync, bool) or not isinstance(sync, (int, float)) or not 0 < sync <= 3600:
                 raise ValueError(f"sync must be None or seconds between 0 and 3600, got {sync!r}")
@@ -158,7 +153,7 @@ class RateLimiter:
 
     def _bans(self) -> Any:
         if not callable(getattr(self._table, "ban", None)):
-            raise ValueError("this limiter has no bans: give it ban_after and ban_for, or ban_for alone")
+            raise ValueError(NO_BANS)
         return self._table
 
     def close(self) -> None:

@@ -5,7 +5,8 @@ import math
 import pytest
 
 import fastguard as fg
-from fastguard.limits import decision_headers, window_name
+from fastguard.decision import decision_headers
+from fastguard.limits import window_name
 
 
 @pytest.mark.parametrize("text, expected", [

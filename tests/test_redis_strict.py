@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import fastguard as fg
 from fastguard import _pure
 from fastguard.redis import RedisStore
-from fastguard.redis.store import fast_arithmetic
+from fastguard.redis.strict import fast_arithmetic
 
 # Limit sets that take the script's fast path (whole seconds or divisors of a second, count * period < 2^53) and
 # its exact bignum path (fractional periods, 1 µs periods, products past 2^53, counts up to 2^53).

@@ -9,7 +9,9 @@
 See `RedisStore` for both, and for what happens while Redis is unreachable.
 """
 
-from fastguard.redis.store import ON_ERROR, RedisStore, StrictTable
+from fastguard.arguments import ON_ERROR
+from fastguard.redis.store import RedisStore
+from fastguard.redis.strict import StrictTable
 from fastguard.redis.sync import SyncTable
 
 __all__ = ["RedisStore", "StrictTable", "SyncTable", "ON_ERROR"]

@@ -1,64 +1,41 @@
-"""RedisStore and its strict table: one atomic script call per decision, on Redis or Redis Cluster."""
+"""Strict mode: every decision is one atomic script call on Redis, with the in-process core's rules."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
 import struct
-import threading
 import time
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import redis
-from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError, RedisClusterException, RedisError, ResponseError
-from redis.retry import Retry
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 
 import fastguard
-from fastguard import Decision, Limit
-from fastguard.limits import ban_settings, checked_cost, epoch_ns, key_bytes
+from fastguard import Decision
+from fastguard.arguments import NO_BANS, ban_seconds, ban_settings, check_on_error, checked_cost, epoch_ns
+from fastguard.limits import Limit
+from fastguard.redis.health import FAULTS, Health, key_fault
+from fastguard.redis.store import ALG_CODES, REDIRECTIONS, RedisStore, tagged
 
-try:  # the lean client needs hiredis (the "redis" extra installs it); without it redis-py does every call
+try:
     import hiredis
 
-    from fastguard.redis.wire import Wire, bulk, wire_for
+    from fastguard.redis.wire import bulk
 except ImportError:  # pragma: no cover - exercised only without hiredis
     hiredis = None
 
-__all__ = ["RedisStore", "StrictTable", "ON_ERROR", "FAULTS", "Health", "tagged"]
+__all__ = ["StrictTable", "BATCH_KEYS", "DENY_RETRY_AFTER", "LATENCY_BUCKETS", "fast_arithmetic"]
 
-log = logging.getLogger("fastguard.redis")
-
-#: What a decision does while Redis cannot answer: admit, refuse, or ask the in-process core.
-ON_ERROR = ("allow", "deny", "local")
-#: The Lua source of every decision (a transcription of fastguard._pure's rules in exact integer arithmetic).
-SCRIPT = resources.files(__package__).joinpath("decide.lua").read_text(encoding="utf-8")
-_ALG_CODES = {"fixed_window": b"f", "sliding_window": b"s", "token_bucket": b"b", "gcra": b"g"}
 #: Keys per script call in hit_many on a standalone server (one call holds the server for ~this many decisions).
 BATCH_KEYS = 256
 #: Upper bounds (s) of the buckets of the Redis call latency histogram (stats()["redis_call_seconds"]).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-#: Reconnect backoff: first retry after 20 ms, doubling to at most 0.4 s, so a recovered Redis is used within 1 s.
-BACKOFF_FIRST = 0.02
-BACKOFF_MAX = 0.4
 #: Retry-After given by on_error="deny" while Redis is unreachable (s).
 DENY_RETRY_AFTER = 1.0
-#: What counts as "Redis cannot answer" (redis-py raises RedisClusterException, not a RedisError, when it cannot
-#: reach any node of a cluster).
-FAULTS = (RedisError, RedisClusterException, OSError)
-#: Cluster replies that redis-py's client knows how to follow.
-_REDIRECTIONS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
-#: Part of every key name: a release that changes how states are written changes it, so old states are not misread.
-STATE_VERSION = 1
-
-
 _E9 = 1_000_000_000
 
 
@@ -72,299 +49,6 @@ def fast_arithmetic(lim: Limit) -> bool:
 def now_ns(now: Any) -> int | None:
     """`now=` as int nanoseconds, as the in-process core takes it; None stays None (the server's clock)."""
     return None if now is None else epoch_ns(now)
-
-
-def check_on_error(on_error: Any) -> None:
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
-
-
-
-
-def tagged(key: Any) -> bytes:
-    """A key's part of its Redis names, `{<key>}`: the key is its own Cluster hash tag, so the state and its `~ban`
-    and `~deny` companions share one slot. Redis reads no tag from `{}` nor from a key holding `}` (`{}x` hashes
-    the whole name, and then each companion lands elsewhere): such keys get a tag derived from them,
-    `{#<digest>}:<key>`. Names stay distinct: a plain name's first `}` ends the key, a derived one's is followed by
-    `:` and the key."""
-    raw = key_bytes(key)
-    if raw and b"}" not in raw:
-        return b"{" + raw + b"}"
-    return b"{#" + hashlib.blake2b(raw, digest_size=8).hexdigest().encode() + b"}:" + raw
-
-
-def key_fault(exc: BaseException) -> bool:
-    """Whether a failed call failed because of the data of the keys it was given (the script raised, a key holds
-    another type): that decision falls back, the store stays up. Server states (LOADING, READONLY, BUSY, OOM,
-    NOAUTH, CLUSTERDOWN...) and unreachable servers are faults of the store."""
-    return isinstance(exc, ResponseError) and not isinstance(exc, NoScriptError) \
-        and str(exc).startswith(("ERR", "WRONGTYPE"))
-
-
-class Health:
-    """Whether Redis answers, with reconnect backoff and one log line per change of state.
-
-    While down, calls go to the fallback without touching the network until the backoff expires; then one caller
-    probes (the others keep falling back) and the first success ends the outage.
-    """
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.up = True
-        self.retry_at = 0.0
-        self.backoff = BACKOFF_FIRST
-        self.errors = 0
-        self.fallbacks = 0
-        self.changes = 0
-        self.last_error = ""
-        self._key_log_at = 0.0
-        self._lock = threading.Lock()
-
-    def may_try(self) -> bool:
-        if self.up:
-            return True
-        with self._lock:
-            t = time.monotonic()
-            if t < self.retry_at:
-                return False
-            self.retry_at = t + self.backoff  # this caller probes; the others fall back meanwhile
-            return True
-
-    def failed(self, exc: BaseException) -> None:
-        with self._lock:
-            self.errors += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            if self.up:
-                self.up = False
-                self.changes += 1
-                self.backoff = BACKOFF_FIRST
-                log.warning("fastguard: Redis unreachable for %s (%s); deciding by on_error until it answers",
-                            self.what, self.last_error)
-            else:
-                self.backoff = min(self.backoff * 2, BACKOFF_MAX)
-            self.retry_at = time.monotonic() + self.backoff
-
-    def key_failed(self, exc: BaseException) -> None:
-        """A call failed for its own keys' data: counted and logged (at most once a second), no change of state."""
-        self.errors += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        t = time.monotonic()
-        if t >= self._key_log_at:
-            self._key_log_at = t + 1.0
-            log.warning("fastguard: Redis refused one decision for %s (%s); that decision follows on_error",
-                        self.what, self.last_error)
-
-    def succeeded(self) -> None:
-        if self.up:
-            return
-        with self._lock:
-            if not self.up:
-                self.up = True
-                self.changes += 1
-                log.warning("fastguard: Redis answers again for %s; decisions use it again", self.what)
-
-    def stats(self) -> dict[str, Any]:
-        return {"redis_up": self.up, "redis_errors": self.errors, "fallbacks": self.fallbacks,
-                "state_changes": self.changes, "last_error": self.last_error}
-
-
-class RedisStore:
-    """A Redis (standalone or Cluster) that rate limiters share.
-
-    RedisStore(client=redis.Redis(...) | redis.cluster.RedisCluster(...), prefix="fg")
-    RedisStore.from_url(url, timeout=0.25, connect_timeout=0.25, prefix="fg")
-        url: redis://[user:password@]host:port/db, rediss://... (TLS), unix:///path/to/socket?db=0,
-             redis+cluster://host:port[,host:port...] (Redis Cluster; MOVED/ASK redirections are followed).
-
-    A limiter's state lives under `<prefix>:<algorithm>:<limits>:{<key>}`: limiters with the same algorithm and
-    limits share counters (that is how several gateway nodes share one count), the key is its own hash tag (one
-    Cluster slot per key), and every state expires once it would decide like a new key.
-    The hiredis parser is used when the `hiredis` package is installed (redis-py picks it).
-    Clients made by from_url never retry inside redis-py: an unreachable Redis costs one timeout, then the
-    limiter's own backoff applies (see `on_error` in `table`).
-    """
-
-    def __init__(self, client: redis.Redis | RedisCluster | None = None, *, prefix: str = "fg",
-                 _connect: Any = None) -> None:
-        if client is None and _connect is not None:
-            self.cluster = True  # from_url's lazily made RedisCluster (it connects as it is made)
-        elif isinstance(client, (redis.Redis, RedisCluster)):
-            self.cluster = isinstance(client, RedisCluster)
-        else:
-            raise TypeError(f"client must be a redis.Redis or redis.cluster.RedisCluster, not {type(client).__name__}")
-        if not isinstance(prefix, str) or not prefix or any(c in prefix for c in "{} "):
-            raise ValueError(f"prefix must be a non-empty str without braces or spaces, got {prefix!r}")
-        self._client = client
-        self._connect = _connect
-        self._lock = threading.Lock()
-        self.prefix = prefix
-        self.sha = sha1(SCRIPT)
-        # Standalone TCP / Unix servers get the lean per-thread client for the hot path (see wire.py).
-        self.wire: Wire | None = wire_for(client) if hiredis is not None and isinstance(client, redis.Redis) else None
-        self._cluster_wire: bool | None = None          # whether Cluster nodes get lean clients (decided on first use)
-        self._node_wires: dict[str, Wire] = {}          # by "host:port"
-
-    @property
-    def client(self) -> redis.Redis | RedisCluster:
-        """The redis-py client. A cluster client from from_url is made on first use; while no node answers,
-        this raises RedisClusterException (one of FAULTS), which decisions treat as Redis being down."""
-        c = self._client
-        if c is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = self._connect()
-                c = self._client
-        return c
-
-    @classmethod
-    def from_url(cls, url: str, *, timeout: float = 0.25, connect_timeout: float = 0.25, prefix: str = "fg",
-                 **client_options: Any) -> RedisStore:
-        """A store on `url` (see the class docstring) with read and connect timeouts in seconds.
-
-        Raises ValueError for an unknown scheme or a malformed cluster node list. Does not connect: the first
-        decision does, so a gateway starts even while Redis is down.
-        """
-        if not isinstance(url, str):
-            raise TypeError(f"url must be a str, not {type(url).__name__}")
-        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout,
-                                   "retry": Retry(redis.backoff.NoBackoff(), 0)}
-        options.update(client_options)
-        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-        if scheme in ("redis", "rediss", "unix"):
-            return cls(redis.Redis.from_url(url, **options), prefix=prefix)
-        if scheme in ("redis+cluster", "rediss+cluster"):
-            parts = urlsplit(url)
-            nodes = []
-            for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
-                host, sep, port = hostport.rpartition(":")
-                if not sep or not host or not port.isdigit():
-                    raise ValueError(f"cluster node {hostport!r} in {url!r} is not host:port")
-                nodes.append(ClusterNode(host.strip("[]"), int(port)))
-            if parts.username:
-                options.setdefault("username", unquote(parts.username))
-            if parts.password:
-                options.setdefault("password", unquote(parts.password))
-            if scheme == "rediss+cluster":
-                options.setdefault("ssl", True)
-            options.setdefault("require_full_coverage", False)
-            return cls(prefix=prefix, _connect=lambda: RedisCluster(startup_nodes=nodes, **options))
-        raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or redis+cluster://")
-
-    def table(self, algorithm: str, limits: Sequence[Limit], max_keys: int, *, sync: float | None = None,
-              on_error: str = "allow", ban_after: int = 0, ban_for: float = 0.0) -> Any:
-        """The table behind a RateLimiter: StrictTable (sync=None) or SyncTable (sync=seconds)."""
-        if sync is None:
-            return StrictTable(self, algorithm, limits, max_keys, on_error, ban_after, ban_for)
-        from fastguard.redis.sync import SyncTable
-
-        return SyncTable(self, algorithm, limits, max_keys, sync, on_error, ban_after, ban_for)
-
-    def namespace(self, algorithm: str, limits: Sequence[Limit]) -> bytes:
-        spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in limits)
-        return f"{self.prefix}:v{STATE_VERSION}:{_ALG_CODES[algorithm].decode()}:{spec}:".encode()
-
-    def wire_for(self, name: bytes) -> Wire | None:
-        """The lean client to the server that holds `name`: the standalone server's, or on a Cluster the one of
-        the master of its slot (by redis-py's slot map). None where redis-py does every call."""
-        if not self.cluster:
-            return self.wire
-        client = self.client  # may raise RedisClusterException while no node answers (a fault)
-        if self._cluster_wire is None:
-            kw = client.nodes_manager.connection_kwargs
-            self._cluster_wire = hiredis is not None and not kw.get("ssl") and kw.get("credential_provider") is None \
-                and kw.get("protocol") in (None, 2, "2") and kw.get("connection_class") in (None, redis.Connection)
-        if not self._cluster_wire:
-            return None
-        node = client.nodes_manager.get_node_from_slot(key_slot(name))
-        wire = self._node_wires.get(node.name)
-        if wire is None:
-            kw = client.nodes_manager.connection_kwargs
-            wire = self._node_wires[node.name] = Wire(
-                host=node.host, port=int(node.port), username=kw.get("username"), password=kw.get("password"),
-                timeout=kw.get("socket_timeout"), connect_timeout=kw.get("socket_connect_timeout"))
-        return wire
-
-    def call_script(self, keys: list[bytes], args: list[Any], sha: str | None = None,
-                    source: str = SCRIPT) -> Any:
-        """EVALSHA, loading the script with EVAL when the server lacks it (a restart, a new Cluster node).
-        On a Cluster, a redirection (MOVED, ASK) or a node that went away is handed to redis-py, which follows
-        it and refreshes its slot map (so the next call goes straight to the right node)."""
-        sha = sha or self.sha
-        wire = self.wire_for(keys[0])
-        if wire is not None:
-            try:
-                try:
-                    return wire.call(hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args)))
-                except NoScriptError:
-                    return wire.call(hiredis.pack_command(("EVAL", source, len(keys), *keys, *args)))
-            except ResponseError as exc:
-                if not (self.cluster and str(exc).startswith(_REDIRECTIONS)):
-                    raise
-            except RedisConnectionError:
-                if not self.cluster:
-                    raise
-        return self.call_script_redis_py(keys, args, sha, source)
-
-    def call_script_redis_py(self, keys: list[bytes], args: list[Any], sha: str | None = None,
-                             source: str = SCRIPT) -> Any:
-        sha = sha or self.sha
-        try:
-            return self.client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return self.client.execute_command("EVAL", source, len(keys), *keys, *args)
-
-    def run_scripts(self, calls: list[tuple[list[bytes], list[Any]]], sha: str | None = None,
-                    source: str = SCRIPT, via_redis_py: bool = False) -> list[Any]:
-        """Many script calls in one round trip (a Cluster: one per node), replies in order; a call that failed
-        gives its exception in its place. A script the server lacks is loaded and that call repeated."""
-        sha = sha or self.sha
-        try:
-            if self.wire is not None and not via_redis_py:
-                replies = self.wire.pipeline([hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *args))
-                                              for keys, args in calls])
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for keys, args in calls:
-                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-                replies = pipe.execute(raise_on_error=False)
-        except FAULTS as exc:
-            return [exc] * len(calls)
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError):
-                try:
-                    replies[i] = (self.call_script_redis_py if via_redis_py else self.call_script)(
-                        *calls[i], sha=sha, source=source)
-                except FAULTS as exc:
-                    replies[i] = exc
-        return replies
-
-    def discard(self, name: bytes) -> None:
-        """Close this thread's lean socket to the server of `name` (a reply on it could not be trusted); the next
-        call reconnects. redis-py drops its own connection on a reply it cannot parse."""
-        try:
-            wire = self.wire_for(name)
-        except FAULTS:
-            return
-        if wire is not None:
-            wire.close()
-
-    def close(self) -> None:
-        for wire in [self.wire, *self._node_wires.values()]:
-            if wire is not None:
-                wire.close()
-        if self._client is not None:
-            self._client.close()
-
-    def __repr__(self) -> str:
-        return f"RedisStore({'cluster' if self.cluster else 'standalone'}, prefix={self.prefix!r})"
-
-
-def sha1(text: str) -> str:
-    """The SHA1 by which EVALSHA names a script."""
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 class StrictTable:
@@ -393,7 +77,7 @@ class StrictTable:
         # Every state is fresh after 2 periods (sliding window) plus C ns (GCRA); a second of margin.
         ttl_ms = (2 * longest + self._max_count) // 1_000_000 + 1000
         self.fast = all(fast_arithmetic(lim) for lim in self.limits)
-        self._head = [_ALG_CODES[algorithm]]
+        self._head = [ALG_CODES[algorithm]]
         path = b"fast" if self.fast else b"exact"
         self.bans = ban_for_ns > 0
         if self.bans:
@@ -513,7 +197,7 @@ class StrictTable:
                 except NoScriptError:
                     r = self.store.call_script([name], self._hit_now + [c])
                 except ResponseError as exc:  # a Cluster redirection: redis-py follows it
-                    if not (self.store.cluster and str(exc).startswith(_REDIRECTIONS)):
+                    if not (self.store.cluster and str(exc).startswith(REDIRECTIONS)):
                         raise
                     r = self.store.call_script_redis_py([name], self._hit_now + [c])
                 except RedisConnectionError:  # a Cluster node went away: redis-py refreshes the slot map
@@ -556,14 +240,13 @@ class StrictTable:
     # -- bans ------------------------------------------------------------------------------------------------------
     def _check_bans(self) -> None:
         if not self.bans:
-            raise ValueError("this limiter has no bans: give it ban_after and ban_for, or ban_for alone")
+            raise ValueError(NO_BANS)
 
     def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
         """Ban `key` for `seconds` on every node: written to Redis (raises RedisError when it cannot be) and kept
         here. `now` is accepted for the table API; Redis counts the ban from its own clock."""
         self._check_bans()
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3153600000:
-            raise ValueError(f"a ban lasts between 0 and 100 years of seconds, got {seconds!r}")
+        seconds = ban_seconds(seconds)
         self.store.client.set(self.name(key) + b"~ban", b"1", px=max(1, round(seconds * 1000)))
         self._banned.ban(key, seconds)
         self.bans_started += 1
@@ -697,7 +380,7 @@ class StrictTable:
                 def handle(r: Any, order: Any = order) -> None:
                     batch = next(order)
                     if isinstance(r, NoScriptError) or (isinstance(r, ResponseError) and self.store.cluster
-                                                        and str(r).startswith(_REDIRECTIONS)):
+                                                        and str(r).startswith(REDIRECTIONS)):
                         slow.append(batch)  # sent again below: with the script loaded / where redis-py finds it
                     else:
                         store_reply(batch, r)

@@ -15,17 +15,10 @@ from redis.exceptions import InvalidResponse
 
 import fastguard
 from fastguard import Decision, Limit
-from fastguard.limits import key_bytes
-from fastguard.redis.store import (
-    DENY_RETRY_AFTER,
-    STATE_VERSION,
-    Health,
-    RedisStore,
-    check_on_error,
-    key_fault,
-    sha1,
-    tagged,
-)
+from fastguard.arguments import check_on_error, key_bytes
+from fastguard.redis.health import Health, key_fault
+from fastguard.redis.store import STATE_VERSION, RedisStore, sha1, tagged
+from fastguard.redis.strict import DENY_RETRY_AFTER
 
 __all__ = ["SyncTable", "SYNC_SCRIPT"]
 

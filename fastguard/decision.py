@@ -1,0 +1,62 @@
+"""What a decision looks like to a caller: the response headers of a Decision, and BatchDecision.
+
+Pure Python: both cores and the Redis tables use these, so the header rules exist once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastguard.limits import window_name
+
+__all__ = ["decision_headers", "BatchDecision"]
+
+
+def _ceil_seconds(seconds: float) -> int:
+    return int(math.ceil(seconds)) if seconds > 0 else 0
+
+
+def decision_headers(decision: Any, style: str = "ietf") -> dict[str, str]:
+    """Response headers for a Decision.
+
+    "ietf": RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset (whole seconds, rounded up), plus Retry-After
+    when denied (at least 1 s; left out when the hit can never be admitted, its cost exceeding the limit).
+    "kong": X-RateLimit-Limit-<Window> and X-RateLimit-Remaining-<Window> for every limit, plus the IETF ones.
+    """
+    if style not in ("ietf", "kong"):
+        raise ValueError(f"unknown header style {style!r}: use 'ietf' or 'kong'")
+    headers: dict[str, str] = {}
+    if style == "kong":
+        for limit, remaining in zip(decision.limits, decision.remainings, strict=True):
+            name = window_name(limit.period)
+            headers[f"X-RateLimit-Limit-{name}"] = str(limit.count)
+            headers[f"X-RateLimit-Remaining-{name}"] = str(remaining)
+    headers["RateLimit-Limit"] = str(decision.limit)
+    headers["RateLimit-Remaining"] = str(decision.remaining)
+    headers["RateLimit-Reset"] = str(_ceil_seconds(decision.reset_after))
+    if not decision.allowed and math.isfinite(decision.retry_after):
+        headers["Retry-After"] = str(max(1, _ceil_seconds(decision.retry_after)))
+    return headers
+
+
+class BatchDecision:
+    """The decisions of `hit_many`, one entry per key, in order.
+
+    allowed: numpy bool; remaining: int64; retry_after and reset_after: float64 seconds (inf: never admissible).
+    """
+
+    __slots__ = ("allowed", "remaining", "retry_after", "reset_after")
+
+    def __init__(self, allowed: Any, remaining: Any, retry_after: Any, reset_after: Any) -> None:
+        self.allowed = allowed
+        self.remaining = remaining
+        self.retry_after = retry_after
+        self.reset_after = reset_after
+
+    def __len__(self) -> int:
+        return len(self.allowed)
+
+    def __repr__(self) -> str:
+        n = len(self.allowed)
+        return f"<BatchDecision {n} keys, {int(self.allowed.sum())} allowed>"

@@ -1,0 +1,53 @@
+"""Redis clients from URLs: the one place that reads `redis://`, `rediss://`, `unix://` and `redis+cluster://`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
+
+__all__ = ["client_from_url"]
+
+
+def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float = 0.25,
+                    **client_options: Any) -> tuple[redis.Redis | None, Callable[[], RedisCluster] | None]:
+    """(a redis-py client, None) for a standalone server, or (None, a function making the RedisCluster) for a
+    cluster, which connects as it is made (so it is made on first use: a gateway starts while Redis is down).
+
+    url: redis://[user:password@]host:port/db, rediss://... (TLS), unix:///path/to/socket?db=0,
+         redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster:// with TLS).
+    Clients never retry inside redis-py: an unreachable Redis costs one timeout, then the limiter's own backoff
+    applies. ValueError for an unknown scheme, a malformed node list or a timeout that is not positive.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a str, not {type(url).__name__}")
+    for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout,
+                               "retry": Retry(redis.backoff.NoBackoff(), 0)}
+    options.update(client_options)
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        return redis.Redis.from_url(url, **options), None
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        parts = urlsplit(url)
+        nodes = []
+        for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
+            host, sep, port = hostport.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"cluster node {hostport!r} in {url!r} is not host:port")
+            nodes.append(ClusterNode(host.strip("[]"), int(port)))
+        if parts.username:
+            options.setdefault("username", unquote(parts.username))
+        if parts.password:
+            options.setdefault("password", unquote(parts.password))
+        if scheme == "rediss+cluster":
+            options.setdefault("ssl", True)
+        options.setdefault("require_full_coverage", False)
+        return None, lambda: RedisCluster(startup_nodes=nodes, **options)
+    raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or redis+cluster://")
