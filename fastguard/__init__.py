@@ -31,8 +31,11 @@ else:
 
 from fastguard.decision import BatchDecision  # noqa: E402
 from fastguard.errors import (  # noqa: E402
+    CODES,
+    ConfigError,
     DisallowedAlgorithm,
     ExpiredToken,
+    FastguardError,
     InvalidAudience,
     InvalidClaim,
     InvalidIssuer,
@@ -42,6 +45,7 @@ from fastguard.errors import (  # noqa: E402
     MalformedToken,
     MissingClaim,
     NotYetValid,
+    StoreError,
     TokenTooLarge,
     UnknownKey,
 )
@@ -58,4 +62,5 @@ __all__ = [
     "KeySet", "RemoteKeySet", "JWTVerifier", "extract_token",
     "InvalidToken", "MalformedToken", "TokenTooLarge", "DisallowedAlgorithm", "UnknownKey", "InvalidSignature",
     "ExpiredToken", "NotYetValid", "InvalidIssuer", "InvalidAudience", "MissingClaim", "InvalidClaim", "InvalidKey",
+    "FastguardError", "ConfigError", "StoreError", "CODES",
 ]

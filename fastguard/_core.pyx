@@ -1432,7 +1432,7 @@ def check_claims(dict claims, int64_t now_ns, int64_t leeway_ns, tuple required,
             raise _errors.InvalidClaim("aud must be a string or a list of strings")
     for name in required:
         if name not in claims:
-            raise _errors.MissingClaim(f"the {name} claim is required")
+            raise _errors.MissingClaim(claim=name)
     if has_exp:
         valid_until = _sat_add(exp_ns, leeway_ns)
         if now_ns >= valid_until:
@@ -1445,18 +1445,18 @@ def check_claims(dict claims, int64_t now_ns, int64_t leeway_ns, tuple required,
         raise _errors.InvalidClaim("iat is in the future")
     if max_lifetime_ns is not None:
         if not has_exp or not has_iat:
-            raise _errors.MissingClaim("max_lifetime needs both iat and exp")
+            raise _errors.MissingClaim("max_lifetime needs both iat and exp", claim="iat" if has_exp else "exp")
         if (<object>exp_ns) - iat_ns > max_lifetime_ns:     # Python ints: no overflow
             raise _errors.InvalidClaim("the token lives longer than max_lifetime (exp - iat)")
     if issuers is not None:
         value = claims.get("iss", _ABSENT)
         if value is _ABSENT:
-            raise _errors.MissingClaim("the iss claim is required")
+            raise _errors.MissingClaim(claim="iss")
         if value not in issuers:
             raise _errors.InvalidIssuer(f"issuer {value!r} is not accepted")
     if aud is not _ABSENT or audiences is not None:
         if aud is _ABSENT:
-            raise _errors.MissingClaim("the aud claim is required")
+            raise _errors.MissingClaim(claim="aud")
         if audiences is None or ((aud not in audiences) if type(aud) is str else audiences.isdisjoint(aud)):
             raise _errors.InvalidAudience(f"audience {aud!r} is not accepted")
     return valid_from, valid_until

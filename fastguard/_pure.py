@@ -943,7 +943,7 @@ def check_claims(claims: dict[str, Any], now_ns: int, leeway_ns: int, required: 
         raise InvalidClaim("aud must be a string or a list of strings")
     for name in required:
         if name not in claims:
-            raise MissingClaim(f"the {name} claim is required")
+            raise MissingClaim(claim=name)
     valid_from, valid_until = 0, 2**62
     if "exp" in times:
         valid_until = times["exp"] + leeway_ns
@@ -957,17 +957,17 @@ def check_claims(claims: dict[str, Any], now_ns: int, leeway_ns: int, required: 
         raise InvalidClaim("iat is in the future")
     if max_lifetime_ns is not None:
         if "exp" not in times or "iat" not in times:
-            raise MissingClaim("max_lifetime needs both iat and exp")
+            raise MissingClaim("max_lifetime needs both iat and exp", claim="iat" if "exp" in times else "exp")
         if times["exp"] - times["iat"] > max_lifetime_ns:
             raise InvalidClaim("the token lives longer than max_lifetime (exp - iat)")
     if issuers is not None:
         if "iss" not in claims:
-            raise MissingClaim("the iss claim is required")
+            raise MissingClaim(claim="iss")
         if claims["iss"] not in issuers:
             raise InvalidIssuer(f"issuer {claims['iss']!r} is not accepted")
     if "aud" in claims or audiences is not None:
         if "aud" not in claims:
-            raise MissingClaim("the aud claim is required")
+            raise MissingClaim(claim="aud")
         if audiences is None or (aud not in audiences if type(aud) is str else audiences.isdisjoint(aud)):
             raise InvalidAudience(f"audience {aud!r} is not accepted")
     return valid_from, min(valid_until, 2**62)

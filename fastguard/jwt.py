@@ -193,7 +193,7 @@ class JWTVerifier:
             self._reset()
         failure = self._failures.get(token, now)
         if failure is not None:
-            raise failure[0](failure[1])
+            raise failure.again()
         cacheable = isinstance(token, (str, bytes)) and len(token) <= self._cache.max_token_bytes
         try:
             payload = self.verify_jws(token)[1]
@@ -208,7 +208,7 @@ class JWTVerifier:
             # Expired stays expired as time moves on (a clock set back gets a fresh verification). A verdict
             # reached while the key set changed is not remembered: it may come from keys no longer in use.
             if cacheable and self.keys.version == version:
-                self._failures.put(token, (type(exc), str(exc)), t if isinstance(exc, ExpiredToken) else 0,
+                self._failures.put(token, exc.with_traceback(None), t if isinstance(exc, ExpiredToken) else 0,
                                    t + int(NEGATIVE_TTL * 1e9))
             raise
         if cacheable and self.keys.version == version:

@@ -14,12 +14,7 @@ from typing import Any
 __all__ = ["Field", "ConfigError", "check", "kong_schema"]
 
 
-class ConfigError(ValueError):
-    """An invalid plugin configuration; `.field` is the dotted name of the offending field."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"invalid config field '{field_name}': {message}")
-        self.field = field_name
+from fastguard.errors import ConfigError  # noqa: E402 - re-exported: the plugins raise it by this name
 
 
 @dataclass(frozen=True)

@@ -377,13 +377,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port is not None:
         try:
             import fastguard.metrics as fm
-            from fastguard.kong import plugins
+            from fastguard.kong import registry
         except ImportError as exc:
             parser.error(f"--metrics-port needs prometheus_client: pip install 'fastguard[metrics]' ({exc})")
         from prometheus_client import REGISTRY
 
         server.metrics = _EventMetrics(REGISTRY)
-        plugins.TRACK = lambda obj, entity: fm.track(obj, f"{args.name}:{entity}")
+        registry.TRACK = lambda obj, entity: fm.track(obj, f"{args.name}:{entity}")
         try:
             fm.serve(args.metrics_port, addr=args.metrics_addr)
         except OSError as exc:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
-__all__ = ["FAULTS", "Health", "key_fault", "BACKOFF_FIRST", "BACKOFF_MAX"]
+from fastguard.errors import StoreError
+
+__all__ = ["FAULTS", "Health", "key_fault", "store_errors", "BACKOFF_FIRST", "BACKOFF_MAX"]
 
 log = logging.getLogger("fastguard.redis")
 
@@ -19,6 +23,16 @@ FAULTS = (RedisError, RedisClusterException, OSError)
 #: Reconnect backoff: first retry after 20 ms, doubling to at most 0.4 s, so a recovered Redis is used within 1 s.
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 0.4
+
+
+@contextmanager
+def store_errors(what: str) -> Iterator[None]:
+    """A store operation that must not silently do nothing (reset, ban, unban): a Redis fault becomes StoreError,
+    with the backend's exception as its cause."""
+    try:
+        yield
+    except FAULTS as exc:
+        raise StoreError(f"{what}: Redis could not carry it out ({type(exc).__name__}: {exc})") from exc
 
 
 def key_fault(exc: BaseException) -> bool:

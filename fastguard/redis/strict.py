@@ -18,7 +18,7 @@ import fastguard
 from fastguard import Decision
 from fastguard.arguments import NO_BANS, ban_seconds, ban_settings, check_on_error, checked_cost, epoch_ns
 from fastguard.limits import Limit
-from fastguard.redis.health import FAULTS, Health, key_fault
+from fastguard.redis.health import FAULTS, Health, key_fault, store_errors
 from fastguard.redis.store import ALG_CODES, REDIRECTIONS, RedisStore, tagged
 
 try:
@@ -243,20 +243,22 @@ class StrictTable:
             raise ValueError(NO_BANS)
 
     def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
-        """Ban `key` for `seconds` on every node: written to Redis (raises RedisError when it cannot be) and kept
+        """Ban `key` for `seconds` on every node: written to Redis (raises StoreError when it cannot be) and kept
         here. `now` is accepted for the table API; Redis counts the ban from its own clock."""
         self._check_bans()
         seconds = ban_seconds(seconds)
-        self.store.client.set(self.name(key) + b"~ban", b"1", px=max(1, round(seconds * 1000)))
+        with store_errors("ban"):
+            self.store.client.set(self.name(key) + b"~ban", b"1", px=max(1, round(seconds * 1000)))
         self._banned.ban(key, seconds)
         self.bans_started += 1
 
     def unban(self, key: str | bytes) -> None:
-        """Lift `key`'s ban in Redis (raises RedisError when it cannot) and here. Other nodes that already cached
+        """Lift `key`'s ban in Redis (raises StoreError when it cannot) and here. Other nodes that already cached
         the ban keep answering it until it would have ended: nothing tells them (a known limit)."""
         self._check_bans()
         name = self.name(key)
-        self.store.client.delete(name + b"~ban", name + b"~deny")
+        with store_errors("unban"):
+            self.store.client.delete(name + b"~ban", name + b"~deny")
         self._banned.unban(key)
 
     def banned(self, key: str | bytes, now: float | None = None) -> float:
@@ -287,12 +289,13 @@ class StrictTable:
         return d
 
     def reset(self, key: str | bytes) -> None:
-        """Forget `key` everywhere. Raises redis.exceptions.RedisError when Redis cannot be reached (a reset
+        """Forget `key` everywhere. Raises fastguard.StoreError when Redis cannot be reached (a reset
         that silently did nothing would be a wrong answer)."""
         name = self.name(key)
         if self._local is not None:
             self._local.reset(key)
-        self.store.client.delete(name)
+        with store_errors("reset"):
+            self.store.client.delete(name)
 
     def hit_many(self, keys: Any, costs: Any, now: float | None) -> tuple[Any, Any, Any, Any]:
         """Decide keys in order: BATCH_KEYS keys per script call on a standalone server, streamed so that the

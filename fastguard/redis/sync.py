@@ -16,7 +16,7 @@ from redis.exceptions import InvalidResponse
 import fastguard
 from fastguard import Decision, Limit
 from fastguard.arguments import check_on_error, key_bytes
-from fastguard.redis.health import Health, key_fault
+from fastguard.redis.health import Health, key_fault, store_errors
 from fastguard.redis.store import STATE_VERSION, RedisStore, sha1, tagged
 from fastguard.redis.strict import DENY_RETRY_AFTER
 
@@ -187,7 +187,8 @@ class SyncTable:
         with self._lock:
             self._pending.pop(base, None)
             self._seen.pop(base, None)
-        self.store.client.delete(base + str(self._epoch()).encode())
+        with store_errors("reset"):
+            self.store.client.delete(base + str(self._epoch()).encode())
 
     # -- the exchange ---------------------------------------------------------------------------------------------
     def _base(self, key: Any) -> bytes:
