@@ -24,6 +24,8 @@ extensions = [
     Extension(
         "fastguard._core",
         ["fastguard/_core.pyx"],
+        include_dirs=["fastguard"],          # core/fastguard_core.h
+        depends=["fastguard/_core.pxd", "fastguard/core/fastguard_core.h"],
         extra_compile_args=["-O3", "-fno-strict-aliasing", "--param=max-inline-insns-single=4000",
                             "--param=large-function-growth=2000", "--param=inline-unit-growth=400"],
     )

@@ -73,9 +73,6 @@ class BanGate:
 def b64url_decode(data: bytes | bytearray) -> bytes:
     """Strict base64url: alphabet only, no padding, no length 4k+1, zero unused bits; else ValueError."""
 
-def split_token(token: bytes) -> tuple[int, int]:
-    """Positions of the two dots of a compact JWS; ValueError unless there are exactly two."""
-
 def parse_compact(token: bytes | str) -> tuple[bytes, bytes, bytes, bytes]:
     """(header segment, signing input, payload, signature) of a compact JWS; ValueError when malformed."""
 
