@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("fastguard.metrics needs prometheus_client: pip install 'fastguard[metrics]'") from exc
 
 import fastguard as fg
+from fastguard.tables import StoreStats
 
 __all__ = ["track", "untrack", "serve", "FastguardCollector", "COLLECTOR"]
 
@@ -99,24 +100,23 @@ class FastguardCollector(Collector):
         latency = HistogramMetricFamily("fastguard_redis_call_seconds", "Duration of each Redis script call "
                                         "(strict mode; a hit_many batch counts as one call each)", labels=["limiter"])
         for name, lim in self._live("limiter"):
-            st = lim.stats()
-            hits, denials = st.get("hits", 0), st.get("denials", 0)
-            decisions.add_metric([name, "allowed"], hits - denials)
-            decisions.add_metric([name, "denied"], denials)
-            evictions.add_metric([name], st.get("evictions", 0))
-            bans.add_metric([name], st.get("bans", 0))
-            keys.add_metric([name], st.get("keys", 0))
-            capacity.add_metric([name], st.get("capacity", lim.max_keys))
-            size.add_metric([name], st.get("bytes", 0))
-            if "redis_up" in st:
-                calls.add_metric([name], st.get("redis_calls", st.get("syncs", 0)))
+            st: StoreStats = lim.stats()   # every table's keys (fastguard.tables); a shared store's besides
+            decisions.add_metric([name, "allowed"], st["hits"] - st["denials"])
+            decisions.add_metric([name, "denied"], st["denials"])
+            evictions.add_metric([name], st["evictions"])
+            bans.add_metric([name], st["bans"])
+            keys.add_metric([name], st["keys"])
+            capacity.add_metric([name], st["capacity"])
+            size.add_metric([name], st["bytes"])
+            if "mode" in st:
+                calls.add_metric([name], st["redis_calls"] if st["mode"] == "strict" else st["syncs"])
                 errors.add_metric([name], st["redis_errors"])
                 fallbacks.add_metric([name], st["fallbacks"])
                 up.add_metric([name], 1.0 if st["redis_up"] else 0.0)
-            if "syncs" in st:
+            if st.get("mode") == "sync":
                 syncs.add_metric([name], st["syncs"])
                 lag.add_metric([name], st["sync_lag"])
-            if "redis_call_seconds" in st:
+            if st.get("mode") == "strict":
                 h = st["redis_call_seconds"]
                 cumulative, buckets = 0, []
                 for bound, n in h["buckets"]:

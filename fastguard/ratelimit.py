@@ -7,27 +7,20 @@ are the table's own methods bound onto the limiter, so a call costs no Python fr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from fastguard.arguments import ALGORITHMS, NO_BANS, ban_settings, check_algorithm, check_max_keys, check_on_error
+from fastguard.arguments import ALGORITHMS, ban_settings, check_algorithm, check_max_keys, check_on_error
 from fastguard.decision import BatchDecision
 from fastguard.limits import Limit, parse_limits
+from fastguard.tables import SharedTable, Store, StoreStats, Table
 
 __all__ = ["RateLimiter", "ALGORITHMS"]
 
 _MAX_COST = 2**62
 
 
-
-
-class Store(Protocol):
-    """What `RateLimiter(store=...)` needs: a factory of tables with the methods of `fastguard._core.Table`
-    (fastguard.redis.RedisStore is one)."""
-
-    def table(self, algorithm: str, limits: Sequence[Limit], max_keys: int, *, sync: float | None,
-              on_error: str) -> Any: ...
 
 
 class RateLimiter:
@@ -77,12 +70,15 @@ class RateLimiter:
         self.on_error = on_error
         ban_settings(ban_after, ban_for)  # checked here, whatever the store
         self.ban_after, self.ban_for = ban_after, ban_for
+        self._table: Table
         if store is not None:
             if not callable(getattr(store, "table", None)):
                 raise TypeError(f"store must provide table(algorithm, limits, max_keys); got {type(store).__name__}")
-            kwargs: dict[str, Any] = {"ban_after": ban_after, "ban_for": ban_for} if (ban_after or ban_for) else {}
             self._table = store.table(algorithm, tuple(self.limits), max_keys, sync=sync, on_error=on_error,
-                                      **kwargs)
+                                      ban_after=ban_after, ban_for=ban_for)
+            if not isinstance(self._table, SharedTable):
+                raise TypeError(f"{type(store).__name__}.table() returned {type(self._table).__name__}, which lacks "
+                                "the methods of fastguard.tables.SharedTable")
         else:
             if _core is None:
                 from fastguard import _impl as _core
@@ -126,41 +122,34 @@ class RateLimiter:
             costs = np.ascontiguousarray(arr, dtype=np.int64)
         return BatchDecision(*self._table.hit_many(keys, costs, now))
 
-    def stats(self) -> dict[str, Any]:
-        """keys, capacity, evictions, hits (decisions made), denials, shards, bytes (table memory),
-        entry_bytes, bytes_per_key (bytes / max(keys, 1)), algorithm, compiled."""
-        st = dict(self._table.stats())
+    def stats(self) -> StoreStats:
+        """The table's stats (fastguard.tables.TableStats: keys, capacity, evictions, hits, denials, bans, bytes,
+        algorithm, compiled; with a store also StoreStats), plus bytes_per_key (bytes / max(keys, 1))."""
+        st: Any = dict(self._table.stats())
         st["bytes_per_key"] = st["bytes"] / max(st["keys"], 1)
         return st
 
     @property
     def store_up(self) -> bool:
         """False while the store cannot be reached (decisions then follow on_error); True without a store."""
-        health = getattr(self._table, "health", None)
-        return True if health is None else bool(health.up)
+        return self._table.up if isinstance(self._table, SharedTable) else True
 
     def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
         """Ban `key` for `seconds` from `now`. ValueError when the limiter was made without ban_after/ban_for."""
-        self._bans().ban(key, seconds, now)
+        self._table.ban(key, seconds, now)
 
     def unban(self, key: str | bytes) -> None:
         """Lift `key`'s ban (and forget the denials counting towards one)."""
-        self._bans().unban(key)
+        self._table.unban(key)
 
     def banned(self, key: str | bytes, now: float | None = None) -> float:
         """Seconds left of `key`'s ban at `now`, 0.0 when it is not banned."""
-        return self._bans().banned(key, now)
-
-    def _bans(self) -> Any:
-        if not callable(getattr(self._table, "ban", None)):
-            raise ValueError(NO_BANS)
-        return self._table
+        return self._table.banned(key, now)
 
     def close(self) -> None:
         """Stop what the store runs for this limiter (the sync thread of local-first mode, after a last push)."""
-        close = getattr(self._table, "close", None)
-        if close is not None:
-            close()
+        if isinstance(self._table, SharedTable):
+            self._table.close()
 
     def __enter__(self) -> RateLimiter:
         return self

@@ -20,6 +20,7 @@ from fastguard.arguments import NO_BANS, ban_seconds, ban_settings, check_on_err
 from fastguard.limits import Limit
 from fastguard.redis.health import FAULTS, Health, key_fault, store_errors
 from fastguard.redis.store import ALG_CODES, REDIRECTIONS, RedisStore, tagged
+from fastguard.tables import StoreStats
 
 try:
     import hiredis
@@ -425,11 +426,16 @@ class StrictTable:
             self.denials += int(len(failed) - np.count_nonzero(allowed[failed]))
         return allowed, remaining, retry, reset
 
-    def stats(self) -> dict[str, Any]:
-        """The table names of DESIGN (keys, capacity, evictions, hits, denials, bytes: hits and denials count every
-        decision, by Redis or by the fallback; keys, evictions and bytes are the in-process fallback table's), plus
-        Redis calls and decisions, errors, fallbacks and state."""
-        st: dict[str, Any] = {"store": "redis-cluster" if self.store.cluster else "redis", "mode": "strict",
+    @property
+    def up(self) -> bool:
+        """Whether Redis answers (False: decisions follow on_error)."""
+        return self.health.up
+
+    def stats(self) -> StoreStats:
+        """fastguard.tables.StoreStats (hits and denials count every decision, by Redis or by the fallback; keys,
+        evictions and bytes are the in-process fallback table's), plus Redis calls and decisions, errors, fallbacks,
+        state and the call latency histogram."""
+        st: Any = {"store": "redis-cluster" if self.store.cluster else "redis", "mode": "strict",
                               "on_error": self.on_error, "algorithm": self.algorithm, "redis_calls": self.calls,
                               "redis_decisions": self.decisions, "hiredis": redis.utils.HIREDIS_AVAILABLE,
                               "bans": self.bans_started,

@@ -19,6 +19,7 @@ from fastguard.arguments import check_on_error, key_bytes
 from fastguard.redis.health import Health, key_fault, store_errors
 from fastguard.redis.store import STATE_VERSION, RedisStore, sha1, tagged
 from fastguard.redis.strict import DENY_RETRY_AFTER
+from fastguard.tables import StoreStats
 
 __all__ = ["SyncTable", "SYNC_SCRIPT"]
 
@@ -125,10 +126,10 @@ class SyncTable:
         self.max_keys = max_keys
         self._local.record_hits(True)
         self.peek = self._local.peek
-        if self.bans:  # bans are the local table's; each exchange shares them through Redis
-            self.ban = self._local.ban
-            self.unban = self._local.unban
-            self.banned = self._local.banned
+        # Bans are the local table's (without ban settings it refuses them); each exchange shares them.
+        self.ban = self._local.ban
+        self.unban = self._local.unban
+        self.banned = self._local.banned
         if on_error != "deny":
             self.hit = self._local.hit  # the compiled method itself: no Python frame of ours per decision
         spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in self.limits)
@@ -346,7 +347,12 @@ class SyncTable:
         return totals, faults
 
     # -- the rest of the table API --------------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    @property
+    def up(self) -> bool:
+        """Whether the last exchange reached Redis."""
+        return self.health.up
+
+    def stats(self) -> StoreStats:
         """The local table's stats, plus syncs, pushed and charged costs, the last sync's duration (`sync_lag`),
         keys waiting to be pushed, and the Redis error / fallback counters."""
         st = dict(self._local.stats())
