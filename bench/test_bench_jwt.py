@@ -16,7 +16,7 @@ from joserfc import jwt as jose_jwt
 
 import fastguard as fg
 from bench.conftest import rounds
-from tests.jwt_helpers import KEY_FOR_ALG, SECRET, jwk, private_key, raw_signature, sign
+from fastguard.testing.tokens import KEY_FOR_ALG, SECRET, jwk, private_key, raw_signature, sign
 
 OPS = 1000
 FAMILIES = ["HS256", "RS256", "PS256", "ES256", "EdDSA"]

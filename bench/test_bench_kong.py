@@ -21,8 +21,9 @@ import pytest
 
 from bench.conftest import QUICK
 from fastguard.kong import PLUGIN_DIR
-from tests.jwt_helpers import jwk, sign
-from tests.kong_client import KongClient, fastguard_server, stock_server
+from fastguard.kong.client import KongClient, fastguard_server
+from fastguard.testing.servers import stock_server
+from fastguard.testing.tokens import jwk, sign
 
 FLOOR = str(Path(__file__).with_name("kong_floor.py"))
 EVENTS = 300 if QUICK else 1500

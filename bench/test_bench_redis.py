@@ -18,7 +18,7 @@ import fastguard as fg
 from bench.conftest import rounds
 from fastguard.redis import RedisStore
 from fastguard.redis.store import SCRIPT
-from tests.redis_servers import RedisProcess
+from fastguard.testing.servers import RedisProcess
 
 OPS = 1_000
 FAST = "100000/minute"      # the script's fast path (count x period < 2^53 ns)

@@ -12,8 +12,7 @@ import atheris
 with atheris.instrument_imports():
     import fastguard as fg
 
-sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__file__)))
-from tests.jwt_helpers import jwk, private_key, sign  # noqa: E402
+from fastguard.testing.tokens import jwk, private_key, sign  # noqa: E402
 
 NOW = 1_800_000_000.0
 CLAIMS = {"sub": "alice", "exp": NOW + 600, "aud": "api"}

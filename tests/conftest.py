@@ -1,16 +1,37 @@
-"""Shared fixtures: every behavioural test runs against the compiled core and its pure-Python twin."""
+"""Shared fixtures and markers.
+
+The tests by kind: `unit/` (one module, in process), `differential/` (the compiled core against its pure twin,
+Redis against the pure twin, conformance vectors), `integration/<part>/` (real servers and processes: redis, kong,
+jwks). Markers follow: every test is marked `unit`, `differential` or `integration`, and `redis` / `kong` when it
+needs a redis-server or runs plugin servers, so `pytest -m "not redis"` runs where Redis is not installed.
+Every behavioural test of the core runs against the compiled core and its pure-Python twin (`impl`).
+"""
 
 from __future__ import annotations
 
 import importlib
-import os
+import pathlib
 
 import pytest
+from support import PURE_ONLY
 
 import fastguard as fg
 from fastguard import _pure
 
-PURE_ONLY = os.environ.get("FASTGUARD_NO_EXTENSIONS", "").strip() not in ("", "0")
+HERE = pathlib.Path(__file__).parent
+_REDIS_FIXTURES = {"redis_server", "fresh_redis", "redis_cluster", "own_cluster"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        parts = pathlib.Path(str(item.fspath)).resolve().relative_to(HERE).parts
+        kind = parts[0] if len(parts) > 1 else "unit"
+        item.add_marker(kind)
+        part = parts[1] if kind == "integration" and len(parts) > 2 else None
+        if part in ("redis", "kong", "jwks"):
+            item.add_marker(part)
+        if _REDIS_FIXTURES & set(getattr(item, "fixturenames", ())) or "redis" in item.module.__name__:
+            item.add_marker("redis")
 
 
 def _compiled_module():
@@ -38,11 +59,11 @@ def make(impl):
     return factory
 
 
-# -- real Redis servers (tests/redis_servers.py): started on free loopback ports, stopped by pid -------------------
+# -- real Redis servers (fastguard/testing/servers.py): on free loopback ports, stopped by pid --------------------
 @pytest.fixture(scope="session")
 def redis_server():
     """A standalone redis-server for the whole run."""
-    from redis_servers import RedisProcess
+    from fastguard.testing.servers import RedisProcess
 
     server = RedisProcess()
     yield server
@@ -52,7 +73,7 @@ def redis_server():
 @pytest.fixture
 def fresh_redis():
     """A redis-server of this test's own (for tests that kill, pause or restart it)."""
-    from redis_servers import RedisProcess
+    from fastguard.testing.servers import RedisProcess
 
     server = RedisProcess()
     yield server
@@ -62,7 +83,7 @@ def fresh_redis():
 @pytest.fixture(scope="session")
 def redis_cluster():
     """A 3-master Redis Cluster for the whole run."""
-    from redis_servers import RedisClusterProcesses
+    from fastguard.testing.servers import RedisClusterProcesses
 
     cluster = RedisClusterProcesses(3)
     yield cluster

@@ -1,7 +1,8 @@
-"""Real redis-server processes for the tests: standalone servers and a Redis Cluster on free loopback ports.
+"""Real servers for the tests and benchmarks: redis-server (standalone, a Redis Cluster) on free loopback ports,
+and kong-pdk's stock plugin server.
 
-Each server is a child process of the test run, started with no persistence in a temporary folder and stopped
-by its pid. Nothing here fakes Redis.
+Each server is a child process, started with no persistence in a temporary folder and stopped by its pid. Nothing
+here fakes Redis.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from typing import Any
 
 import redis
 
@@ -175,3 +178,12 @@ class RedisClusterProcesses:
         for n in self.nodes:
             n.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def stock_server(plugin_dir: str, folder: str, name: str) -> Any:
+    """kong-pdk's own server (kong-python-pluginserver -d DIR), unchanged, as Kong's start_cmd would run it."""
+    from fastguard.kong.client import ServerProcess
+
+    code = "import sys; from kong_pdk.cli import start_server; sys.exit(start_server())"
+    return ServerProcess([sys.executable, "-c", code, "-d", plugin_dir, "--kong-prefix", folder,
+                          "--socket-name", f"{name}.sock"], os.path.join(folder, f"{name}.sock"))

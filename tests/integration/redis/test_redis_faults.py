@@ -20,7 +20,7 @@ HERE = Path(__file__).parent
 
 
 def closed_port_url() -> str:
-    from redis_servers import free_port
+    from fastguard.testing.servers import free_port
 
     return f"redis://127.0.0.1:{free_port()}/0"
 
@@ -116,7 +116,7 @@ def test_hit_many_during_an_outage_uses_the_local_table():
 # -- Redis Cluster ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def own_cluster():
-    from redis_servers import RedisClusterProcesses
+    from fastguard.testing.servers import RedisClusterProcesses
 
     cluster = RedisClusterProcesses(3)
     yield cluster

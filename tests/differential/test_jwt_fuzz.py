@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastguard as fg
-from tests.jwt_helpers import jwk, private_key, sign
+from fastguard.testing.tokens import jwk, private_key, sign
 
 NOW = 1_800_000_000.0
 CLAIMS = {"sub": "alice", "exp": NOW + 600, "aud": "api", "iss": "https://idp"}

@@ -9,13 +9,13 @@ import urllib.request
 import uuid
 
 import pytest
-from jwt_helpers import SECRET, sign
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import fastguard as fg
 import fastguard.metrics as fm
 from fastguard.redis import RedisStore
+from fastguard.testing.tokens import SECRET, sign
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -80,7 +80,7 @@ def test_verifier_counts_are_exact(registry):
 
 
 def test_redis_faults_are_counted(registry):
-    from redis_servers import free_port
+    from fastguard.testing.servers import free_port
 
     lim = fg.RateLimiter("5/minute", store=RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0"),
                          on_error="deny")
@@ -109,7 +109,7 @@ def test_tracked_objects_are_held_weakly_and_checked(registry):
 
 
 def test_serve_exposes_metrics_over_http():
-    from redis_servers import free_port
+    from fastguard.testing.servers import free_port
 
     port = free_port()
     registry = CollectorRegistry()
@@ -126,8 +126,8 @@ def test_serve_exposes_metrics_over_http():
 
 
 def test_kong_server_serves_event_and_limiter_metrics(tmp_path):
-    from kong_client import fastguard_server
-    from redis_servers import free_port
+    from fastguard.kong.client import fastguard_server
+    from fastguard.testing.servers import free_port
 
     port = free_port()
     server = fastguard_server("fastguard-rate-limiting", str(tmp_path), "--metrics-port", str(port))

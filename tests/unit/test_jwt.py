@@ -5,7 +5,7 @@ import json
 import pytest
 
 import fastguard as fg
-from tests.jwt_helpers import (
+from fastguard.testing.tokens import (
     KEY_FOR_ALG,
     SECRET,
     b64,
@@ -28,7 +28,7 @@ def core(request, monkeypatch):
     from fastguard import jwt as jwt_module
 
     if request.param == "compiled":
-        from tests.conftest import PURE_ONLY
+        from support import PURE_ONLY
 
         if PURE_ONLY:
             pytest.skip("pure mode asked for")

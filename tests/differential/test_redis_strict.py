@@ -203,7 +203,7 @@ def test_limiter_options_are_checked():
 
 # -- the lean client (bindings/redis/wire.py) ------------------------------------------------------------------
 def test_the_lean_client_serves_plain_tcp_and_unix_sockets_with_auth_and_db(tmp_path):
-    from redis_servers import RedisProcess
+    from fastguard.testing.servers import RedisProcess
 
     sock = f"{tmp_path}/r.sock"
     server = RedisProcess(extra=["--unixsocket", sock, "--unixsocketperm", "700"], password="s3cret")

@@ -12,11 +12,12 @@ import time
 import uuid
 
 import pytest
-from jwt_helpers import jwk, sign
-from kong_client import PDKFailure, RPCError, fastguard_server, stock_server
 
 import fastguard as fg
 from fastguard.kong import PLUGIN_DIR, PLUGINS
+from fastguard.kong.client import PDKFailure, RPCError, fastguard_server
+from fastguard.testing.servers import stock_server
+from fastguard.testing.tokens import jwk, sign
 
 JWKS = json.dumps({"keys": [jwk("RSA", kid="rsa1", alg="RS256"), jwk("P-256", kid="ec1", alg="ES256")]})
 NOW = int(time.time())
@@ -304,7 +305,7 @@ def test_every_failure_message(jwt_server):
     unauthorized(client.event(iid, bearer(token({"aud": "api"}))), "No mandatory 'nbf' in claims")
     unauthorized(client.event(iid, bearer(token({**aud, "iss": "https://evil.example"}))), "Invalid issuer")
     unauthorized(client.event(iid, bearer(token({**aud, "aud": "other"}))), "Invalid audience")
-    no_iss = sign({"sub": "x", "exp": NOW + 60, "aud": "api", "nbf": NOW}, "RS256",
+    no_iss = sign({"sub": "x", "exp": int(time.time()) + 600, "aud": "api", "nbf": NOW}, "RS256",
                   {"alg": "RS256", "kid": "rsa1"})
     unauthorized(client.event(iid, bearer(no_iss)), "No mandatory 'iss' in claims")
     two = {"kong.request.get_headers": {"authorization": f"Bearer {good}"},

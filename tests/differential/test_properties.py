@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import PURE_ONLY
 
 import fastguard as fg
 from fastguard import _pure
-from tests.conftest import PURE_ONLY
 
 pytestmark = pytest.mark.skipif(PURE_ONLY, reason="differential tests need the compiled core")
 

@@ -10,8 +10,8 @@ import time
 import uuid
 
 import pytest
-from hostile_proxy import HostileProxy
 from redis.crc import key_slot
+from support.hostile_proxy import HostileProxy
 
 import fastguard as fg
 from fastguard.redis import RedisStore

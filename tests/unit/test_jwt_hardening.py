@@ -11,11 +11,11 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt_helpers import b64, jwk, private_key, sign
-from test_remote_jwks import JWKSServer
+from support.jwks_server import JWKSServer
 
 import fastguard as fg
 from fastguard.jwks import MAX_KEYS
+from fastguard.testing.tokens import b64, jwk, private_key, sign
 
 NOW = 1_800_000_000.0
 CLAIMS = {"sub": "alice", "exp": NOW + 600, "iat": NOW}

@@ -4,9 +4,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from support import PURE_ONLY
 
 import fastguard as fg
-from tests.conftest import PURE_ONLY
 
 pytestmark = pytest.mark.skipif(PURE_ONLY, reason="memory bounds are the compiled table's")
 

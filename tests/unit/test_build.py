@@ -4,8 +4,9 @@ import os
 import subprocess
 import sys
 
+from support import PURE_ONLY
+
 import fastguard as fg
-from tests.conftest import PURE_ONLY
 
 
 def test_compiled_core_is_live_unless_pure_mode_was_asked_for():

@@ -13,7 +13,7 @@ import pytest
 
 import fastguard as fg
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _vectors_dir():

@@ -11,9 +11,10 @@ import time
 
 import pytest
 import redis
-from jwt_helpers import SECRET, jwk, public_pem, sign
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from fastguard.testing.tokens import SECRET, jwk, public_pem, sign
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 EXE = shutil.which("fastguard") or str(pathlib.Path(sys.executable).with_name("fastguard"))
 
 

@@ -15,8 +15,9 @@ import time
 
 import msgpack
 import pytest
-from jwt_helpers import jwk, sign
-from kong_client import RPCError, fastguard_server
+
+from fastguard.kong.client import RPCError, fastguard_server
+from fastguard.testing.tokens import jwk, sign
 
 JWKS = json.dumps({"keys": [jwk("RSA", kid="rsa1", alg="RS256")]})
 NOW = int(time.time())
