@@ -1,4 +1,4 @@
-"""Build of the compiled core. All Cython directives live here (one place), as DESIGN §4 asks.
+"""Build of the compiled core. All Cython directives live here (one place).
 
 A missing compiler or a failed compile fails the install: there is no silent pure-Python fallback
 (FASTGUARD_NO_EXTENSIONS=1 selects the pure core explicitly at run time).

@@ -1,4 +1,4 @@
-"""Run the benchmarks (rate limiting, JWT) and write a Markdown report with the budgets of DESIGN §3.
+"""Run the benchmarks (rate limiting, JWT) and write a Markdown report with the budgets of docs/design.md.
 
     python -m bench.report [--out bench/results] [pytest -k expression]
 
@@ -154,7 +154,7 @@ def render(data: dict) -> str:
                 lines.append(f"| {case} | {server} | {cells[0]} | {cells[1]} |")
         lines.append("")
 
-    # Budgets (DESIGN §3), judged on this run only.
+    # Budgets (docs/design.md), judged on this run only.
     checks = []
 
     def check(what: str, value: float | None, ok: bool | None, shown: str) -> None:
@@ -244,7 +244,7 @@ def render(data: dict) -> str:
             ratio = ours["events_per_s"] / stock["events_per_s"]
             check(f"Kong: fastguard kong-server ≥ 2× stock throughput at concurrency 4 ({case})", ratio,
                   ratio >= 2, f"{ratio:.2f}×")
-    lines += ["## Budgets (DESIGN §3) in this run", "", "| budget | measured | verdict |", "|---|---|---|", *checks, ""]
+    lines += ["## Budgets (docs/design.md) in this run", "", "| budget | measured | verdict |", "|---|---|---|", *checks, ""]
     return "\n".join(lines)
 
 

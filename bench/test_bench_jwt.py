@@ -1,6 +1,6 @@
 """JWT verification: fastguard against PyJWT and joserfc, with the raw `cryptography` verify as the floor.
 
-Per verification, mean of loops of OPS calls; smaller is better. Budgets (DESIGN §3) are judged by bench/report.py.
+Per verification, mean of loops of OPS calls; smaller is better. Budgets (docs/design.md) are judged by bench/report.py.
 """
 
 from __future__ import annotations

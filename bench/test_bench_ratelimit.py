@@ -1,7 +1,7 @@
 """In-process rate limiting: fastguard against `limits` (MemoryStorage) and a pure-Python dict token bucket.
 
 Every figure is the mean time of one decision inside a loop of OPS calls (the loop's own cost included for all
-contenders alike). Smaller is better. Budgets (DESIGN §3) are checked by bench/report.py from these results.
+contenders alike). Smaller is better. Budgets (docs/design.md) are checked by bench/report.py from these results.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Used by `fastguard simulate` (to play Kong for real plugin servers), by the tests and by the benchmarks.
 
-It speaks what Kong speaks (../shared/KONG.md): `[0, msgid, "plugin.Method", [arg]]` requests on a pool of
+It speaks what Kong speaks (docs/kong.md, "The protocol"): `[0, msgid, "plugin.Method", [arg]]` requests on a pool of
 connections (a different one for each call, as Kong may), StartInstance with Kong's meta fields in the config
 JSON, HandleEvent, then one Step per PDK call — StepMultiMap for header and query maps, StepConsumer /
 StepCredential / StepService for entities, StepError for a failed call, and no `Data` key when the PDK call

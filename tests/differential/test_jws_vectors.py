@@ -1,7 +1,7 @@
 """Conformance over public vectors: Wycheproof JWS and JWK tests, and the RFC 7515/7520 examples.
 
-The folder comes from --vectors or FASTGUARD_VECTORS, else ../shared/vectors next to the checkout. When it is
-absent the tests are skipped with a loud reason. KNOWN_DISAGREEMENTS.json lists labels where a strict verifier
+The vectors live in tests/vectors (tests/vectors/README.md says where each comes from); FASTGUARD_VECTORS names
+another folder of the same layout. KNOWN_DISAGREEMENTS.json lists labels where a strict verifier
 rightly gives the other answer: those vectors must match their `strict_result`.
 """
 
@@ -16,17 +16,7 @@ import fastguard as fg
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _vectors_dir():
-    for candidate in (os.environ.get("FASTGUARD_VECTORS"), ROOT.parent / "shared" / "vectors",
-                      ROOT / "shared" / "vectors"):
-        if candidate and pathlib.Path(candidate, "wycheproof").is_dir():
-            return pathlib.Path(candidate)
-    return None
-
-
-VECTORS = _vectors_dir()
-pytestmark = pytest.mark.skipif(VECTORS is None, reason="JWS TEST VECTORS NOT FOUND: set FASTGUARD_VECTORS to the "
-                                "folder holding wycheproof/ and rfc_jws_examples.json (CI: ../shared/vectors)")
+VECTORS = pathlib.Path(os.environ.get("FASTGUARD_VECTORS") or ROOT / "tests" / "vectors")
 
 
 def _load(name):
@@ -39,8 +29,6 @@ def _strict_overrides():
 
 
 def _cases(name):
-    if VECTORS is None:
-        return []
     data = _load(name)
     out = []
     for group in data["testGroups"]:
@@ -76,8 +64,6 @@ def test_wycheproof_jwk(key, test):
 
 
 def _rfc_cases():
-    if VECTORS is None:
-        return []
     return [pytest.param(case, id=case["name"]) for case in _load("rfc_jws_examples.json")]
 
 

@@ -1,4 +1,4 @@
-"""JWTVerifier: every algorithm, every security rule of DESIGN §2 (one test each), claims, cache, extraction."""
+"""JWTVerifier: every algorithm, every security rule of docs/design.md (one test each), claims, cache, extraction."""
 
 import json
 
@@ -75,7 +75,7 @@ def test_ed448_and_pem_keys(core):
     assert fg.JWTVerifier(pem_keys).verify(sign(GOOD, "RS256"), now=NOW)["sub"] == "alice"
 
 
-# -- security rules (DESIGN §2), one test each -----------------------------------------------------------------------
+# -- security rules (docs/design.md), one test each -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
 def test_alg_none_is_never_accepted(core, alg):
