@@ -244,7 +244,8 @@ def render(data: dict) -> str:
             ratio = ours["events_per_s"] / stock["events_per_s"]
             check(f"Kong: fastguard kong-server ≥ 2× stock throughput at concurrency 4 ({case})", ratio,
                   ratio >= 2, f"{ratio:.2f}×")
-    lines += ["## Budgets (docs/design.md) in this run", "", "| budget | measured | verdict |", "|---|---|---|", *checks, ""]
+    lines += ["## Budgets (docs/design.md) in this run", "", "| budget | measured | verdict |", "|---|---|---|",
+              *checks, ""]
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 Each fastguard plugin against the floor (a kong-pdk plugin doing one PDK call), on the stock kong-pdk server
 (`kong-python-pluginserver -d`, threaded mode) and on `fastguard kong-server`, at concurrency 1 and 4 (that many
-Kong-side client threads, each on its own connection). The client is the tests' Kong side (tests/kong_client.py):
+Kong-side client threads, each on its own connection). The client is the tests' Kong side (fastguard.kong.client):
 its own cost is in every figure alike. Smaller times are better; more events per second are better.
 """
 

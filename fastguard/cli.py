@@ -199,7 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (ValueError, TypeError, _Usage) as exc:
         parser.exit(2, f"fastguard: error: {exc}\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ class JWTVerifier:
         # `v.verify(token)` calls the compiled callable directly: a cache hit costs one C call, no Python frame.
         self.verify = self._fast
 
-    # -- public API ----------------------------------------------------------------------------------------------
+    # -- verify, its caches and their statistics ----------------------------------------------------------------
     def verify(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
         """The token's claims (read-only), or raises an InvalidToken subclass. now: epoch seconds (default: clock)."""
         return self._fast(token, now)
@@ -226,7 +226,7 @@ class JWTVerifier:
         self._cache.clear()
         self._failures.clear()
 
-    # -- the work ------------------------------------------------------------------------------------------------
+    # -- the signature and header rules (verify_jws is public: no claims, no cache) ------------------------------
     def _reset(self) -> None:
         self._keys_version = self._fast.version = self.keys.version
         self._headers.clear()

@@ -4,7 +4,7 @@ A RateLimiter asks its store for a table (`Store.table(...)`) — or makes the i
 only calls the methods of `Table`. Three kinds exist: the compiled (or pure) core's `Table`, and in
 fastguard.redis the strict `StrictTable` (one script call per decision) and the local-first `SyncTable`. Every
 one's `stats()` is a `TableStats`, plus the `StoreStats` keys for tables on a shared store;
-`tests/test_tables.py` runs each kind through these types, and fastguard.metrics reads them.
+`tests/integration/redis/test_tables.py` runs each kind through these types, and fastguard.metrics reads them.
 """
 
 from __future__ import annotations

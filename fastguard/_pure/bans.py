@@ -27,6 +27,6 @@ class BanGate:
             self.answered += 1
             tb = self.table
             lim = tb.limits[tb._ban_limit]
-            return Decision.of(False, lim.count, 0, left, left, lim.period, tb.limits, [0] * len(tb.limits),
-                               banned=True)
+            return Decision.of(allowed=False, limit=lim.count, remaining=0, reset_after=left, retry_after=left,
+                               period=lim.period, limits=tb.limits, remainings=[0] * len(tb.limits), banned=True)
         return self.slow(key, cost, now)

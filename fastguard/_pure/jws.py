@@ -27,7 +27,7 @@ def b64url_decode(data: bytes) -> bytes:
     return base64.urlsafe_b64decode(bytes(data) + b"=" * (-n % 4))
 
 
-def _dots(token: bytes) -> tuple[int, int]:
+def _find_dots(token: bytes) -> tuple[int, int]:
     """Positions of the two dots of a compact JWS; ValueError unless there are exactly two."""
     first = token.find(b".")
     second = token.find(b".", first + 1) if first >= 0 else -1
@@ -44,6 +44,6 @@ def parse_compact(token: bytes | str) -> tuple[bytes, bytes, bytes, bytes]:
         if not token.isascii():
             raise ValueError("characters outside base64url")
         token = token.encode("ascii")
-    first, second = _dots(token)
+    first, second = _find_dots(token)
     return (bytes(token[:first]), bytes(token[:second]), b64url_decode(token[first + 1:second]),
             b64url_decode(token[second + 1:]))

@@ -48,7 +48,7 @@ class Decision:
         return decision_headers(self, style)
 
     @staticmethod
-    def of(allowed: bool, limit: int, remaining: int, reset_after: float, retry_after: float, period: float,
+    def of(*, allowed: bool, limit: int, remaining: int, reset_after: float, retry_after: float, period: float,
            limits: tuple[Limit, ...], remainings: Sequence[int], banned: bool = False) -> Decision:
         """A Decision made elsewhere (a cluster store, a fallback). Raises ValueError on mismatched lengths."""
         if len(limits) > MAX_LIMITS or len(remainings) != len(limits):
@@ -101,7 +101,7 @@ class Table:
         self._lock = threading.Lock()  # one decision at a time (the core has a lock per shard)
         self._recording = False
         self._journal: dict[int, list[Any]] = {}  # key id -> [key, summed admitted cost]; at most max_keys
-        self.jdropped = 0                          # hits not journaled: max_keys other keys were already
+        self.journal_dropped = 0                          # hits not journaled: max_keys other keys were already
 
     def _shard(self, h: int) -> Shard:
         return self._shards[h & (len(self._shards) - 1)]
@@ -116,8 +116,10 @@ class Table:
             if commit:
                 entry[1] = now
             left = entry[-1] - now
-            d = Decision.of(False, self.limits[self._ban_limit].count, 0, seconds(left), seconds(left),
-                            self.limits[self._ban_limit].period, self.limits, [0] * len(self.limits), banned=True)
+            lim = self.limits[self._ban_limit]
+            d = Decision.of(allowed=False, limit=lim.count, remaining=0, reset_after=seconds(left),
+                            retry_after=seconds(left), period=lim.period, limits=self.limits,
+                            remainings=[0] * len(self.limits), banned=True)
             return d, False, []
         words = self._words
         stored = entry[2:2 + self._nw] if entry is not None else self._new_words
@@ -251,7 +253,7 @@ class Table:
                     if len(self._journal) < self.max_keys:
                         self._journal[kid] = [key, c]
                     else:
-                        self.jdropped += 1
+                        self.journal_dropped += 1
                 else:
                     slot[1] = min(slot[1] + c, MAX_COST)
             return d
@@ -263,7 +265,7 @@ class Table:
     def drain_hits(self) -> list[tuple[Any, int]]:
         """The keys `hit()` saw since the last drain with their summed admitted cost (0 for a key only denied): a
         list of (key, cost) in no particular order (one entry per key id, the first key object seen standing for
-        it; at most max_keys, `jdropped` counts the hits of keys past that), and an empty journal."""
+        it; at most max_keys, `journal_dropped` counts the hits of keys past that), and an empty journal."""
         with self._lock:
             out, self._journal = self._journal, {}
             return [(key, cost) for key, cost in out.values()]

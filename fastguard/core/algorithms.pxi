@@ -4,7 +4,7 @@
 # ---------------------------------------------------------------------------------------------------------------
 # The decision (no GIL; caller holds the shard lock). Mirrors _pure.Table._decide.
 # ---------------------------------------------------------------------------------------------------------------
-cdef inline void _fresh_words(const fg_params *p, int64_t *w) noexcept nogil:
+cdef inline void _new_state(const fg_params *p, int64_t *w) noexcept nogil:
     cdef int i
     for i in range(p.nlimits):
         if p.algorithm == FG_FIXED_WINDOW:

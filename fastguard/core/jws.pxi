@@ -63,7 +63,7 @@ def b64url_decode(data):
     return _b64url_range(src, 0, n)
 
 
-cdef int _dots(const unsigned char *src, Py_ssize_t n, Py_ssize_t *first, Py_ssize_t *second) except -1:
+cdef int _find_dots(const unsigned char *src, Py_ssize_t n, Py_ssize_t *first, Py_ssize_t *second) except -1:
     cdef const unsigned char *p = <const unsigned char *>memchr(src, 46, n)
     cdef const unsigned char *q
     if p == NULL:
@@ -89,7 +89,7 @@ def parse_compact(token):
         n = PyUnicode_GET_LENGTH(token)
     else:
         src = _buffer(token, &n)
-    _dots(src, n, &first, &second)
+    _find_dots(src, n, &first, &second)
     return (PyBytes_FromStringAndSize(<const char *>src, first), PyBytes_FromStringAndSize(<const char *>src, second),
             _b64url_range(src, first + 1, second), _b64url_range(src, second + 1, n))
 

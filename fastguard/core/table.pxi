@@ -38,7 +38,7 @@ cdef int _hit_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int64_
         if bans and not v.allowed and p.ban_after > 0:
             _count_denial(p, s, entry + p.stride - FG_BAN_WORDS, now, v)
         return 0
-    _fresh_words(p, fresh)
+    _new_state(p, fresh)
     _decide(p, fresh, now, k, commit, v)
     if not commit:
         return 0
@@ -68,7 +68,7 @@ cdef int _charge_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int
             now = entry[1]
         w = entry + FG_HEADER_WORDS
     else:
-        _fresh_words(p, fresh)
+        _new_state(p, fresh)
         w = fresh
     # Each limit on its own: a one-limit copy of the parameters decides what it alone admits.
     one = p[0]
@@ -114,8 +114,8 @@ cdef class Decision:
         return decision_headers(self, style)
 
     @staticmethod
-    def of(bint allowed, int64_t limit, int64_t remaining, double reset_after, double retry_after, double period,
-           tuple limits, remainings, bint banned=False):
+    def of(*, bint allowed, int64_t limit, int64_t remaining, double reset_after, double retry_after,
+           double period, tuple limits, remainings, bint banned=False):
         """A Decision made elsewhere (a cluster store, a fallback): limits is the tuple of Limits, remainings one
         int per limit. Raises ValueError when they differ in length or exceed the core's limit count."""
         cdef Py_ssize_t i, n = len(limits)
@@ -157,14 +157,14 @@ cdef class Table:
     # the summed admitted cost (0 for a key only denied), in a small open-addressing map (a drain costs per key,
     # not per hit), holding at most max_keys keys (more distinct keys between drains are not journaled).
     cdef bint recording
-    cdef fg_jslot *jmap
-    cdef Py_ssize_t jlen, jcap
-    cdef readonly int64_t jdropped
+    cdef fg_jslot *journal
+    cdef Py_ssize_t journal_len, journal_cap
+    cdef readonly int64_t journal_dropped
 
     def __cinit__(self, str algorithm, limits, max_keys, ban_after=0, ban_for=0.0):
         cdef int i
         self.shards = NULL
-        self.jmap = NULL
+        self.journal = NULL
         check_algorithm(algorithm)
         check_max_keys(max_keys)
         if max_keys > 2**40:
@@ -211,47 +211,47 @@ cdef class Table:
             for i in range(self.nshards):
                 PyMem_RawFree(self.shards[i].slots)
             PyMem_RawFree(self.shards)
-        for j in range(self.jcap):
-            Py_XDECREF(self.jmap[j].key)
-        PyMem_RawFree(self.jmap)
+        for j in range(self.journal_cap):
+            Py_XDECREF(self.journal[j].key)
+        PyMem_RawFree(self.journal)
 
     cdef int _record(self, object key, uint64_t kid, int64_t k) except -1:
         cdef Py_ssize_t i, mask
         cdef fg_jslot *slot
-        if (self.jlen + 1) * 4 > self.jcap * 3:
+        if (self.journal_len + 1) * 4 > self.journal_cap * 3:
             self._grow_journal()
-        mask = self.jcap - 1
+        mask = self.journal_cap - 1
         i = <Py_ssize_t>(fg_mix(kid) & <uint64_t>mask)
-        while self.jmap[i].key != NULL and self.jmap[i].kid != kid:
+        while self.journal[i].key != NULL and self.journal[i].kid != kid:
             i = (i + 1) & mask
-        slot = &self.jmap[i]
+        slot = &self.journal[i]
         if slot.key == NULL:
-            if self.jlen >= self.max_keys:
-                self.jdropped += 1
+            if self.journal_len >= self.max_keys:
+                self.journal_dropped += 1
                 return 0
             Py_INCREF(key)
             slot.key = <PyObject *>key
             slot.kid = kid
             slot.cost = 0
-            self.jlen += 1
+            self.journal_len += 1
         slot.cost = slot.cost + k if slot.cost < FG_MAX_COST - k else FG_MAX_COST
         return 0
 
     cdef int _grow_journal(self) except -1:
-        cdef Py_ssize_t cap = self.jcap * 2 if self.jcap else 1024, j, i
-        cdef fg_jslot *old = self.jmap
+        cdef Py_ssize_t cap = self.journal_cap * 2 if self.journal_cap else 1024, j, i
+        cdef fg_jslot *old = self.journal
         cdef fg_jslot *new = <fg_jslot *>PyMem_RawCalloc(cap, sizeof(fg_jslot))
         if new == NULL:
             raise MemoryError()
-        for j in range(self.jcap):
+        for j in range(self.journal_cap):
             if old[j].key != NULL:
                 i = <Py_ssize_t>(fg_mix(old[j].kid) & <uint64_t>(cap - 1))
                 while new[i].key != NULL:
                     i = (i + 1) & (cap - 1)
                 new[i] = old[j]
         PyMem_RawFree(old)
-        self.jmap = new
-        self.jcap = cap
+        self.journal = new
+        self.journal_cap = cap
         return 0
 
     def record_hits(self, bint on):
@@ -260,19 +260,19 @@ cdef class Table:
 
     def drain_hits(self):
         """The keys `hit()` saw since the last drain with their summed admitted cost (0 for a key only denied): a
-        list of (key, cost) in no particular order (one entry per key id, at most max_keys; `jdropped` counts the
+        list of (key, cost) in no particular order (one entry per key id, at most max_keys; `journal_dropped` counts the
         hits of keys past that), and an empty journal. `hit_many` is not journaled: its callers see its decisions
         in its result arrays."""
         cdef Py_ssize_t j
         cdef list out = []
         cdef object key
-        for j in range(self.jcap):
-            if self.jmap[j].key != NULL:
-                key = <object>self.jmap[j].key
+        for j in range(self.journal_cap):
+            if self.journal[j].key != NULL:
+                key = <object>self.journal[j].key
                 Py_DECREF(key)
-                out.append((key, self.jmap[j].cost))
-                self.jmap[j].key = NULL
-        self.jlen = 0
+                out.append((key, self.journal[j].cost))
+                self.journal[j].key = NULL
+        self.journal_len = 0
         return out
 
     def charge(self, key, cost, now=None):
@@ -306,7 +306,7 @@ cdef class Table:
         memcpy(d._remaining, v.remaining, self.p.nlimits * sizeof(int64_t))
         return d
 
-    cdef Decision _one(self, uint64_t kid, uint64_t h, int64_t k, int64_t now, bint commit):
+    cdef Decision _decide_key(self, uint64_t kid, uint64_t h, int64_t k, int64_t now, bint commit):
         cdef fg_verdict v
         cdef fg_shard *s = self._shard(h)
         cdef int rc
@@ -336,7 +336,7 @@ cdef class Table:
         cdef uint64_t kid = _key_id(key)
         cdef uint64_t h = self._locate(kid)
         cdef int64_t k = _cost(cost)
-        cdef Decision d = self._one(kid, h, k, _now_ns(now), True)
+        cdef Decision d = self._decide_key(kid, h, k, _now_ns(now), True)
         if self.recording:
             self._record(key, kid, k if d.allowed else 0)
         return d
@@ -345,7 +345,7 @@ cdef class Table:
         """The decision a hit of cost 1 would get now, recording nothing."""
         cdef uint64_t kid = _key_id(key)
         cdef uint64_t h = self._locate(kid)
-        return self._one(kid, h, 1, _now_ns(now), False)
+        return self._decide_key(kid, h, 1, _now_ns(now), False)
 
     def reset(self, key):
         """Forget `key` (its next hit starts fresh)."""
@@ -364,7 +364,7 @@ cdef class Table:
             return fg_table_slot(&self.p, s, pos) + self.p.stride - FG_BAN_WORDS
         if not create:
             return NULL
-        _fresh_words(&self.p, fresh)
+        _new_state(&self.p, fresh)
         if _insert(&self.p, s, kid, h, now, fresh) < 0:
             return NULL
         fg_table_find(&self.p, s, kid, h, &pos)

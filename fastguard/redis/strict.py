@@ -156,9 +156,11 @@ class StrictTable:
                 self.bans_started += 1
             if key is not None and self._banned is not None:
                 self._banned.ban(key, left)
-            return Decision.of(False, lim.count, 0, left, left, lim.period, self.limits, [0] * n, banned=True)
-        return Decision.of(code == 1, lim.count, remainings[best], reset / 1e9,
-                           math.inf if retry < 0 else retry / 1e9, lim.period, self.limits, remainings)
+            return Decision.of(allowed=False, limit=lim.count, remaining=0, reset_after=left, retry_after=left,
+                               period=lim.period, limits=self.limits, remainings=[0] * n, banned=True)
+        return Decision.of(allowed=code == 1, limit=lim.count, remaining=remainings[best], reset_after=reset / 1e9,
+                           retry_after=math.inf if retry < 0 else retry / 1e9, period=lim.period, limits=self.limits,
+                           remainings=remainings)
 
     # -- while Redis is unreachable --------------------------------------------------------------------------
     def _fallback(self, key: Any, cost: int, now: Any, commit: bool = True) -> Decision:
@@ -175,8 +177,9 @@ class StrictTable:
         lim = self.limits[0]
         remaining = lim.count if allowed else 0
         retry = 0.0 if allowed else DENY_RETRY_AFTER
-        return Decision.of(allowed, lim.count, remaining, retry, retry, lim.period, self.limits,
-                           self._counts if allowed else [0] * len(self.limits))
+        return Decision.of(allowed=allowed, limit=lim.count, remaining=remaining, reset_after=retry, retry_after=retry,
+                           period=lim.period, limits=self.limits,
+                           remainings=self._counts if allowed else [0] * len(self.limits))
 
     # -- the table API (fastguard._core.Table's) -------------------------------------------------------------
     def _hit_remote(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision:

@@ -103,8 +103,8 @@ class SyncTable:
 
     more or less nodes x rate x sync (rate: hits per second one node admits). The error the other way is small:
     a node is charged only what the others really admitted, though up to 2 x sync after the fact (for the token
-    bucket and GCRA that delays the refill of those tokens by as much). tests/test_redis_sync.py measures the
-    bound with 3 processes.
+    bucket and GCRA that delays the refill of those tokens by as much).
+    tests/integration/redis/test_redis_sync.py measures the bound with 3 processes.
 
     While Redis is unreachable the counts stay local and are pushed when it answers again (nothing is lost);
     on_error "allow" and "local" both keep deciding in process, "deny" refuses every hit until Redis answers.
@@ -159,8 +159,9 @@ class SyncTable:
             key_bytes(key)
             self.health.fallbacks += 1
             lim = self.limits[0]
-            return Decision.of(False, lim.count, 0, DENY_RETRY_AFTER, DENY_RETRY_AFTER, lim.period, self.limits,
-                               [0] * len(self.limits))
+            return Decision.of(allowed=False, limit=lim.count, remaining=0, reset_after=DENY_RETRY_AFTER,
+                               retry_after=DENY_RETRY_AFTER, period=lim.period, limits=self.limits,
+                               remainings=[0] * len(self.limits))
         return self._local.hit(key, cost, now)
 
     def hit_many(self, keys: Any, costs: Any, now: float | None) -> tuple[Any, Any, Any, Any]:
@@ -360,7 +361,7 @@ class SyncTable:
                    "sync_interval": self.interval, "on_error": self.on_error, "syncs": self.syncs,
                    "pushed": self.pushed, "charged": self.charged, "sync_lag": self.lag,
                    "pending_keys": len(self._pending), "shared_keys": len(self._seen),
-                   "unshared": self.unshared + self._local.jdropped})
+                   "unshared": self.unshared + self._local.journal_dropped})
         st.update(self.health.stats())
         return st
 

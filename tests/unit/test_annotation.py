@@ -13,7 +13,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-HOT = ["_fresh_words", "_decide", "_fresh", "_grow", "_victim", "_insert", "_remove", "_hit_locked", "_batch",
+HOT = ["_new_state", "_decide", "_fresh", "_grow", "_victim", "_insert", "_remove", "_hit_locked", "_batch",
        "_chunk"]
 
 

@@ -75,7 +75,7 @@ def test_ed448_and_pem_keys(core):
     assert fg.JWTVerifier(pem_keys).verify(sign(GOOD, "RS256"), now=NOW)["sub"] == "alice"
 
 
-# -- security rules (docs/design.md), one test each -----------------------------------------------------------------------
+# -- security rules (docs/design.md), one test each --------------------------------------------------------------------
 
 @pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
 def test_alg_none_is_never_accepted(core, alg):

@@ -504,7 +504,7 @@ def test_the_journal_holds_at_most_max_keys_keys(impl):
         table.hit(f"spray-{i}", now=1.0)
     table.hit("spray-0", now=1.0)   # a journaled key still sums
     hits = dict(table.drain_hits())
-    assert len(hits) == 10 and table.jdropped == 15
+    assert len(hits) == 10 and table.journal_dropped == 15
     assert sum(hits.values()) == 11
 
 
