@@ -22,7 +22,7 @@ from fastguard.redis.url import client_from_url
 try:  # the lean client needs hiredis (the "redis" extra installs it); without it redis-py does every call
     import hiredis
 
-    from fastguard.redis.wire import Wire, wire_for
+    from fastguard.redis.wire import Wire, tls_context, wire_for
 except ImportError:  # pragma: no cover - exercised only without hiredis
     hiredis = None
 
@@ -88,6 +88,7 @@ class RedisStore:
         # Standalone TCP / Unix servers get the lean per-thread client for the hot path (see wire.py).
         self.wire: Wire | None = wire_for(client) if hiredis is not None and isinstance(client, redis.Redis) else None
         self._cluster_wire: bool | None = None          # whether Cluster nodes get lean clients (decided on first use)
+        self._cluster_tls: Any = None                   # their SSL context, for a TLS cluster
         self._node_wires: dict[str, Wire] = {}          # by "host:port"
 
     @property
@@ -133,8 +134,11 @@ class RedisStore:
         client = self.client  # may raise RedisClusterException while no node answers (a fault)
         if self._cluster_wire is None:
             kw = client.nodes_manager.connection_kwargs
-            self._cluster_wire = hiredis is not None and not kw.get("ssl") and kw.get("credential_provider") is None \
-                and kw.get("protocol") in (None, 2, "2") and kw.get("connection_class") in (None, redis.Connection)
+            self._cluster_tls = tls_context(kw) if kw.get("ssl") else None
+            self._cluster_wire = hiredis is not None and kw.get("credential_provider") is None \
+                and (not kw.get("ssl") or self._cluster_tls is not None) \
+                and kw.get("protocol") in (None, 2, "2") \
+                and kw.get("connection_class") in (None, redis.Connection, redis.connection.SSLConnection)
         if not self._cluster_wire:
             return None
         node = client.nodes_manager.get_node_from_slot(key_slot(name))
@@ -143,7 +147,8 @@ class RedisStore:
             kw = client.nodes_manager.connection_kwargs
             wire = self._node_wires[node.name] = Wire(
                 host=node.host, port=int(node.port), username=kw.get("username"), password=kw.get("password"),
-                timeout=kw.get("socket_timeout"), connect_timeout=kw.get("socket_connect_timeout"))
+                timeout=kw.get("socket_timeout"), connect_timeout=kw.get("socket_connect_timeout"),
+                tls=self._cluster_tls)
         return wire
 
     def call_script(self, keys: list[bytes], args: list[Any], sha: str | None = None,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.retry import Retry
 
 __all__ = ["client_from_url"]
@@ -18,8 +19,11 @@ def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float =
     """(a redis-py client, None) for a standalone server, or (None, a function making the RedisCluster) for a
     cluster, which connects as it is made (so it is made on first use: a gateway starts while Redis is down).
 
-    url: redis://[user:password@]host:port/db, rediss://... (TLS), unix:///path/to/socket?db=0,
+    url: redis://[user:password@]host:port/db, rediss://... (TLS: the certificate and host name are verified
+         unless ssl_cert_reqs=none; ssl_ca_certs, ssl_check_hostname, ssl_certfile... as query arguments or
+         keyword arguments, redis-py's names), unix:///path/to/socket?db=0,
          redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster:// with TLS).
+         valkey://, valkeys://, valkey+cluster:// and valkeys+cluster:// are the same (Valkey speaks Redis).
     Clients never retry inside redis-py: an unreachable Redis costs one timeout, then the limiter's own backoff
     applies. ValueError for an unknown scheme, a malformed node list or a timeout that is not positive.
     """
@@ -32,6 +36,9 @@ def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float =
                                "retry": Retry(redis.backoff.NoBackoff(), 0)}
     options.update(client_options)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme.startswith("valkey"):
+        scheme = "redis" + scheme[len("valkey"):]
+        url = scheme + url[url.index("://"):]
     if scheme in ("redis", "rediss", "unix"):
         return redis.Redis.from_url(url, **options), None
     if scheme in ("redis+cluster", "rediss+cluster"):
@@ -48,6 +55,12 @@ def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float =
             options.setdefault("password", unquote(parts.password))
         if scheme == "rediss+cluster":
             options.setdefault("ssl", True)
+        for name, value in parse_qsl(parts.query):  # ?ssl_ca_certs=...&ssl_cert_reqs=... as redis-py reads them
+            parse = URL_QUERY_ARGUMENT_PARSERS.get(name, str)
+            try:
+                options.setdefault(name, parse(value))
+            except (TypeError, ValueError):
+                raise ValueError(f"invalid value for {name!r} in {url!r}") from None
         options.setdefault("require_full_coverage", False)
         return None, lambda: RedisCluster(startup_nodes=nodes, **options)
     raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or redis+cluster://")

@@ -2,8 +2,10 @@
 
 redis-py spends ~40 µs of Python per command on this project's machine (connection pool, retry wrapper, response
 callbacks) — more than the Redis round trip itself. A strict decision needs none of that: it sends one prepacked
-EVALSHA and reads one reply. `Wire` does exactly that for plain TCP and Unix sockets (TLS, RESP3 and credential
-providers stay with redis-py). Errors are redis-py's exception types, so callers handle both clients alike.
+EVALSHA and reads one reply. `Wire` does exactly that over TCP, TLS (an `ssl` socket built from redis-py's own
+`ssl_*` settings: verification on unless `ssl_cert_reqs="none"`) and Unix sockets, with AUTH (user and password)
+and SELECT; RESP3, credential providers and OCSP checks stay with redis-py. Errors are redis-py's exception
+types, so callers handle both clients alike.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +31,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Wire", "bulk", "wire_for"]
+__all__ = ["Wire", "bulk", "wire_for", "tls_context"]
 
 _generation = 0  # bumped in a forked child: a parent's sockets are never used by its children
 
@@ -66,14 +69,15 @@ class Wire:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None, db: int = 0,
                  username: str | None = None, password: str | None = None, timeout: float | None = None,
-                 connect_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.path, self.db = host, port, path, int(db or 0)
         self.username, self.password = username, password
         self.timeout, self.connect_timeout = timeout, connect_timeout
+        self.tls = tls
         self._local = threading.local()
 
     def __repr__(self) -> str:
-        where = self.path or f"{self.host}:{self.port}"
+        where = self.path or f"{'tls://' if self.tls else ''}{self.host}:{self.port}"
         return f"Wire({where}, db={self.db})"
 
     # -- connections -------------------------------------------------------------------------------------------
@@ -89,6 +93,8 @@ class Wire:
             else:
                 sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.tls is not None:  # the handshake verifies the certificate (and host name) as configured
+                    sock = self.tls.wrap_socket(sock, server_hostname=self.host)
             sock.settimeout(self.timeout)
         except TimeoutError as exc:
             raise RedisTimeoutError(f"connecting to {self!r}: {exc}") from exc
@@ -102,7 +108,11 @@ class Wire:
         if self.db:
             hello.append(("SELECT", self.db))
         for command in hello:
-            reply = self.call(hiredis.pack_command(command))
+            try:
+                reply = self.call(hiredis.pack_command(command))
+            except Exception:
+                self.close()  # never leave an unauthenticated socket behind for the next call
+                raise
             if reply != b"OK":
                 self.close()
                 raise RedisConnectionError(f"{command[0]} on {self!r} answered {reply!r}")
@@ -188,13 +198,50 @@ class Wire:
                 handle(_error(r) if type(r) is hiredis.ReplyError else r)
 
 
+#: redis-py's TLS settings that tls_context() carries over; any other ssl_* setting keeps redis-py on the job.
+_TLS_SETTINGS = {"ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data", "ssl_check_hostname",
+                 "ssl_ca_path", "ssl_password", "ssl_min_version", "ssl_ciphers"}
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def tls_context(kw: dict[str, Any]) -> ssl.SSLContext | None:
+    """An SSL context with redis-py's TLS settings (`ssl_cert_reqs` "required" by default, `ssl_check_hostname`
+    True by default, `ssl_ca_certs` / `ssl_ca_path` / `ssl_ca_data`, client `ssl_certfile` / `ssl_keyfile`), or
+    None when a setting asks for what only redis-py does (OCSP, verify flags)."""
+    if any(k.startswith("ssl_") and k not in _TLS_SETTINGS and v not in (None, False) for k, v in kw.items()):
+        return None
+    reqs = kw.get("ssl_cert_reqs", "required")
+    if isinstance(reqs, str):
+        if reqs.lower() not in _CERT_REQS:
+            raise ValueError(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, got {reqs!r}")
+        reqs = _CERT_REQS[reqs.lower()]
+    ctx = ssl.create_default_context(cafile=kw.get("ssl_ca_certs"), capath=kw.get("ssl_ca_path"),
+                                     cadata=kw.get("ssl_ca_data"))
+    ctx.check_hostname = bool(kw.get("ssl_check_hostname", True)) and reqs != ssl.CERT_NONE
+    ctx.verify_mode = reqs
+    if kw.get("ssl_certfile"):
+        ctx.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"), kw.get("ssl_password"))
+    if kw.get("ssl_min_version") is not None:
+        ctx.minimum_version = kw["ssl_min_version"]
+    if kw.get("ssl_ciphers"):
+        ctx.set_ciphers(kw["ssl_ciphers"])
+    return ctx
+
+
 def wire_for(client: redis.Redis) -> Wire | None:
     """A Wire with the settings of a redis-py client, or None when the client needs what Wire does not do
-    (TLS, RESP3, a credential provider, a custom connection class)."""
+    (RESP3, a credential provider, a custom connection class, OCSP)."""
     pool = client.connection_pool
     kw = pool.connection_kwargs
     if kw.get("credential_provider") is not None or kw.get("protocol") not in (None, 2, "2"):
         return None
+    if pool.connection_class is redis.connection.SSLConnection:
+        tls = tls_context(kw)
+        if tls is None:
+            return None
+        return Wire(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)), db=kw.get("db", 0),
+                    username=kw.get("username"), password=kw.get("password"), timeout=kw.get("socket_timeout"),
+                    connect_timeout=kw.get("socket_connect_timeout"), tls=tls)
     if pool.connection_class is redis.connection.UnixDomainSocketConnection:
         return Wire(path=kw["path"], db=kw.get("db", 0), username=kw.get("username"), password=kw.get("password"),
                     timeout=kw.get("socket_timeout"), connect_timeout=kw.get("socket_connect_timeout",

@@ -50,13 +50,15 @@ class RedisProcess:
     """One redis-server on 127.0.0.1:port; `kill()` / `start()` simulate a crash and a restart (same port, dir)."""
 
     def __init__(self, port: int | None = None, *, cluster: bool = False, workdir: str | None = None,
-                 extra: list[str] | None = None, password: str | None = None) -> None:
+                 extra: list[str] | None = None, password: str | None = None, tls: Any = None) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed (.ci/run installs it: apt-get install redis-server)")
         self.port = port or (free_cluster_port() if cluster else free_port())
         self.cluster = cluster
         self.extra = list(extra or [])
         self.password = password
+        self.tls = tls                                   # fastguard.testing.tls.TLSFiles: also listen with TLS
+        self.tls_port = free_port() if tls is not None else None
         self.dir = workdir or tempfile.mkdtemp(prefix=f"fg-redis-{self.port}-")
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -65,6 +67,9 @@ class RedisProcess:
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"]
         args += self.extra
+        if self.tls is not None:
+            args += ["--tls-port", str(self.tls_port), "--tls-cert-file", self.tls.cert, "--tls-key-file",
+                     self.tls.key, "--tls-ca-cert-file", self.tls.ca, "--tls-auth-clients", "no"]
         if self.password:
             args += ["--requirepass", self.password]
         if self.cluster:
