@@ -129,6 +129,52 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(out=args.out, quick=args.quick, keyword=args.keyword)
 
 
+def _bans(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        from fastguard.redis import RedisStore
+        from fastguard.redis.bans import lift_ban, list_bans, set_ban
+    except ImportError as exc:
+        sys.stderr.write(f"fastguard bans needs the Redis extra: pip install 'fastguard[redis]' ({exc})\n")
+        return 2
+    if args.action != "list" and not args.key:
+        raise _Usage(f"{args.action} needs a key")
+    if args.action == "ban" and args.seconds is None:
+        raise _Usage("ban needs the seconds the ban lasts: fastguard bans ban KEY SECONDS --limits ...")
+    store = RedisStore.from_url(args.redis, prefix=args.prefix, timeout=5, connect_timeout=5)
+    try:
+        if args.action == "list":
+            bans = list_bans(store)
+            if args.json:
+                print(json.dumps([b.as_dict() for b in bans]))
+            elif not bans:
+                print(f"no active bans under {args.prefix!r}")
+            else:
+                print(f"{'key':<32} {'left':>10}  {'started by':<24} limiter")
+                for b in bans:
+                    print(f"{b.key:<32} {b.seconds_left:>9.1f}s  {b.started_by:<24} {b.algorithm} {b.limits}")
+        elif args.action == "unban":
+            n = lift_ban(store, args.key)
+            print(json.dumps({"key": args.key, "lifted": n}) if args.json else f"{args.key}: lifted {n} ban(s)")
+        else:
+            if not args.limits:
+                raise _Usage("ban needs --limits (and --algorithm, or --local-first): the limiter it applies to")
+            try:
+                seconds = float(args.seconds)
+            except ValueError:
+                raise _Usage(f"a ban lasts a number of seconds, got {args.seconds!r}") from None
+            name = set_ban(store, args.key, seconds, args.limits, args.algorithm, args.local_first)
+            print(json.dumps({"key": args.key, "seconds": seconds, "name": name}) if args.json
+                  else f"{args.key}: banned for {seconds:g} s ({name})")
+    except fg.StoreError as exc:
+        sys.stderr.write(f"fastguard bans: {exc}\n")
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastguard", description="Rate limiting for API gateways.")
     parser.add_argument("--version", action="version", version=f"fastguard {fg.__version__}")
@@ -176,6 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--quick", action="store_true", help="fewer rounds and a subset: under 2 minutes")
     ben.add_argument("-k", dest="keyword", help="only benchmarks matching this pytest -k expression")
     ben.set_defaults(func=_bench)
+    bans = sub.add_parser("bans", help="list, set and lift bans in a shared Redis (every node honours them)")
+    bans.add_argument("action", choices=("list", "ban", "unban"))
+    bans.add_argument("key", nargs="?", help="the key to ban or unban (as the limiter sees it, e.g. ip:10.0.0.1)")
+    bans.add_argument("seconds", nargs="?", help="how long a ban lasts")
+    bans.add_argument("--redis", required=True, help="redis://, rediss://, redis+cluster://... (as RedisStore)")
+    bans.add_argument("--prefix", default="fg", help="the limiters' key prefix (default: %(default)s; the Kong "
+                                                     "plugins use fg-kong-<plugin id>)")
+    bans.add_argument("--limits", help="ban: the limits of the limiter, e.g. '100/minute; 10/second'")
+    bans.add_argument("--algorithm", default="sliding_window", choices=fg.ALGORITHMS,
+                      help="ban: the limiter's algorithm (default: %(default)s)")
+    bans.add_argument("--local-first", action="store_true", help="ban: the limiter runs in local-first mode (sync)")
+    bans.add_argument("--json", action="store_true", help="print JSON")
+    bans.set_defaults(func=_bans)
     sub.add_parser("kong-server", help="serve one fastguard plugin to Kong: fastguard kong-server NAME --socket PATH "
                                        "(or --dump); see fastguard kong-server --help", add_help=False)
     return parser

@@ -9,7 +9,7 @@ import math
 import re
 from typing import Any
 
-__all__ = ["Limit", "parse_limits", "window_name", "MAX_LIMITS"]
+__all__ = ["Limit", "parse_limits", "limit_from_ns", "window_name", "MAX_LIMITS"]
 
 #: A limiter decides at most this many limits per key (the core keeps them in a fixed C array).
 MAX_LIMITS = 8
@@ -86,10 +86,10 @@ class Limit:
         return f"{self.count}/{window_name(self.period).lower()}"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_limit_from_ns, (self.count, self.period_ns))
+        return (limit_from_ns, (self.count, self.period_ns))
 
 
-def _limit_from_ns(count: int, period_ns: int) -> Limit:
+def limit_from_ns(count: int, period_ns: int) -> Limit:
     """Rebuild a Limit from whole nanoseconds (exact, unlike going through float seconds)."""
     limit = Limit(count, 1)
     object.__setattr__(limit, "period_ns", period_ns)

@@ -33,9 +33,10 @@ do
   local p, a, w, f, l = string.match(ARGV[6], "^(%a+):(%d+):(%d+):(%d+):(%d+)$")
   if p then path, ban_after, ban_window, ban_for, ban_limit = p, tonumber(a), tonumber(w), tonumber(f), tonumber(l) end
 end
-local function ban_left(key)  -- ms left of the key's ban, 0 when none
+local function ban_left(key)  -- ms left of the key's ban, 0 when none (or lifted by an operator: "lifted")
   if ban_for == 0 then return 0 end
   local left = redis.call("PTTL", key .. "~ban")
+  if left > 0 and redis.call("GET", key .. "~ban") == "lifted" then return 0 end
   return left > 0 and left or 0
 end
 local function count_denial(key)  -- true when this denial starts a ban
@@ -44,7 +45,7 @@ local function count_denial(key)  -- true when this denial starts a ban
   local n = redis.call("INCR", dk)
   if n == 1 then redis.call("PEXPIRE", dk, ban_window) end
   if n < ban_after then return false end
-  redis.call("SET", key .. "~ban", "1", "PX", ban_for)
+  redis.call("SET", key .. "~ban", "auto", "PX", ban_for)  -- "auto": started by ban_after ("manual": ban())
   redis.call("DEL", dk)
   return true
 end

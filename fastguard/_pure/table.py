@@ -210,6 +210,15 @@ class Table:
             if entry is not None:
                 entry[-3] = entry[-1] = 0
 
+    def unban_all(self) -> None:
+        """Lift every ban (and forget the denials counting towards one)."""
+        self._check_bans()
+        with self._lock:
+            for shard in self._shards:
+                for entry in shard.slots:
+                    if entry is not None:
+                        entry[-3] = entry[-1] = 0
+
     def banned(self, key: str | bytes, now: float | None = None) -> float:
         """Seconds left of `key`'s ban at `now` (0.0 when not banned)."""
         t = now_ns_from(now)

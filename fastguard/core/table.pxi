@@ -409,6 +409,24 @@ cdef class Table:
             ban[2] = 0
         fg_spin_unlock(&s.lock)
 
+    def unban_all(self):
+        """Lift every ban (and forget the denials counting towards one): what a table that caches bans does when
+        an operator lifted or shortened one elsewhere. Twin of _pure.Table.unban_all."""
+        cdef int i
+        cdef int64_t j
+        cdef int64_t *e
+        cdef fg_shard *s
+        self._check_bans()
+        for i in range(self.nshards):
+            s = &self.shards[i]
+            fg_spin_lock(&s.lock)
+            for j in range(s.cap):
+                e = fg_table_slot(&self.p, s, j)
+                if e[1] != FG_EMPTY:
+                    e[self.p.stride - FG_BAN_WORDS] = 0
+                    e[self.p.stride - 1] = 0
+            fg_spin_unlock(&s.lock)
+
     def banned(self, key, now=None):
         """Seconds left of `key`'s ban at `now` (0.0 when not banned)."""
         cdef uint64_t kid = _key_id(key)

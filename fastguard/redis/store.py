@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -26,7 +27,14 @@ try:  # the lean client needs hiredis (the "redis" extra installs it); without i
 except ImportError:  # pragma: no cover - exercised only without hiredis
     hiredis = None
 
-__all__ = ["RedisStore", "SCRIPT", "STATE_VERSION", "tagged", "sha1"]
+__all__ = ["RedisStore", "SCRIPT", "STATE_VERSION", "BANS_POLL", "LIFTED", "LIFTED_MS", "tagged", "sha1"]
+
+#: How often (s) a store checks whether an operator lifted or changed a ban somewhere.
+BANS_POLL = 0.5
+#: A lifted ban leaves this mark for LIFTED_MS: no node's cached copy can write the ban back meanwhile (a
+#: local-first node sees the bans epoch at its next exchange, well within it unless its sync is above 10 s).
+LIFTED = b"lifted"
+LIFTED_MS = 10_000
 
 #: The Lua source of every decision (a transcription of fastguard._pure's rules in exact integer arithmetic).
 SCRIPT = resources.files("fastguard._bindings").joinpath("redis/decide.lua").read_text(encoding="utf-8")
@@ -89,6 +97,9 @@ class RedisStore:
         self.wire: Wire | None = wire_for(client) if hiredis is not None and isinstance(client, redis.Redis) else None
         self._cluster_wire: bool | None = None          # whether Cluster nodes get lean clients (decided on first use)
         self._cluster_tls: Any = None                   # their SSL context, for a TLS cluster
+        self._ban_watchers: list[weakref.WeakMethod[Any]] = []
+        self._ban_thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self._node_wires: dict[str, Wire] = {}          # by "host:port"
 
     @property
@@ -215,7 +226,41 @@ class RedisStore:
         if wire is not None:
             wire.close()
 
+    # -- bans changed by operators ---------------------------------------------------------------------------------
+    @property
+    def bans_epoch_name(self) -> bytes:
+        """The counter that unban() and ban() bump: nodes that cache bans drop them when it changes."""
+        return f"{self.prefix}:v{STATE_VERSION}:bans-epoch".encode()
+
+    def bans_changed(self) -> None:
+        """Tell every node that a ban was lifted or changed (they drop the bans they cached within BANS_POLL s)."""
+        self.client.incr(self.bans_epoch_name)
+
+    def bans_epoch(self) -> int:
+        value = self.client.get(self.bans_epoch_name)
+        return int(value) if value else 0
+
+    def watch_bans(self, on_change: Any) -> None:
+        """Call the bound method `on_change()` (held weakly) each time the bans epoch changes, from one daemon
+        thread per store polling every BANS_POLL seconds: no Redis call on the path of a decision."""
+        with self._lock:
+            self._ban_watchers.append(weakref.WeakMethod(on_change))
+            if self._ban_thread is None:
+                self._ban_thread = threading.Thread(target=_watch_bans, args=(weakref.ref(self), self._stop),
+                                                    name="fastguard-bans-watch", daemon=True)
+                self._ban_thread.start()
+
+    def _bans_moved(self) -> None:
+        with self._lock:
+            alive = [w for w in self._ban_watchers if w() is not None]
+            self._ban_watchers = alive
+        for w in alive:
+            method = w()
+            if method is not None:
+                method()
+
     def close(self) -> None:
+        self._stop.set()
         for wire in [self.wire, *self._node_wires.values()]:
             if wire is not None:
                 wire.close()
@@ -224,3 +269,22 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore({'cluster' if self.cluster else 'standalone'}, prefix={self.prefix!r})"
+
+
+def _watch_bans(ref: weakref.ReferenceType[RedisStore], stop: threading.Event) -> None:
+    seen = None
+    wait = 0.0  # the first reading at once: it is the baseline later changes are measured against
+    while not stop.wait(wait):
+        wait = BANS_POLL
+        store = ref()
+        if store is None:
+            return
+        try:
+            epoch = store.bans_epoch()
+        except FAULTS:
+            del store
+            continue  # Redis away: the decisions say so; cached bans stay until it answers
+        if seen is not None and epoch != seen:
+            store._bans_moved()
+        seen = epoch
+        del store

@@ -19,7 +19,7 @@ from fastguard import Decision
 from fastguard.arguments import NO_BANS, ban_seconds, ban_settings, check_on_error, checked_cost, epoch_ns
 from fastguard.limits import Limit
 from fastguard.redis.health import FAULTS, Health, key_fault, store_errors
-from fastguard.redis.store import ALG_CODES, REDIRECTIONS, RedisStore, tagged
+from fastguard.redis.store import ALG_CODES, LIFTED, LIFTED_MS, REDIRECTIONS, RedisStore, tagged
 from fastguard.tables import StoreStats
 
 try:
@@ -111,6 +111,8 @@ class StrictTable:
         self._banned = fastguard._impl.Table(algorithm, self.limits, max_keys, 0, 1.0) if self.bans else None
         self.bans_started = 0
         # `hit` is the remote call itself (no extra frame), or the gate in front of it when there are bans.
+        if self._banned is not None:
+            store.watch_bans(self._drop_cached_bans)
         self.hit = fastguard._impl.BanGate(self._banned, self._hit_remote) if self._banned is not None \
             else self._hit_remote
         self.calls = 0
@@ -248,21 +250,29 @@ class StrictTable:
 
     def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
         """Ban `key` for `seconds` on every node: written to Redis (raises StoreError when it cannot be) and kept
-        here. `now` is accepted for the table API; Redis counts the ban from its own clock."""
+        here; a ban that replaces a longer one reaches the nodes that cached that one within BANS_POLL s. `now` is
+        accepted for the table API; Redis counts the ban from its own clock."""
         self._check_bans()
         seconds = ban_seconds(seconds)
         with store_errors("ban"):
-            self.store.client.set(self.name(key) + b"~ban", b"1", px=max(1, round(seconds * 1000)))
+            self.store.client.set(self.name(key) + b"~ban", b"manual", px=max(1, round(seconds * 1000)))
+            self.store.bans_changed()
         self._banned.ban(key, seconds)
         self.bans_started += 1
 
+    def _drop_cached_bans(self) -> None:
+        """An operator lifted or changed a ban somewhere: forget the bans cached here (Redis is asked again)."""
+        self._banned.unban_all()
+
     def unban(self, key: str | bytes) -> None:
-        """Lift `key`'s ban in Redis (raises StoreError when it cannot) and here. Other nodes that already cached
-        the ban keep answering it until it would have ended: nothing tells them (a known limit)."""
+        """Lift `key`'s ban in Redis (raises StoreError when it cannot) and here; every node that cached it drops
+        it within BANS_POLL s (the store's bans epoch)."""
         self._check_bans()
         name = self.name(key)
         with store_errors("unban"):
-            self.store.client.delete(name + b"~ban", name + b"~deny")
+            self.store.client.set(name + b"~ban", LIFTED, px=LIFTED_MS)
+            self.store.client.delete(name + b"~deny")
+            self.store.bans_changed()
         self._banned.unban(key)
 
     def banned(self, key: str | bytes, now: float | None = None) -> float:
@@ -274,6 +284,8 @@ class StrictTable:
             return left
         try:
             ms = self.store.client.pttl(self.name(key) + b"~ban")
+            if ms and ms > 0 and self.store.client.get(self.name(key) + b"~ban") == LIFTED:
+                return 0.0
         except FAULTS:
             return 0.0
         return ms / 1e3 if ms and ms > 0 else 0.0

@@ -16,8 +16,8 @@ from redis.exceptions import InvalidResponse
 import fastguard
 from fastguard import Decision, Limit
 from fastguard.arguments import check_on_error, key_bytes
-from fastguard.redis.health import Health, key_fault, store_errors
-from fastguard.redis.store import STATE_VERSION, RedisStore, sha1, tagged
+from fastguard.redis.health import FAULTS, Health, key_fault, store_errors
+from fastguard.redis.store import LIFTED, LIFTED_MS, STATE_VERSION, RedisStore, sha1, tagged
 from fastguard.redis.strict import DENY_RETRY_AFTER
 from fastguard.tables import StoreStats
 
@@ -48,8 +48,10 @@ for i = 1, n do
     local bk = string.gsub(KEYS[i], ":[0-9]+$", "~ban")
     local mine = tonumber(ARGV[n + i + 2])
     local left = redis.call("PTTL", bk)
-    if mine > 0 and mine > left then
-      redis.call("SET", bk, "1", "PX", mine)
+    if left > 0 and redis.call("GET", bk) == "lifted" then
+      left = 0  -- an operator lifted it: no node's copy brings it back while the mark lives
+    elseif mine > 0 and mine > left then
+      redis.call("SET", bk, "shared", "PX", mine)
       left = mine
     end
     out[n + i] = left > 0 and left or 0
@@ -126,10 +128,13 @@ class SyncTable:
         self.max_keys = max_keys
         self._local.record_hits(True)
         self.peek = self._local.peek
-        # Bans are the local table's (without ban settings it refuses them); each exchange shares them.
-        self.ban = self._local.ban
-        self.unban = self._local.unban
+        # Bans are the local table's (without ban settings it refuses them); each exchange shares them, and an
+        # operator's unban or ban reaches the other nodes through the store's bans epoch.
         self.banned = self._local.banned
+        self._bans_seen: int | None = None
+        self._learned: dict[bytes, float] = {}   # bans learned from Redis: their end (monotonic), by counter base
+        if self.bans:
+            store.watch_bans(self._drop_cached_bans)
         if on_error != "deny":
             self.hit = self._local.hit  # the compiled method itself: no Python frame of ours per decision
         spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in self.limits)
@@ -182,6 +187,37 @@ class SyncTable:
                 self._note(keys[i], (1 if costs is None else int(costs[i])) if allowed[i] else 0, epoch)
         return result
 
+    def ban(self, key: str | bytes, seconds: float, now: float | None = None) -> None:
+        """Ban `key` here and in Redis at once (every node: within BANS_POLL s, even one holding a longer ban)."""
+        self._local.ban(key, seconds, now)
+        with store_errors("ban"):
+            self.store.client.set(self._base(key)[:-1] + b"~ban", b"manual", px=max(1, round(seconds * 1000)))
+            self.store.bans_changed()
+
+    def unban(self, key: str | bytes) -> None:
+        """Lift `key`'s ban here and in Redis; every node drops it within BANS_POLL s (the store's bans epoch)."""
+        self._local.unban(key)
+        with store_errors("unban"):
+            self.store.client.set(self._base(key)[:-1] + b"~ban", LIFTED, px=LIFTED_MS)
+            self.store.bans_changed()
+
+    def _drop_cached_bans(self) -> None:
+        """An operator lifted or changed a ban somewhere: lift the bans here; the next exchange brings back those
+        Redis still holds."""
+        self._local.unban_all()
+        self._learned.clear()
+
+    def _check_bans_epoch(self) -> None:
+        """Before an exchange pushes this node's bans: drop them if an operator changed bans since the last one
+        (so a lifted ban is not written back from here)."""
+        try:
+            epoch = self.store.bans_epoch()
+        except FAULTS:
+            return
+        if self._bans_seen is not None and epoch != self._bans_seen:
+            self._drop_cached_bans()
+        self._bans_seen = epoch
+
     def reset(self, key: str | bytes) -> None:
         """Forget the key here and delete its counter (other nodes keep what they already charged)."""
         base = self._base(key)
@@ -228,6 +264,8 @@ class SyncTable:
     def sync_now(self) -> bool:
         """One exchange with Redis (the thread calls this every `sync` seconds). True when every part of it
         succeeded; a part that failed keeps its keys' deltas for the next exchange (the others are applied)."""
+        if self.bans:
+            self._check_bans_epoch()
         epoch = self._epoch()
         with self._lock:
             for key, cost in self._local.drain_hits():
@@ -318,6 +356,9 @@ class SyncTable:
                 seen = self._seen.get(base)
                 if seen is not None and seen.key is not None:
                     mine[i] = round(self._local.banned(seen.key) * 1000)
+                    learned = self._learned.get(base)
+                    if learned is not None and abs(time.monotonic() + mine[i] / 1000 - learned) < 0.05:
+                        mine[i] = 0  # a ban learned from Redis is not this node's to push back (it may be lifted)
         replies = self.store.run_scripts([([names[i] for i in batch],
                                            [self._ttl_ms, b"1" if self.bans else b"0", *[deltas[i] for i in batch],
                                             *([mine[i] for i in batch] if self.bans else [])])
@@ -345,6 +386,7 @@ class SyncTable:
                     seen = self._seen.get(bases_of([names[i]])[0])
                     if seen is not None and seen.key is not None:
                         self._local.ban(seen.key, values[len(batch) + j] / 1e3)
+                        self._learned[bases_of([names[i]])[0]] = time.monotonic() + values[len(batch) + j] / 1e3
         return totals, faults
 
     # -- the rest of the table API --------------------------------------------------------------------------------

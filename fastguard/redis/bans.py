@@ -1,0 +1,117 @@
+"""What operators do to bans in a shared store: list the active ones, ban a key, lift a ban (`fastguard bans`).
+
+Bans live in Redis next to the states they guard: `<namespace><tagged key>~ban` (strict mode) and
+`<prefix>:v1:sync:<limits>:<tagged key>~ban` (local-first mode), each with a TTL of what is left and a value saying
+how it started ("auto": ban_after, "manual": an operator, "shared": ban_after on a local-first node). Every change
+bumps the store's bans epoch, so nodes that cached a ban drop it within BANS_POLL seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fastguard.arguments import ban_seconds, check_algorithm
+from fastguard.limits import Limit, limit_from_ns, parse_limits
+from fastguard.redis.health import store_errors
+from fastguard.redis.store import ALG_CODES, LIFTED, LIFTED_MS, STATE_VERSION, RedisStore, tagged
+
+__all__ = ["Ban", "list_bans", "lift_ban", "set_ban"]
+
+_ALGORITHM_OF = {code.decode(): name for name, code in ALG_CODES.items()}
+_STARTED_BY = {"auto": "ban_after", "manual": "operator", "shared": "ban_after (local-first)"}
+
+
+@dataclass(frozen=True)
+class Ban:
+    key: str               # the key as text (bytes that are not UTF-8 shown with escapes)
+    seconds_left: float
+    started_by: str        # "ban_after", "operator", "ban_after (local-first)" or "unknown"
+    algorithm: str         # the limiter's algorithm, or "local-first"
+    limits: str            # "2/minute; 10/second"
+    name: str              # the Redis key holding the ban
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _key_of(tagged_part: bytes) -> bytes | None:
+    """The key inside `{key}` or `{#digest}:key` (store.tagged's two forms)."""
+    if tagged_part.startswith(b"{#") and b"}:" in tagged_part:
+        return tagged_part[tagged_part.index(b"}:") + 2:]
+    if tagged_part.startswith(b"{") and tagged_part.endswith(b"}"):
+        return tagged_part[1:-1]
+    return None
+
+
+def _parse(store: RedisStore, name: bytes) -> tuple[str, str, bytes] | None:
+    """(algorithm or "local-first", limits text, key) of a ban's name, or None for a name that is not one."""
+    head = f"{store.prefix}:v{STATE_VERSION}:".encode()
+    if not name.startswith(head) or not name.endswith(b"~ban"):
+        return None
+    kind, sep, rest = name[len(head):-len(b"~ban")].partition(b":")
+    spec, sep2, tagged_part = rest.partition(b":")
+    if not sep or not sep2:
+        return None
+    key = _key_of(tagged_part)
+    if key is None or (kind != b"sync" and kind.decode() not in _ALGORITHM_OF):
+        return None
+    try:
+        limits = [limit_from_ns(int(c), int(p)) for c, p in (x.split(b"/") for x in spec.split(b","))]
+    except ValueError:
+        return None
+    algorithm = "local-first" if kind == b"sync" else _ALGORITHM_OF[kind.decode()]
+    return algorithm, "; ".join(str(lim) for lim in limits), key
+
+
+def list_bans(store: RedisStore) -> list[Ban]:
+    """The active bans under the store's prefix, on every master of a Cluster, longest first."""
+    out = []
+    with store_errors("list bans"):
+        client = store.client
+        for name in client.scan_iter(match=f"{store.prefix}:v{STATE_VERSION}:*~ban".encode(), count=1000):
+            parsed = _parse(store, name)
+            if parsed is None:
+                continue
+            ms, value = client.pttl(name), client.get(name)
+            if ms is None or ms <= 0 or value == LIFTED:
+                continue  # ended or lifted (or a name without TTL: not a ban of ours)
+            algorithm, limits, key = parsed
+            started = _STARTED_BY.get((value or b"").decode("utf-8", "replace"), "unknown")
+            out.append(Ban(key.decode("utf-8", "backslashreplace"), ms / 1000, started, algorithm, limits,
+                           name.decode("utf-8", "backslashreplace")))
+    return sorted(out, key=lambda b: -b.seconds_left)
+
+
+def lift_ban(store: RedisStore, key: str | bytes) -> int:
+    """Lift `key`'s bans in every limiter namespace under the store's prefix; how many there were. Every node drops
+    its cached copy within BANS_POLL seconds."""
+    wanted = key if isinstance(key, bytes) else key.encode("utf-8")
+    names = [ban.name.encode("utf-8", "surrogateescape") for ban in list_bans(store)
+             if _parse(store, ban.name.encode("utf-8", "surrogateescape"))[2] == wanted]  # type: ignore[index]
+    with store_errors("unban"):
+        for name in names:
+            store.client.set(name, LIFTED, px=LIFTED_MS)   # a mark, not a deletion: no node writes it back
+            store.client.delete(name[:-len(b"~ban")] + b"~deny")
+        store.bans_changed()
+    return len(names)
+
+
+def set_ban(store: RedisStore, key: str | bytes, seconds: float, limits: str | Sequence[Limit],
+            algorithm: str = "sliding_window", local_first: bool = False) -> str:
+    """Ban `key` for `seconds` for the limiters of this algorithm and these limits (strict mode, or local-first
+    with local_first=True); every node honours it (those that cached a longer one within BANS_POLL s). The name."""
+    seconds = ban_seconds(seconds)
+    parsed = parse_limits(limits if isinstance(limits, str) else list(limits))
+    if local_first:
+        spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in parsed)
+        name = f"{store.prefix}:v{STATE_VERSION}:sync:{spec}:".encode() + tagged(key) + b"~ban"
+    else:
+        name = store.namespace(check_algorithm(algorithm), parsed) + tagged(key) + b"~ban"
+    with store_errors("ban"):
+        store.client.set(name, b"manual", px=max(1, round(seconds * 1000)))
+        store.bans_changed()
+    return name.decode("utf-8", "backslashreplace")
+
+
