@@ -12,7 +12,7 @@ import numpy as np
 import redis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, ResponseError
 
 import fastguard
 from fastguard import Decision
@@ -230,8 +230,9 @@ class StrictTable:
         if key_fault(exc):
             self.health.key_failed(exc)
         else:
-            if isinstance(exc, InvalidResponse):
-                self.store.discard(name)
+            if isinstance(exc, (InvalidResponse, ReadOnlyError)):
+                self.store.discard(name)   # garbled, or a master that became a replica: reconnect (Sentinel: to
+                                           # wherever the master is now)
             self.health.failed(exc)
         return self._fallback(key, cost, now, commit)
 

@@ -22,7 +22,9 @@ def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float =
     url: redis://[user:password@]host:port/db, rediss://... (TLS: the certificate and host name are verified
          unless ssl_cert_reqs=none; ssl_ca_certs, ssl_check_hostname, ssl_certfile... as query arguments or
          keyword arguments, redis-py's names), unix:///path/to/socket?db=0,
-         redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster:// with TLS).
+         redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster:// with TLS),
+         redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db] (Sentinel: the master of
+         service_name, found again after a failover; the password is the master's, and the sentinels' too).
          valkey://, valkeys://, valkey+cluster:// and valkeys+cluster:// are the same (Valkey speaks Redis).
     Clients never retry inside redis-py: an unreachable Redis costs one timeout, then the limiter's own backoff
     applies. ValueError for an unknown scheme, a malformed node list or a timeout that is not positive.
@@ -41,6 +43,8 @@ def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float =
         url = scheme + url[url.index("://"):]
     if scheme in ("redis", "rediss", "unix"):
         return redis.Redis.from_url(url, **options), None
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        return _sentinel_client(url, scheme == "rediss+sentinel", options), None
     if scheme in ("redis+cluster", "rediss+cluster"):
         parts = urlsplit(url)
         nodes = []
@@ -64,3 +68,34 @@ def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float =
         options.setdefault("require_full_coverage", False)
         return None, lambda: RedisCluster(startup_nodes=nodes, **options)
     raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or redis+cluster://")
+
+
+def _sentinel_client(url: str, tls: bool, options: dict[str, Any]) -> redis.Redis:
+    """The master of a Sentinel-monitored service, as a redis-py client whose pool asks the sentinels where the
+    master is on every new connection."""
+    from redis.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    sentinels = []
+    for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, sep, port = hostport.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"sentinel {hostport!r} in {url!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"{url!r}: expected redis+sentinel://host:port[,host:port...]/service_name[/db]")
+    if parts.username:
+        options.setdefault("username", unquote(parts.username))
+    if parts.password:
+        options.setdefault("password", unquote(parts.password))
+    for name, value in parse_qsl(parts.query):
+        parse = URL_QUERY_ARGUMENT_PARSERS.get(name, str)
+        options.setdefault(name, parse(value))
+    if tls:
+        options.setdefault("ssl", True)
+    # The sentinels get the timeouts; the credentials are the master's (sentinels without a password are common).
+    sentinel_kwargs = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    db = int(path[1]) if len(path) == 2 else 0
+    return sentinel.master_for(path[0], db=db, **options)

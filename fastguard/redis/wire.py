@@ -15,11 +15,12 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import hiredis
 import redis
+import redis.sentinel
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -69,8 +70,10 @@ class Wire:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None, db: int = 0,
                  username: str | None = None, password: str | None = None, timeout: float | None = None,
-                 connect_timeout: float | None = None, tls: ssl.SSLContext | None = None) -> None:
+                 connect_timeout: float | None = None, tls: ssl.SSLContext | None = None,
+                 locate: Callable[[], tuple[str, int]] | None = None) -> None:
         self.host, self.port, self.path, self.db = host, port, path, int(db or 0)
+        self.locate = locate   # Sentinel: where the master is now, asked at every new connection
         self.username, self.password = username, password
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.tls = tls
@@ -91,6 +94,8 @@ class Wire:
                 sock.settimeout(self.connect_timeout)
                 sock.connect(self.path)
             else:
+                if self.locate is not None:
+                    self.host, self.port = self.locate()
                 sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.tls is not None:  # the handshake verifies the certificate (and host name) as configured
@@ -235,6 +240,15 @@ def wire_for(client: redis.Redis) -> Wire | None:
     kw = pool.connection_kwargs
     if kw.get("credential_provider") is not None or kw.get("protocol") not in (None, 2, "2"):
         return None
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        tls = None
+        if issubclass(pool.connection_class, redis.connection.SSLConnection):
+            tls = tls_context(kw)
+            if tls is None:
+                return None
+        return Wire(username=kw.get("username"), password=kw.get("password"), db=kw.get("db", 0),
+                    timeout=kw.get("socket_timeout"), connect_timeout=kw.get("socket_connect_timeout"), tls=tls,
+                    locate=pool.get_master_address)
     if pool.connection_class is redis.connection.SSLConnection:
         tls = tls_context(kw)
         if tls is None:

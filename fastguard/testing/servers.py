@@ -192,3 +192,85 @@ def stock_server(plugin_dir: str, folder: str, name: str) -> Any:
     code = "import sys; from kong_pdk.cli import start_server; sys.exit(start_server())"
     return ServerProcess([sys.executable, "-c", code, "-d", plugin_dir, "--kong-prefix", folder,
                           "--socket-name", f"{name}.sock"], os.path.join(folder, f"{name}.sock"))
+
+
+class SentinelGroup:
+    """A master, its replicas and real Redis Sentinels monitoring it as `service` (quorum 2, master judged down
+    after 500 ms): kill the master and the sentinels promote a replica."""
+
+    def __init__(self, replicas: int = 1, sentinels: int = 3, service: str = "fg-service") -> None:
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not installed (.ci/run installs it: apt-get install redis-server)")
+        self.service = service
+        self.dir = tempfile.mkdtemp(prefix="fg-sentinel-")
+        fast_sync = ["--repl-diskless-sync-delay", "0"]   # replicas in sync at once, not after 5 s
+        self.master = RedisProcess(extra=fast_sync)
+        self.replicas: list[RedisProcess] = []
+        self.sentinels: list[tuple[int, subprocess.Popen[bytes]]] = []
+        try:
+            for _ in range(replicas):
+                self.replicas.append(RedisProcess(extra=[*fast_sync, "--replicaof", "127.0.0.1",
+                                                         str(self.master.port)]))
+            self._wait(self._replicas_online, 20)
+            for i in range(sentinels):
+                port = free_port()
+                conf = os.path.join(self.dir, f"sentinel-{i}.conf")
+                with open(conf, "w") as fh:
+                    fh.write(f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                             f"sentinel monitor {service} 127.0.0.1 {self.master.port} 2\n"
+                             f"sentinel down-after-milliseconds {service} 500\n"
+                             f"sentinel failover-timeout {service} 3000\n"
+                             f"sentinel parallel-syncs {service} 1\n")
+                proc = subprocess.Popen([REDIS_SERVER, conf, "--sentinel"], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+                self.sentinels.append((port, proc))
+            self._wait(lambda: all(self._knows_replicas(port) for port, _ in self.sentinels), 20)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _replicas_online(self) -> bool:
+        info = redis.Redis(port=self.master.port, socket_timeout=0.5).info("replication")
+        states = [v.get("state") for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        return len(states) >= len(self.replicas) and all(s == "online" for s in states)
+
+    def _knows_replicas(self, port: int) -> bool:
+        try:
+            info = redis.Redis(port=port, socket_timeout=0.5).execute_command("SENTINEL", "REPLICAS", self.service)
+            return len(info) >= len(self.replicas)
+        except redis.RedisError:
+            return False
+
+    @staticmethod
+    def _wait(condition: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sentinels did not settle in time")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p, _ in self.sentinels) + f"/{self.service}"
+
+    def master_address(self) -> tuple[str, int]:
+        for port, _ in self.sentinels:
+            try:
+                host, p = redis.Redis(port=port, socket_timeout=0.5).execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                return host.decode(), int(p)
+            except redis.RedisError:
+                continue
+        raise RuntimeError("no sentinel answers")
+
+    def stop(self) -> None:
+        for _, proc in self.sentinels:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        for node in [self.master, *self.replicas]:
+            node.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
