@@ -208,6 +208,21 @@ def render(data: dict) -> str:
     if strict and same:
         check("Redis strict `hit` vs redis-py EVALSHA of the same script (context)", strict, None,
               f"{strict / same:.2f}× ({same:.0f} µs)")
+    floor_eval_tls = None
+    for b in by_group.get("redis hit over TLS", []):
+        if b["extra_info"]["contender"].startswith("floor"):
+            floor_eval_tls = _ns(b) / 1000
+    for b in by_group.get("redis hit over TLS", []):
+        if floor_eval_tls and not b["extra_info"]["contender"].startswith("floor"):
+            us = _ns(b) / 1000
+            check("Redis strict `hit` over TLS ≤ 1.1× a raw redis-py EVALSHA over TLS", us,
+                  us <= 1.1 * floor_eval_tls, f"{us / floor_eval_tls:.2f}× ({us:.0f} vs {floor_eval_tls:.0f} µs)")
+    for b in by_group.get("redis hit by limit", []):
+        if floor_eval:
+            us = _ns(b) / 1000
+            path = "fast path" if b["extra_info"].get("fast_path") else "exact path"
+            check(f"{b['extra_info']['contender']} ({path}) ≤ 1.1× a raw EVALSHA", us, us <= 1.1 * floor_eval,
+                  f"{us / floor_eval:.2f}× ({us:.0f} µs)")
     worst_rate = min(pipelined.values(), default=None)
     check("pipelined `hit_many` ≥ 150k decisions/s", worst_rate,
           None if worst_rate is None else worst_rate >= 150_000, f"{worst_rate:,.0f}/s" if worst_rate else "")

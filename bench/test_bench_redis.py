@@ -56,6 +56,48 @@ def test_strict_fastguard(benchmark, server, alg):
     assert lim.stats()["redis_errors"] == 0
 
 
+@pytest.mark.parametrize("limit", ["100/minute", "5000/hour", "1000/day", "1000000/hour", "10000000/minute"])
+def test_strict_by_limit(benchmark, server, limit):
+    """The limits real APIs publish: each is one script call; whether the script takes its fast path (Lua
+    doubles) or its exact bignum path depends on count x period (see fastguard.redis.strict.fast_arithmetic)."""
+    lim = fg.RateLimiter(limit, algorithm="sliding_window", store=RedisStore.from_url(server.url, prefix="bench"))
+    benchmark.group = "redis hit by limit"
+    _per_op(benchmark, _loop(lim.hit), contender=f"fastguard strict {limit}", algorithm="sliding_window",
+            fast_path=lim._table.fast)
+    assert lim.stats()["redis_errors"] == 0
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    from fastguard.testing.tls import make_certificates
+
+    files = make_certificates(str(tmp_path_factory.mktemp("tls")))
+    proc = RedisProcess(tls=files)
+    proc.tls_url = f"rediss://127.0.0.1:{proc.tls_port}/0?ssl_ca_certs={files.ca}"
+    yield proc
+    proc.stop()
+
+
+def test_strict_fastguard_tls(benchmark, tls_server):
+    lim = fg.RateLimiter(FAST, algorithm="sliding_window", store=RedisStore.from_url(tls_server.tls_url,
+                                                                                       prefix="bench"))
+    benchmark.group = "redis hit over TLS"
+    _per_op(benchmark, _loop(lim.hit), contender="fastguard strict, TLS", algorithm="sliding_window")
+    assert lim.stats()["redis_errors"] == 0 and lim.stats()["client"] == "fastguard wire"
+
+
+def test_raw_evalsha_floor_tls(benchmark, tls_server):
+    client = redis.Redis.from_url(tls_server.tls_url)
+    sha = client.script_load("return 1")
+
+    def run():
+        for i in range(OPS):
+            client.evalsha(sha, 1, KEYS[i % 1000])
+
+    benchmark.group = "redis hit over TLS"
+    _per_op(benchmark, run, contender="floor: raw EVALSHA 'return 1', TLS", algorithm="-")
+
+
 def test_strict_fastguard_exact_path(benchmark, server):
     lim = fg.RateLimiter(EXACT, algorithm="sliding_window", store=RedisStore.from_url(server.url, prefix="bench"))
     benchmark.group = "redis hit"
