@@ -15,10 +15,18 @@ __all__ = ["Limiting", "rate_limit_key"]
 
 
 def rate_limit_key(kind: str, value: Any) -> bytes:
-    """A rate-limit key from a value Kong sent. Kong's strings are bytes (the plugin server decodes them with
-    surrogateescape), so a key is made of those bytes, whatever they are: undecodable bytes still name a caller."""
-    text = value if isinstance(value, str) else "" if value is None else json.dumps(value, separators=(",", ":"))
-    return kind.encode() + b":" + text.encode("utf-8", "surrogateescape")
+    """A rate-limit key from a value Kong sent, whatever its type. Kong's strings are bytes (the plugin server
+    decodes them with surrogateescape, a msgpack bin arrives as bytes), so a key is made of those bytes: undecodable
+    bytes still name a caller. Never raises: an error here would be answered by fault_tolerant, i.e. let through."""
+    if isinstance(value, bytes):
+        raw = value
+    elif isinstance(value, str):
+        raw = value.encode("utf-8", "surrogateescape")
+    elif value is None:
+        raw = b""
+    else:  # a number, or a JSON-like structure (a claim): its compact JSON, anything else its repr
+        raw = json.dumps(value, separators=(",", ":"), default=repr).encode("utf-8", "surrogateescape")
+    return kind.encode() + b":" + raw
 
 
 class Limiting:

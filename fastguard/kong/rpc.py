@@ -60,12 +60,13 @@ class Dispatcher(Protocol):
     def encode_failed(self, result: Any, exc: Exception) -> Any: ...
 
 
-class RPCError(Exception):
-    """An error answered to Kong as the RPC's error text (e.g. "no plugin instance #3")."""
-
-
 def _pack_answer(msgid: int, error: Any, result: Any) -> bytes:
     return msgpack.packb([1, msgid, error, result])
+
+
+def _pack_error(msgid: int, text: str) -> bytes:
+    """An error answer; its text may quote bytes Kong sent (not UTF-8): they are escaped, never a failure."""
+    return msgpack.packb([1, msgid, text, None], unicode_errors="backslashreplace")
 
 
 class RPCServer:
@@ -113,7 +114,12 @@ class RPCServer:
                 if self._stopped.is_set():
                     return
                 continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True, name="kong-rpc").start()
+            try:
+                threading.Thread(target=self._serve, args=(conn,), daemon=True, name="kong-rpc").start()
+            except RuntimeError:  # no thread to be had: refuse this connection, keep the slot
+                log.error("fastguard kong-server: cannot start a thread for a new connection; closing it")
+                conn.close()
+                self._slots.release()
 
     def stop(self) -> None:
         self._stopped.set()
@@ -147,8 +153,9 @@ class RPCServer:
                     if notice is not None:
                         out, notice = notice + out, None
                     conn.sendall(out)
-        except (OSError, ValueError, msgpack.UnpackException) as exc:
-            # Bytes that are not msgpack at all: the stream cannot be resynchronised, and no msgid is known.
+        except (OSError, ValueError, TypeError, msgpack.UnpackException) as exc:
+            # Bytes that are not msgpack at all (or a map keyed by an array): the stream cannot be resynchronised,
+            # and no msgid is known.
             log.error("fastguard kong-server: unreadable message (%s); closing its connection", exc)
         finally:
             self.connections -= 1
@@ -163,15 +170,18 @@ class RPCServer:
             return None
         _, msgid, method, args = message
         if not isinstance(method, str) or method not in METHODS:
-            return _pack_answer(msgid, f"RPC method {method!r} is not supported", None)
+            return _pack_error(msgid, f"RPC method {method!r} is not supported")
         if not isinstance(args, (list, tuple)):
-            return _pack_answer(msgid, f"{method}: arguments must be a list", None)
+            return _pack_error(msgid, f"{method}: arguments must be a list")
         try:
             result = self.dispatcher.dispatch(method, list(args))
         except Exception as exc:  # noqa: BLE001 - answered as the RPC's error (kong-pdk's behaviour)
-            return _pack_answer(msgid, str(exc), None)
+            return _pack_error(msgid, str(exc))
         try:
             return _pack_answer(msgid, None, result)
         except (TypeError, ValueError, OverflowError) as exc:
             # e.g. UnicodeEncodeError: a str with a lone surrogate in a PDK call's arguments
-            return _pack_answer(msgid, None, self.dispatcher.encode_failed(result, exc))
+            try:
+                return _pack_answer(msgid, None, self.dispatcher.encode_failed(result, exc))
+            except Exception as again:  # noqa: BLE001 - not an event's answer: an RPC error, never a dropped call
+                return _pack_error(msgid, f"{method}: the answer could not be encoded ({again})")

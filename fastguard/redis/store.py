@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import weakref
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ except ImportError:  # pragma: no cover - exercised only without hiredis
     hiredis = None
 
 __all__ = ["RedisStore", "SCRIPT", "STATE_VERSION", "BANS_POLL", "LIFTED", "LIFTED_MS", "tagged", "sha1"]
+
+log = logging.getLogger("fastguard.redis")
 
 #: How often (s) a store checks whether an operator lifted or changed a ban somewhere.
 BANS_POLL = 0.5
@@ -236,9 +239,9 @@ class RedisStore:
         """Tell every node that a ban was lifted or changed (they drop the bans they cached within BANS_POLL s)."""
         self.client.incr(self.bans_epoch_name)
 
-    def bans_epoch(self) -> int:
-        value = self.client.get(self.bans_epoch_name)
-        return int(value) if value else 0
+    def bans_epoch(self) -> bytes:
+        """The bans epoch as stored (compared, never parsed: a garbled value is just another change)."""
+        return self.client.get(self.bans_epoch_name) or b""
 
     def watch_bans(self, on_change: Any) -> None:
         """Call the bound method `on_change()` (held weakly) each time the bans epoch changes, from one daemon
@@ -281,10 +284,11 @@ def _watch_bans(ref: weakref.ReferenceType[RedisStore], stop: threading.Event) -
             return
         try:
             epoch = store.bans_epoch()
+            if seen is not None and epoch != seen:
+                store._bans_moved()
+            seen = epoch
         except FAULTS:
-            del store
-            continue  # Redis away: the decisions say so; cached bans stay until it answers
-        if seen is not None and epoch != seen:
-            store._bans_moved()
-        seen = epoch
+            pass  # Redis away: the decisions say so; cached bans stay until it answers
+        except Exception:  # noqa: BLE001 - the watcher must outlive anything one poll meets
+            log.exception("fastguard: the bans watcher of %r failed once; it goes on", store)
         del store

@@ -131,7 +131,7 @@ class SyncTable:
         # Bans are the local table's (without ban settings it refuses them); each exchange shares them, and an
         # operator's unban or ban reaches the other nodes through the store's bans epoch.
         self.banned = self._local.banned
-        self._bans_seen: int | None = None
+        self._bans_seen: bytes | None = None
         self._learned: dict[bytes, float] = {}   # bans learned from Redis: their end (monotonic), by counter base
         if self.bans:
             store.watch_bans(self._drop_cached_bans)

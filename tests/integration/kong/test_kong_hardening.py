@@ -256,7 +256,7 @@ def test_a_huge_message_closes_its_connection_only(rl):
     bystander.close()
 
 
-@pytest.mark.parametrize("payload", [b"\xc1\xc1\xc1", msgpack.packb({"not": "a request"}),
+@pytest.mark.parametrize("payload", [b"\xc1\xc1\xc1", b"\x81\x92\x01\x02\x03", msgpack.packb({"not": "a request"}),
                                      msgpack.packb([1, 2, 3]), msgpack.packb([0, "id", "plugin.GetStatus", []])])
 def test_garbage_closes_its_connection_and_the_server_serves_on(rl, payload):
     s = connect(rl)
@@ -275,4 +275,23 @@ def test_malformed_event_arguments_are_rpc_errors_not_crashes(rl, arg):
         with pytest.raises(RPCError):
             client.call(method, arg)
     assert client.status()["Pid"] == rl.proc.pid
+    client.close()
+
+
+# -- found on a second attacker's pass ---------------------------------------------------------------------------------
+def test_a_key_value_sent_as_msgpack_bin_is_still_limited(rl):
+    client = rl.client()
+    iid = client.start("fastguard-rate-limiting", {"minute": 3, "limit_by": "header", "header_name": "x-tenant",
+                                                    "fault_tolerant": True})
+    statuses = [client.event(iid, {"kong.request.get_header": b"\xff\x00bin"}).status for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]      # before: a TypeError, and fault_tolerant let all through
+    client.close()
+
+
+def test_an_error_text_holding_undecodable_bytes_is_answered_not_dropped(rl):
+    client = rl.client(1)
+    iid = client.start("fastguard-rate-limiting", {"minute": 5})
+    with pytest.raises(RPCError, match="has no"):
+        client.call("plugin.HandleEvent", {"InstanceId": iid, "EventName": "x\udcff"})
+    assert client.status()["Pid"] == rl.proc.pid       # the same connection still serves
     client.close()

@@ -95,3 +95,13 @@ def test_the_bans_command_lists_sets_and_lifts_bans(where, redis_server, redis_c
     assert "carol" in text and "operator" in text and "}odd key" in text
     bad = fastguard_bans("ban", "x", "-5", "--redis", url, "--prefix", prefix, "--limits", "2/minute")
     assert bad.returncode == 2 and "ban" in bad.stderr
+
+
+def test_a_garbled_bans_epoch_does_not_stop_the_exchanges(redis_server):
+    (a, b), _ = nodes(redis_server.url, sync=60)
+    a._table.store.client.set(a._table.store.bans_epoch_name, b"not a number")
+    a.hit("k")
+    assert a._table.sync_now() is True                  # before: ValueError out of the exchange, Redis marked down
+    assert a.stats()["redis_up"] and a.stats()["syncs"] == 1
+    a.close()
+    b.close()
