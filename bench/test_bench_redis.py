@@ -87,15 +87,8 @@ def test_strict_fastguard_tls(benchmark, tls_server):
 
 
 def test_raw_evalsha_floor_tls(benchmark, tls_server):
-    client = redis.Redis.from_url(tls_server.tls_url)
-    sha = client.script_load("return 1")
-
-    def run():
-        for i in range(OPS):
-            client.evalsha(sha, 1, KEYS[i % 1000])
-
     benchmark.group = "redis hit over TLS"
-    _per_op(benchmark, run, contender="floor: raw EVALSHA 'return 1', TLS", algorithm="-")
+    _evalsha_floor(benchmark, redis.Redis.from_url(tls_server.tls_url), "floor: raw EVALSHA 'return 1', TLS")
 
 
 def test_strict_fastguard_exact_path(benchmark, server):
@@ -123,17 +116,20 @@ def test_raw_evalsha_same_script(benchmark, server):
     _per_op(benchmark, run, contender="raw EVALSHA, same script", algorithm="sliding_window")
 
 
-def test_raw_evalsha_floor(benchmark, server):
-    """The floor: one EVALSHA round trip of a script that returns at once."""
-    client = redis.Redis(port=server.port)
+def _evalsha_floor(benchmark, client, contender):
+    """The floor: one redis-py EVALSHA round trip of a script that returns at once."""
     sha = client.script_load("return 1")
 
     def run():
         for i in range(OPS):
             client.evalsha(sha, 1, KEYS[i % 1000])
 
+    _per_op(benchmark, run, contender=contender, algorithm="-")
+
+
+def test_raw_evalsha_floor(benchmark, server):
     benchmark.group = "redis hit"
-    _per_op(benchmark, run, contender="floor: raw EVALSHA 'return 1'", algorithm="-")
+    _evalsha_floor(benchmark, redis.Redis(port=server.port), "floor: raw EVALSHA 'return 1'")
 
 
 @pytest.mark.parametrize("alg", ["fixed_window", "sliding_window"])

@@ -8,7 +8,7 @@ bumps the store's bans epoch, so nodes that cached a ban drop it within BANS_POL
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -65,32 +65,36 @@ def _parse(store: RedisStore, name: bytes) -> tuple[str, str, bytes] | None:
     return algorithm, "; ".join(str(lim) for lim in limits), key
 
 
+def _active(store: RedisStore) -> Iterator[tuple[bytes, tuple[str, str, bytes], int, bytes | None]]:
+    """(name, (algorithm, limits, key), ms left, value) of each active ban under the store's prefix, on every master
+    of a Cluster."""
+    client = store.client
+    for name in client.scan_iter(match=f"{store.prefix}:v{STATE_VERSION}:*~ban".encode(), count=1000):
+        parsed = _parse(store, name)
+        if parsed is None:
+            continue
+        ms, value = client.pttl(name), client.get(name)
+        if ms is None or ms <= 0 or value == LIFTED:
+            continue  # ended or lifted (or a name without TTL: not a ban of ours)
+        yield name, parsed, ms, value
+
+
 def list_bans(store: RedisStore) -> list[Ban]:
     """The active bans under the store's prefix, on every master of a Cluster, longest first."""
-    out = []
     with store_errors("list bans"):
-        client = store.client
-        for name in client.scan_iter(match=f"{store.prefix}:v{STATE_VERSION}:*~ban".encode(), count=1000):
-            parsed = _parse(store, name)
-            if parsed is None:
-                continue
-            ms, value = client.pttl(name), client.get(name)
-            if ms is None or ms <= 0 or value == LIFTED:
-                continue  # ended or lifted (or a name without TTL: not a ban of ours)
-            algorithm, limits, key = parsed
-            started = _STARTED_BY.get((value or b"").decode("utf-8", "replace"), "unknown")
-            out.append(Ban(key.decode("utf-8", "backslashreplace"), ms / 1000, started, algorithm, limits,
-                           name.decode("utf-8", "backslashreplace")))
-    return sorted(out, key=lambda b: -b.seconds_left)
+        bans = [Ban(key.decode("utf-8", "backslashreplace"), ms / 1000,
+                    _STARTED_BY.get((value or b"").decode("utf-8", "replace"), "unknown"), algorithm, limits,
+                    name.decode("utf-8", "backslashreplace"))
+                for name, (algorithm, limits, key), ms, value in _active(store)]
+    return sorted(bans, key=lambda b: -b.seconds_left)
 
 
 def lift_ban(store: RedisStore, key: str | bytes) -> int:
     """Lift `key`'s bans in every limiter namespace under the store's prefix; how many there were. Every node drops
     its cached copy within BANS_POLL seconds."""
-    wanted = key if isinstance(key, bytes) else key.encode("utf-8")
-    names = [ban.name.encode("utf-8", "surrogateescape") for ban in list_bans(store)
-             if _parse(store, ban.name.encode("utf-8", "surrogateescape"))[2] == wanted]  # type: ignore[index]
+    wanted = key if isinstance(key, bytes) else key.encode("utf-8", "surrogateescape")
     with store_errors("unban"):
+        names = [name for name, (_, _, k), _, _ in _active(store) if k == wanted]
         for name in names:
             store.client.set(name, LIFTED, px=LIFTED_MS)   # a mark, not a deletion: no node writes it back
             store.client.delete(name[:-len(b"~ban")] + b"~deny")

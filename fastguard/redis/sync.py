@@ -230,10 +230,7 @@ class SyncTable:
 
     # -- the exchange ---------------------------------------------------------------------------------------------
     def _base(self, key: Any) -> bytes:
-        raw = key.encode() if type(key) is str else key_bytes(key)
-        if raw and b"}" not in raw:  # the common case of tagged(), inline: this runs per key per exchange
-            return self._prefix + b"{" + raw + b"}:"
-        return self._prefix + tagged(raw) + b":"
+        return self._prefix + tagged(key) + b":"
 
     def _epoch(self) -> int:
         return time.time_ns() // self._epoch_ns

@@ -24,7 +24,7 @@ def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float =
          keyword arguments, redis-py's names), unix:///path/to/socket?db=0,
          redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster:// with TLS),
          redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db] (Sentinel: the master of
-         service_name, found again after a failover; the password is the master's, and the sentinels' too).
+         service_name, found again after a failover; user and password are the master's).
          valkey://, valkeys://, valkey+cluster:// and valkeys+cluster:// are the same (Valkey speaks Redis).
     Clients never retry inside redis-py: an unreachable Redis costs one timeout, then the limiter's own backoff
     applies. ValueError for an unknown scheme, a malformed node list or a timeout that is not positive.
@@ -47,27 +47,39 @@ def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float =
         return _sentinel_client(url, scheme == "rediss+sentinel", options), None
     if scheme in ("redis+cluster", "rediss+cluster"):
         parts = urlsplit(url)
-        nodes = []
-        for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
-            host, sep, port = hostport.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise ValueError(f"cluster node {hostport!r} in {url!r} is not host:port")
-            nodes.append(ClusterNode(host.strip("[]"), int(port)))
-        if parts.username:
-            options.setdefault("username", unquote(parts.username))
-        if parts.password:
-            options.setdefault("password", unquote(parts.password))
-        if scheme == "rediss+cluster":
-            options.setdefault("ssl", True)
-        for name, value in parse_qsl(parts.query):  # ?ssl_ca_certs=...&ssl_cert_reqs=... as redis-py reads them
-            parse = URL_QUERY_ARGUMENT_PARSERS.get(name, str)
-            try:
-                options.setdefault(name, parse(value))
-            except (TypeError, ValueError):
-                raise ValueError(f"invalid value for {name!r} in {url!r}") from None
+        nodes = [ClusterNode(host, port) for host, port in _servers(parts, url, "cluster node")]
+        _read_url_options(parts, url, scheme.startswith("rediss"), options)
         options.setdefault("require_full_coverage", False)
         return None, lambda: RedisCluster(startup_nodes=nodes, **options)
     raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or redis+cluster://")
+
+
+def _servers(parts: Any, url: str, what: str) -> list[tuple[str, int]]:
+    """The host:port list of a cluster or sentinel URL."""
+    out = []
+    for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, sep, port = hostport.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{what} {hostport!r} in {url!r} is not host:port")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def _read_url_options(parts: Any, url: str, tls: bool, options: dict[str, Any]) -> None:
+    """Credentials, TLS and query arguments (?ssl_ca_certs=..., read as redis-py reads them) of a multi-server URL,
+    into `options` (explicit keyword arguments win)."""
+    if parts.username:
+        options.setdefault("username", unquote(parts.username))
+    if parts.password:
+        options.setdefault("password", unquote(parts.password))
+    if tls:
+        options.setdefault("ssl", True)
+    for name, value in parse_qsl(parts.query):
+        parse = URL_QUERY_ARGUMENT_PARSERS.get(name, str)
+        try:
+            options.setdefault(name, parse(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"invalid value for {name!r} in {url!r}") from None
 
 
 def _sentinel_client(url: str, tls: bool, options: dict[str, Any]) -> redis.Redis:
@@ -76,24 +88,11 @@ def _sentinel_client(url: str, tls: bool, options: dict[str, Any]) -> redis.Redi
     from redis.sentinel import Sentinel
 
     parts = urlsplit(url)
-    sentinels = []
-    for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, sep, port = hostport.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"sentinel {hostport!r} in {url!r} is not host:port")
-        sentinels.append((host.strip("[]"), int(port)))
+    sentinels = _servers(parts, url, "sentinel")
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(f"{url!r}: expected redis+sentinel://host:port[,host:port...]/service_name[/db]")
-    if parts.username:
-        options.setdefault("username", unquote(parts.username))
-    if parts.password:
-        options.setdefault("password", unquote(parts.password))
-    for name, value in parse_qsl(parts.query):
-        parse = URL_QUERY_ARGUMENT_PARSERS.get(name, str)
-        options.setdefault(name, parse(value))
-    if tls:
-        options.setdefault("ssl", True)
+    _read_url_options(parts, url, tls, options)
     # The sentinels get the timeouts; the credentials are the master's (sentinels without a password are common).
     sentinel_kwargs = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
     sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)

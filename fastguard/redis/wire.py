@@ -240,28 +240,19 @@ def wire_for(client: redis.Redis) -> Wire | None:
     kw = pool.connection_kwargs
     if kw.get("credential_provider") is not None or kw.get("protocol") not in (None, 2, "2"):
         return None
-    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
-        tls = None
-        if issubclass(pool.connection_class, redis.connection.SSLConnection):
-            tls = tls_context(kw)
-            if tls is None:
-                return None
-        return Wire(username=kw.get("username"), password=kw.get("password"), db=kw.get("db", 0),
-                    timeout=kw.get("socket_timeout"), connect_timeout=kw.get("socket_connect_timeout"), tls=tls,
-                    locate=pool.get_master_address)
-    if pool.connection_class is redis.connection.SSLConnection:
+    cls = pool.connection_class
+    common: dict[str, Any] = {"db": kw.get("db", 0), "username": kw.get("username"), "password": kw.get("password"),
+                              "timeout": kw.get("socket_timeout"),
+                              "connect_timeout": kw.get("socket_connect_timeout", kw.get("socket_timeout"))}
+    if cls is redis.connection.UnixDomainSocketConnection:
+        return Wire(path=kw["path"], **common)
+    tls = None
+    if issubclass(cls, redis.connection.SSLConnection):
         tls = tls_context(kw)
         if tls is None:
             return None
-        return Wire(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)), db=kw.get("db", 0),
-                    username=kw.get("username"), password=kw.get("password"), timeout=kw.get("socket_timeout"),
-                    connect_timeout=kw.get("socket_connect_timeout"), tls=tls)
-    if pool.connection_class is redis.connection.UnixDomainSocketConnection:
-        return Wire(path=kw["path"], db=kw.get("db", 0), username=kw.get("username"), password=kw.get("password"),
-                    timeout=kw.get("socket_timeout"), connect_timeout=kw.get("socket_connect_timeout",
-                                                                            kw.get("socket_timeout")))
-    if pool.connection_class is redis.connection.Connection:
-        return Wire(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)), db=kw.get("db", 0),
-                    username=kw.get("username"), password=kw.get("password"), timeout=kw.get("socket_timeout"),
-                    connect_timeout=kw.get("socket_connect_timeout"))
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):  # the master is wherever the sentinels say
+        return Wire(tls=tls, locate=pool.get_master_address, **common)
+    if cls in (redis.connection.Connection, redis.connection.SSLConnection):
+        return Wire(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)), tls=tls, **common)
     return None

@@ -33,26 +33,6 @@ def bearer(tok):
     return {"kong.request.get_headers": {"authorization": f"Bearer {tok}", "host": "api.example"}}
 
 
-@pytest.fixture(scope="module")
-def rl(tmp_path_factory):
-    server = fastguard_server("fastguard-rate-limiting", str(tmp_path_factory.mktemp("rl")))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def jwt_server(tmp_path_factory):
-    server = fastguard_server("fastguard-jwt", str(tmp_path_factory.mktemp("jwt")))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def guard(tmp_path_factory):
-    server = fastguard_server("fastguard", str(tmp_path_factory.mktemp("guard")))
-    yield server
-    server.stop()
-
 
 # -- discovery ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(PLUGINS))

@@ -29,26 +29,6 @@ def token(**claims):
     return sign(payload, "RS256", {"alg": "RS256", "typ": "JWT", "kid": "rsa1"})
 
 
-@pytest.fixture(scope="module")
-def rl(tmp_path_factory):
-    server = fastguard_server("fastguard-rate-limiting", str(tmp_path_factory.mktemp("rl")))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def jwt_server(tmp_path_factory):
-    server = fastguard_server("fastguard-jwt", str(tmp_path_factory.mktemp("jwt")))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def guard(tmp_path_factory):
-    server = fastguard_server("fastguard", str(tmp_path_factory.mktemp("guard")))
-    yield server
-    server.stop()
-
 
 def raw_call(sock: socket.socket, payload: bytes, timeout: float = 5.0):
     """Send raw bytes, read one answer (skipping notifications); None when the server closed the connection."""
