@@ -1,26 +1,29 @@
 -- fastguard strict-mode decisions: one atomic call decides every limit of each given key, in order, exactly as
--- fastguard._pure.Table does (that module is the definition; this is a transcription of it).
+-- fastguard._pure.Table does (that package is the definition; this is a transcription of it).
 --
--- KEYS     the keys' states, each a string of decimal integers: the touched time, then the words of every limit
+-- KEYS     the keys' states
 -- ARGV     1 algorithm f|s|b|g (fixed_window, sliding_window, token_bucket, gcra)
 --          2, 3 now as whole seconds and nanoseconds, or "", "" for this server's clock (TIME): one clock for all
 --          4 "1" to record the hits, "0" to peek
 --          5 TTL of a state in ms (longer than any state takes to become fresh, so expiry loses nothing)
---          6 "fast" or "exact" (which arithmetic, chosen by the client from the limits; see below)
+--          6 "fast" or "exact" (which arithmetic, chosen by the client from the limits; see below), then optionally
+--            ":ban_after:window_ms:ban_for_ms:limit"
 --          7 n, the number of limits
---          8, 9, 10 fast: the struct formats of a state and of the constants, the packed constants; exact: "", "", ""
---          then (exact only) for each limit: count C, period P (ns), P in whole seconds (0 if not),
---            10^9 / P (0 if not a whole divisor of a second), T = ceil(P / C), L = C * T, as decimals
+--          8, 9, 10 fast: the struct formats of a state and of the constants, the packed constants (13 per limit,
+--            see below); exact: "", "", "", then for each limit: count C, period P (ns), T = ceil(P / C),
+--            L = C * T, as decimals
 --          then one cost per key (decimal, capped by the client at the largest count + 1: the same answer)
 -- Returns  for each key: allowed 0|1, index of the reported limit (1-based), reset_after ns,
 --          retry_after ns ("-1" = never), then the remaining of every limit; or, for a banned key, 2 (3 when
---          this very call started the ban), the ban's limit, the ms left of the ban twice, then zeros
+--          this very call started the ban), the ban's limit, the ms left of the ban twice, then zeros.
+--          Durations past 2^53 ns come as decimal strings.
 --
--- Two transcriptions of the same rules. "fast": every period is whole seconds or a whole divisor of a second
--- (>= 1 ms) and every C * P < 2^53, so each quantity but absolute time fits a Lua number exactly; absolute times
--- are kept as (seconds, nanoseconds) pairs. "exact": anything else, in bignum arithmetic (slower; correct for every
--- limit the core accepts). A state is written by one of the two only: the path follows from the limits, and so
--- does the key's namespace.
+-- Two transcriptions of the same rules. "fast": every period is whole milliseconds, at most 366 days, and every
+-- count at most 10^9 (fastguard.redis.strict.fast_arithmetic): plain Lua numbers (doubles, exact below 2^53) with
+-- the wide quantities (count x ns, up to ~2^85) in three limbs of base 10^6, which keeps every partial product
+-- below 2^53. "exact": anything else, in variable-length bignums (slower; correct for every limit the core
+-- accepts). A state is written by one of the two only: the path follows from the limits, and so does the key's
+-- namespace.
 
 local code = ARGV[1]
 local commit = ARGV[4] == "1"
@@ -68,20 +71,94 @@ end
 local reply = {}
 
 if path == "fast" then
-  -- ARGV[8]: the struct format of a state (little-endian doubles: exact for integers below 2^53);
-  -- ARGV[9], ARGV[10]: the format and the packed C, P, P in seconds, 10^9 / P, T, L of every limit;
-  -- the costs from ARGV[11].
-  -- A state: touched (seconds, ns), then per limit: fixed window (index, count), sliding window (index, cur,
-  -- prev), token bucket (full_at seconds, full_at ns, frac), GCRA (tat seconds, tat ns).
+  -- Wide integers are three limbs (x2, x1, x0) = x2 * 10^12 + x1 * 10^6 + x0, with x1, x0 in [0, 10^6) and x2 a
+  -- whole double. A time or a duration in ns is such a number whose ms are x2 * 10^6 + x1 and whose sub-ms ns
+  -- are x0. Every helper below keeps its partial results below 2^53 for the ranges of the fast path: counts and
+  -- costs below 2^31, durations below 2^56, products below 2^86.
+  -- Integers a >= 0, b > 0 with a + b < 2^53: a / b never rounds up to the next integer (it is at least 1/b below
+  -- it, more than half a unit in the last place), so a % b (Lua: a - floor(a / b) * b) and (a - a % b) / b are
+  -- exact.
+  -- wide integers: begin (tests/differential/test_redis_strict.py runs this block against Python's integers)
+  local M = 1000000
+  local function limbs(x)  -- x < 2^53
+    local x0 = x % M
+    x = (x - x0) / M
+    local x1 = x % M
+    return (x - x1) / M, x1, x0
+  end
+  local function mul(c, x2, x1, x0)  -- c * x, c < 2^31
+    local t = c * x0
+    local r0 = t % M
+    t = c * x1 + (t - r0) / M
+    local r1 = t % M
+    return c * x2 + (t - r1) / M, r1, r0
+  end
+  local function add(a2, a1, a0, b2, b1, b0)
+    local r2, r1, r0 = a2 + b2, a1 + b1, a0 + b0
+    if r0 >= M then r0 = r0 - M; r1 = r1 + 1 end
+    if r1 >= M then r1 = r1 - M; r2 = r2 + 1 end
+    return r2, r1, r0
+  end
+  local function sub(a2, a1, a0, b2, b1, b0)  -- a >= b
+    local r2, r1, r0 = a2 - b2, a1 - b1, a0 - b0
+    if r0 < 0 then r0 = r0 + M; r1 = r1 - 1 end
+    if r1 < 0 then r1 = r1 + M; r2 = r2 - 1 end
+    return r2, r1, r0
+  end
+  local function le(a2, a1, a0, b2, b1, b0)
+    if a2 ~= b2 then return a2 < b2 end
+    if a1 ~= b1 then return a1 < b1 end
+    return a0 <= b0
+  end
+  local function divmod(x2, x1, x0, d)  -- floor(x / d) as limbs and x mod d, for 0 < d < 2^31 (long division)
+    local r = x2 % d
+    local q2 = (x2 - r) / d
+    local t = r * M + x1
+    r = t % d
+    local q1 = (t - r) / d
+    t = r * M + x0
+    r = t % d
+    return q2, q1, (t - r) / d, r
+  end
+  local function ceil_div(x2, x1, x0, d)  -- ceil(x / d) as limbs, 0 < d < 2^31
+    local q2, q1, q0, r = divmod(x2, x1, x0, d)
+    if r > 0 then return add(q2, q1, q0, 0, 0, 1) end
+    return q2, q1, q0
+  end
+  -- floor(x / d) for a wide d > 0 when the quotient is below 2^31 (a count): estimated in doubles (relative error
+  -- below 2^-49, so off by at most one) and corrected with exact products.
+  local function quot(x2, x1, x0, d2, d1, d0)
+    local q = math.floor(((x2 * M + x1) * M + x0) / ((d2 * M + d1) * M + d0))
+    local p2, p1, p0 = mul(q, d2, d1, d0)
+    if not le(p2, p1, p0, x2, x1, x0) then return q - 1 end
+    p2, p1, p0 = add(p2, p1, p0, d2, d1, d0)
+    if le(p2, p1, p0, x2, x1, x0) then return q + 1 end
+    return q
+  end
+  local function ns(x2, x1, x0)  -- a wide value as a reply: a number below 2^53, decimal digits above
+    if x2 < 9007 then return (x2 * M + x1) * M + x0 end
+    return string.format("%d%06d%06d", x2, x1, x0)
+  end
+  local function ms_limbs(ms, sub_ms)  -- (ms, sub-ms ns) -> limbs; ms < 2^53
+    local x1 = ms % M
+    return (ms - x1) / M, x1, sub_ms
+  end
+  -- wide integers: end
+
+  -- ARGV[8]: the struct format of a state (little-endian doubles: exact for integers below 2^53); ARGV[9],
+  -- ARGV[10]: the format and the packed constants, 13 per limit: C, P in ms, P as limbs (P2, P1; P0 is 0),
+  -- T = ceil(P / C) and L = C * T as limbs, C * P as limbs; the costs from ARGV[11].
+  -- A state: touched (ms, sub-ms ns), then per limit: fixed window (index, count), sliding window (index, cur,
+  -- prev), token bucket (full_at ms, full_at sub-ms ns, frac), GCRA (tat ms, tat sub-ms ns).
   local fmt = ARGV[8]
   local K = {struct.unpack(ARGV[9], ARGV[10])}
-  local E9 = 1000000000
-  -- Integers a >= 0, b > 0 below 2^53: a / b never rounds up to the next integer (it is at least 1/b below it,
-  -- more than half a unit in the last place), so a % b (Lua: a - floor(a / b) * b) and (a - a % b) / b are exact.
-  -- Written inline: a function call costs more than the arithmetic in Redis's Lua.
+  local NK = 13
+  local now_ms, now_sub = now_s * 1000 + (now_n - now_n % M) / M, now_n % M
   local nw = (code == "s" or code == "b") and 3 or 2  -- words per limit
   local ok, rem, resets = {}, {}, {}
-  local SA, SB, SC, SE = {}, {}, {}, {}  -- per limit: the rolled words (a, b, c) and the offset e in the window
+  -- per limit, between the passes: the rolled words (fixed/sliding: index, cur, prev), P - e as (ms, sub-ms ns)
+  -- (fixed/sliding), or the deficit (bucket) / d = max(0, tat - now) (GCRA) as limbs
+  local SA, SB, SC, UM, US = {}, {}, {}, {}, {}
   local nreply = 0
   -- Every state in one call; `written` holds what this call stored, for a key that comes again in the batch.
   local states = redis.call("MGET", unpack(KEYS))
@@ -89,7 +166,7 @@ if path == "fast" then
   for x = 1, #KEYS do repeat
     local key = KEYS[x]
     local k = tonumber(ARGV[10 + x])
-    local s, n = now_s, now_n
+    local tm, ts = now_ms, now_sub
     local left = ban_left(key)
     if left > 0 then
       nreply = banned_reply(reply, nreply, left, false)
@@ -101,23 +178,20 @@ if path == "fast" then
     if stored then
       v = {struct.unpack(fmt, stored)}
       -- time went backwards for this key: decide as if no time had passed
-      if v[1] > s or (v[1] == s and v[2] > n) then s, n = v[1], v[2] end
+      if v[1] > tm or (v[1] == tm and v[2] > ts) then tm, ts = v[1], v[2] end
     end
+    local n2, n1, n0 = ms_limbs(tm, ts)  -- now
     local allowed = true
     for i = 1, nlim do
-      local at = 6 * (i - 1)
-      local Ci, Pi = K[at + 1], K[at + 2]
+      local at = NK * (i - 1)
+      local Ci, Pm, P2, P1 = K[at + 1], K[at + 2], K[at + 3], K[at + 4]
       local base = 2 + (i - 1) * nw
-      local a, b, c, e = 0, 0, 0, 0
       if code == "f" or code == "s" then
-        -- now as (window index q, offset e in the window), exact: P is whole seconds or divides a second
-        local q
-        if K[at + 3] > 0 then
-          local ps = K[at + 3]; q = (s - s % ps) / ps; e = (s - q * ps) * E9 + n
-        else
-          e = n % Pi; q = s * K[at + 4] + (n - e) / Pi
-        end
-        a = q
+        -- window index q and offset e = now - q * P (whole ms em, then the sub-ms ns); P - e as (ms, ns)
+        local em = tm % Pm
+        local q = (tm - em) / Pm
+        if ts > 0 then UM[i], US[i] = Pm - em - 1, M - ts else UM[i], US[i] = Pm - em, 0 end
+        local b, c = 0, 0
         if code == "f" then
           if v and v[base + 1] == q then b = v[base + 2] end
           ok[i] = b + k <= Ci
@@ -126,112 +200,153 @@ if path == "fast" then
             if v[base + 1] == q then b, c = v[base + 2], v[base + 3]
             elseif v[base + 1] + 1 == q then c = v[base + 2] end
           end
-          ok[i] = b + k <= Ci and c * (Pi - e) <= (Ci - b - k) * Pi
+          -- cur + k <= C and prev * (P - e) <= (C - cur - k) * P
+          local fits = b + k <= Ci
+          if fits and c > 0 then
+            local a2, a1, a0 = mul(c, ms_limbs(UM[i], US[i]))
+            fits = le(a2, a1, a0, mul(Ci - b - k, P2, P1, 0))
+          end
+          ok[i] = fits
         end
+        SA[i], SB[i], SC[i] = q, b, c
       elseif code == "b" then
-        -- deficit D = max(0, (full_at - now) * C + frac); full_at - now <= P, so this is exact
+        -- deficit D = max(0, (full_at - now) * C + frac); full_at - now <= P
+        local d2, d1, d0 = 0, 0, 0
         if v then
-          local fs, fn = v[base + 1], v[base + 2]
-          if fs > s or (fs == s and fn >= n) then a = ((fs - s) * E9 + (fn - n)) * Ci + v[base + 3] end
+          local fm, fs = v[base + 1], v[base + 2]
+          if fm > tm or (fm == tm and fs >= ts) then
+            local dm, ds = fm - tm, fs - ts
+            if ds < 0 then dm, ds = dm - 1, ds + M end
+            d2, d1, d0 = mul(Ci, ms_limbs(dm, ds))
+            d2, d1, d0 = add(d2, d1, d0, limbs(v[base + 3]))
+          end
         end
-        ok[i] = k <= Ci and a <= (Ci - k) * Pi
+        SA[i], SB[i], SC[i] = d2, d1, d0
+        ok[i] = k <= Ci and le(d2, d1, d0, mul(Ci - k, P2, P1, 0))
       else
-        -- d = max(0, tat - now)
+        -- d = max(0, tat - now); admitted when d + k * T <= L
+        local d2, d1, d0 = 0, 0, 0
         if v then
-          local ts, tn = v[base + 1], v[base + 2]
-          if ts > s or (ts == s and tn > n) then a = (ts - s) * E9 + (tn - n) end
+          local am, as = v[base + 1], v[base + 2]
+          if am > tm or (am == tm and as > ts) then
+            local dm, ds = am - tm, as - ts
+            if ds < 0 then dm, ds = dm - 1, ds + M end
+            d2, d1, d0 = ms_limbs(dm, ds)
+          end
         end
-        ok[i] = a + k * K[at + 5] <= K[at + 6]
+        SA[i], SB[i], SC[i] = d2, d1, d0
+        local y2, y1, y0 = add(d2, d1, d0, mul(k, K[at + 5], K[at + 6], K[at + 7]))
+        ok[i] = le(y2, y1, y0, K[at + 8], K[at + 9], K[at + 10])
       end
-      SA[i], SB[i], SC[i], SE[i] = a, b, c, e
       if not ok[i] then allowed = false end
     end
     -- consume; the remaining and reset_after of each limit on the words after the hit
-    local out = {s, n}
+    local out = {tm, ts}
     local best = 1
+    local take = allowed and commit
     for i = 1, nlim do
-      local at = 6 * (i - 1)
-      local Ci, Pi = K[at + 1], K[at + 2]
-      local a, b, c, e = SA[i], SB[i], SC[i], SE[i]
+      local at = NK * (i - 1)
+      local Ci, Pm, P2, P1 = K[at + 1], K[at + 2], K[at + 3], K[at + 4]
       if code == "f" then
-        if allowed and commit then b = b + k end
+        local b = SB[i]
+        if take then b = b + k end
         rem[i] = Ci - b
-        resets[i] = (b > 0) and (Pi - e) or 0
-        out[#out + 1] = a; out[#out + 1] = b
+        resets[i] = (b > 0) and ns(ms_limbs(UM[i], US[i])) or 0
+        out[#out + 1] = SA[i]; out[#out + 1] = b
       elseif code == "s" then
-        if allowed and commit then b = b + k end
-        local room = (Ci - b) * Pi - c * (Pi - e)
-        rem[i] = room > 0 and (room - room % Pi) / Pi or 0
-        resets[i] = (b > 0 and 2 * Pi - e) or (c > 0 and Pi - e) or 0
-        out[#out + 1] = a; out[#out + 1] = b; out[#out + 1] = c
+        local b, c = SB[i], SC[i]
+        if take then b = b + k end
+        if c == 0 then
+          rem[i] = Ci - b  -- floor((C - cur) * P / P), cur <= C
+        else
+          -- floor(((C - cur) * P - prev * (P - e)) / P), or 0
+          local a2, a1, a0 = mul(Ci - b, P2, P1, 0)
+          local w2, w1, w0 = mul(c, ms_limbs(UM[i], US[i]))
+          if le(a2, a1, a0, w2, w1, w0) then rem[i] = 0
+          else
+            a2, a1, a0 = sub(a2, a1, a0, w2, w1, w0)
+            rem[i] = quot(a2, a1, a0, P2, P1, 0)
+          end
+        end
+        if b > 0 then resets[i] = ns(ms_limbs(Pm + UM[i], US[i]))  -- 2P - e
+        elseif c > 0 then resets[i] = ns(ms_limbs(UM[i], US[i]))   -- P - e
+        else resets[i] = 0 end
+        out[#out + 1] = SA[i]; out[#out + 1] = b; out[#out + 1] = c
       elseif code == "b" then
-        local d = a
-        if allowed and commit then
-          d = d + k * Pi
-          local frac = d % Ci
-          local fns = n + (d - frac) / Ci  -- full_at = now + floor(d / C), as (seconds, ns)
-          local fr = fns % E9
-          out[#out + 1] = s + (fns - fr) / E9; out[#out + 1] = fr; out[#out + 1] = frac
+        local d2, d1, d0 = SA[i], SB[i], SC[i]
+        if take then
+          d2, d1, d0 = add(d2, d1, d0, mul(k, P2, P1, 0))
+          -- full_at = now + floor(d / C), frac = d mod C
+          local q2, q1, q0, frac = divmod(d2, d1, d0, Ci)
+          local f2, f1, f0 = add(n2, n1, n0, q2, q1, q0)
+          out[#out + 1] = f2 * M + f1; out[#out + 1] = f0; out[#out + 1] = frac
         end
-        local room = Ci * Pi - d
-        rem[i] = (room - room % Pi) / Pi
-        local dr = d % Ci
-        resets[i] = (d - dr) / Ci + (dr > 0 and 1 or 0)
+        local r2, r1, r0 = sub(K[at + 11], K[at + 12], K[at + 13], d2, d1, d0)
+        rem[i] = quot(r2, r1, r0, P2, P1, 0)
+        resets[i] = ns(ceil_div(d2, d1, d0, Ci))
       else
-        local d = a
-        if allowed and commit then
-          d = d + k * K[at + 5]
-          local tns = n + d
-          local tr = tns % E9
-          out[#out + 1] = s + (tns - tr) / E9; out[#out + 1] = tr
+        local d2, d1, d0 = SA[i], SB[i], SC[i]
+        if take then
+          d2, d1, d0 = add(d2, d1, d0, mul(k, K[at + 5], K[at + 6], K[at + 7]))
+          local t2, t1, t0 = add(n2, n1, n0, d2, d1, d0)  -- tat = now + d + k * T
+          out[#out + 1] = t2 * M + t1; out[#out + 1] = t0
         end
-        local room, T = K[at + 6] - d, K[at + 5]
-        rem[i] = (room - room % T) / T
-        resets[i] = d
+        local r2, r1, r0 = sub(K[at + 8], K[at + 9], K[at + 10], d2, d1, d0)
+        rem[i] = quot(r2, r1, r0, K[at + 5], K[at + 6], K[at + 7])
+        resets[i] = ns(d2, d1, d0)
       end
-      if i > 1 and (rem[i] < rem[best] or (rem[i] == rem[best] and Pi > K[6 * (best - 1) + 2])) then best = i end
+      if i > 1 and (rem[i] < rem[best] or (rem[i] == rem[best] and Pm > K[NK * (best - 1) + 2])) then best = i end
     end
     local retry = 0
     if not allowed then
+      local y2, y1, y0 = 0, 0, 0  -- the longest wait, as limbs
       for i = 1, nlim do
         if not ok[i] then
-          local at = 6 * (i - 1)
-          local Ci, Pi = K[at + 1], K[at + 2]
+          local at = NK * (i - 1)
+          local Ci, Pm, P2, P1 = K[at + 1], K[at + 2], K[at + 3], K[at + 4]
           if k > Ci then
             retry = -1
             break
           end
-          local a, b, c, e = SA[i], SB[i], SC[i], SE[i]
-          local r
+          local r2, r1, r0
           if code == "f" then
-            r = Pi - e
+            r2, r1, r0 = ms_limbs(UM[i], US[i])  -- P - e
           elseif code == "s" then
+            local b, c = SB[i], SC[i]
+            local u2, u1, u0 = ms_limbs(UM[i], US[i])
             if b + k <= Ci then
-              local x = (Ci - b - k) * Pi  -- later in this window (c > 0: the hit was refused)
-              r = (Pi - e) - (x - x % c) / c
+              -- later in this window: (P - e) - floor((C - cur - k) * P / prev); prev > 0 (the hit was refused)
+              local q2, q1, q0 = mul(Ci - b - k, P2, P1, 0)
+              q2, q1, q0 = divmod(q2, q1, q0, c)
+              r2, r1, r0 = sub(u2, u1, u0, q2, q1, q0)
             else
-              local x = (Ci - k) * Pi  -- in the next window (b > C - k >= 0)
-              local qq = (x - x % b) / b
-              r = (Pi - e) + (qq < Pi and Pi - qq or 0)
+              -- in the next window: (P - e) + P - floor((C - k) * P / cur), the quotient below P (cur > C - k)
+              local q2, q1, q0 = mul(Ci - k, P2, P1, 0)
+              q2, q1, q0 = divmod(q2, q1, q0, b)
+              r2, r1, r0 = add(u2, u1, u0, sub(P2, P1, 0, q2, q1, q0))
             end
           elseif code == "b" then
-            local x = a - (Ci - k) * Pi
-            local xr = x % Ci
-            r = (x - xr) / Ci + (xr > 0 and 1 or 0)
+            -- ceil((D - (C - k) * P) / C), D above (C - k) * P (the hit was refused)
+            local e2, e1, e0 = mul(Ci - k, P2, P1, 0)
+            e2, e1, e0 = sub(SA[i], SB[i], SC[i], e2, e1, e0)
+            r2, r1, r0 = ceil_div(e2, e1, e0, Ci)
           else
-            r = a + k * K[at + 5] - K[at + 6]
+            -- d + k * T - L
+            local w2, w1, w0 = add(SA[i], SB[i], SC[i], mul(k, K[at + 5], K[at + 6], K[at + 7]))
+            r2, r1, r0 = sub(w2, w1, w0, K[at + 8], K[at + 9], K[at + 10])
           end
-          if r > retry then retry = r end
+          if not le(r2, r1, r0, y2, y1, y0) then y2, y1, y0 = r2, r1, r0 end
         end
       end
+      if retry == 0 then retry = ns(y2, y1, y0) end
     end
     -- A denied newcomer leaves nothing behind; a denied known key only moves its touched time.
     if commit and (stored or allowed) then
       if not allowed then
         out = v
         out[#out] = nil  -- unpack's trailing position
-        out[1] = s
-        out[2] = n
+        out[1] = tm
+        out[2] = ts
       end
       local packed = struct.pack(fmt, unpack(out))
       redis.call("SET", key, packed, "PX", ttl)
@@ -547,8 +662,8 @@ do  -- "exact"
   local clock = add(mul(now_s, 1000000000), now_n)
   local limits = {}
   for i = 1, nlim do
-    local at = 11 + 6 * (i - 1)
-    local L = {C = big(ARGV[at]), P = big(ARGV[at + 1]), T = big(ARGV[at + 4]), L = big(ARGV[at + 5])}
+    local at = 11 + 4 * (i - 1)
+    local L = {C = big(ARGV[at]), P = big(ARGV[at + 1]), T = big(ARGV[at + 2]), L = big(ARGV[at + 3])}
     L.CP = mul(L.C, L.P)
     limits[i] = L
   end
@@ -632,7 +747,7 @@ do  -- "exact"
     for i = 1, nlim do reply[#reply + 1] = str(remainings[i]) end
   end
 
-  for i = 1, #KEYS do decide(KEYS[i], big(ARGV[10 + 6 * nlim + i]), reply) end
+  for i = 1, #KEYS do decide(KEYS[i], big(ARGV[10 + 4 * nlim + i]), reply) end
 
 end
 return reply

@@ -45,7 +45,7 @@ ALG_CODES = {"fixed_window": b"f", "sliding_window": b"s", "token_bucket": b"b",
 #: Cluster replies that redis-py's client knows how to follow.
 REDIRECTIONS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 #: Part of every key name: a release that changes how states are written changes it, so old states are not misread.
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def sha1(text: str) -> str:
@@ -276,7 +276,7 @@ class RedisStore:
 
 def _watch_bans(ref: weakref.ReferenceType[RedisStore], stop: threading.Event) -> None:
     seen = None
-    wait = 0.0  # the first reading at once: it is the baseline later changes are measured against
+    wait = 0.0
     while not stop.wait(wait):
         wait = BANS_POLL
         store = ref()
@@ -284,7 +284,9 @@ def _watch_bans(ref: weakref.ReferenceType[RedisStore], stop: threading.Event) -
             return
         try:
             epoch = store.bans_epoch()
-            if seen is not None and epoch != seen:
+            # The first reading counts as a change too: this thread may start late (a loaded machine), after bans
+            # were cached and then lifted; dropping what is cached only costs one Redis call per banned key.
+            if epoch != seen:
                 store._bans_moved()
             seen = epoch
         except FAULTS:

@@ -29,7 +29,8 @@ try:
 except ImportError:  # pragma: no cover - exercised only without hiredis
     hiredis = None
 
-__all__ = ["StrictTable", "BATCH_KEYS", "DENY_RETRY_AFTER", "LATENCY_BUCKETS", "fast_arithmetic"]
+__all__ = ["StrictTable", "BATCH_KEYS", "DENY_RETRY_AFTER", "LATENCY_BUCKETS", "FAST_MAX_COUNT", "FAST_MAX_PERIOD_NS",
+           "fast_arithmetic"]
 
 #: Keys per script call in hit_many on a standalone server (one call holds the server for ~this many decisions).
 BATCH_KEYS = 256
@@ -40,11 +41,23 @@ DENY_RETRY_AFTER = 1.0
 _E9 = 1_000_000_000
 
 
+#: The script's fast path takes every limit with a period of whole milliseconds up to FAST_MAX_PERIOD_NS and a
+#: count up to FAST_MAX_COUNT: its three-limb arithmetic (base 10^6, in doubles) is exact within these bounds.
+FAST_MAX_COUNT = 10**9
+FAST_MAX_PERIOD_NS = 366 * 86_400 * _E9
+_MS = 1_000_000
+
+
 def fast_arithmetic(lim: Limit) -> bool:
-    """Whether the script decides this limit in plain Lua numbers: the period is whole seconds or a whole
-    divisor of a second (>= 1 ms), and count * period (ns) < 2^53. Otherwise it uses its exact bignum path."""
+    """Whether the script decides this limit on its fast path (exact wide integers in doubles): the period is whole
+    milliseconds, at most 366 days, and the count at most 10^9. Otherwise it uses its exact bignum path."""
     p = lim.period_ns
-    return (p % _E9 == 0 or (_E9 % p == 0 and p >= 1_000_000)) and lim.count * p < 2**53
+    return p % _MS == 0 and p <= FAST_MAX_PERIOD_NS and lim.count <= FAST_MAX_COUNT
+
+
+def _limbs(x: int) -> list[int]:
+    """x as the script's three limbs of base 10^6, most significant first."""
+    return [x // _MS**2, x // _MS % _MS, x % _MS]
 
 
 def now_ns(now: Any) -> int | None:
@@ -91,7 +104,10 @@ class StrictTable:
         for lim in self.limits:
             c, p = lim.count, lim.period_ns
             t = -(-p // c)
-            constants += [c, p, p // _E9 if p % _E9 == 0 else 0, _E9 // p if _E9 % p == 0 else 0, t, c * t]
+            if self.fast:  # C, P in ms, P as limbs (the lowest is 0), T and L = C * T as limbs, C * P as limbs
+                constants += [c, p // _MS, *_limbs(p)[:2], *_limbs(t), *_limbs(c * t), *_limbs(c * p)]
+            else:
+                constants += [c, p, t, c * t]
         if self.fast:
             words = {"fixed_window": 2, "sliding_window": 3, "token_bucket": 3, "gcra": 2}[algorithm]
             state_fmt = "<" + "d" * (2 + words * len(self.limits))

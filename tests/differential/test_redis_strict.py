@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,19 +16,28 @@ from hypothesis import strategies as st
 
 import fastguard as fg
 from fastguard import _pure
+from fastguard.limits import limit_from_ns
 from fastguard.redis import RedisStore
+from fastguard.redis.store import SCRIPT
 from fastguard.redis.strict import fast_arithmetic
 
-# Limit sets that take the script's fast path (whole seconds or divisors of a second, count * period < 2^53) and
-# its exact bignum path (fractional periods, 1 µs periods, products past 2^53, counts up to 2^53).
+# Limit sets that take the script's fast path (periods of whole ms up to 366 days, counts up to 10^9: three-limb
+# wide integers) and its exact bignum path (sub-ms periods, periods past 366 days, counts past 10^9).
+YEAR = 366 * 86_400
 LIMIT_SETS = {
     "fast-one": [fg.Limit(3, 1)],
     "fast-two": [fg.Limit(5, 60), fg.Limit(2, 1)],
     "fast-ms": [fg.Limit(4, 0.25), fg.Limit(10, 3)],
+    "fast-odd-ms": [fg.Limit(3, 1.5), fg.Limit(7, 0.007)],
     "fast-big": [fg.Limit(100, 86_400), fg.Limit(7, 2)],
-    "exact-frac": [fg.Limit(3, 1.5), fg.Limit(7, 3)],
+    "fast-hour-day": [fg.Limit(5000, 3600), fg.Limit(1000, 86_400)],
+    "fast-huge": [fg.Limit(10**9, YEAR), fg.Limit(3, YEAR), fg.Limit(10**9, 0.001)],
+    "fast-edges": [fg.Limit(999_999_937, 104 * 86_400 + 0.001), fg.Limit(2, 365 * 86_400 + 0.999)],
     "exact-us": [fg.Limit(3, 1e-6), fg.Limit(2, 1e-3)],
+    "exact-frac-ms": [fg.Limit(3, 1.0005), fg.Limit(7, 3)],
     "exact-huge": [fg.Limit(1000, 86_400), fg.Limit(9_000_000_000, 365 * 86_400), fg.Limit(2**53, 3)],
+    "exact-long": [fg.Limit(5, YEAR + 0.001)],
+    "exact-count": [fg.Limit(10**9 + 1, 60)],
 }
 
 
@@ -84,8 +95,45 @@ def test_redis_decides_exactly_like_the_reference(redis_server, algorithm, limit
     assert remote.stats()["redis_errors"] == 0
 
 
+# The fast path's new ground: any count up to 10^9 and any whole-ms period up to 366 days, several limits at once,
+# costs anywhere from 0 to past the count, steps from sub-ms to past the longest period, clock skew.
+DAY_MS = 86_400_000
+FAST_COUNTS = st.one_of(st.integers(1, 10**9), st.sampled_from([1, 2, 5000, 999_999_999, 10**9]))
+FAST_PERIODS_MS = st.one_of(st.integers(1, 366 * DAY_MS),
+                            st.sampled_from([1, 7, 1000, 60_000, 3_600_000, DAY_MS, 104 * DAY_MS, 105 * DAY_MS,
+                                             365 * DAY_MS, 366 * DAY_MS]))
+FAST_LIMITS = st.lists(st.builds(lambda c, ms: limit_from_ns(c, ms * 1_000_000), FAST_COUNTS, FAST_PERIODS_MS),
+                       min_size=1, max_size=3)
+
+
 @pytest.mark.parametrize("algorithm", fg.ALGORITHMS)
-@pytest.mark.parametrize("limit_set", ["fast-two", "exact-frac"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(limits=FAST_LIMITS, data=st.data(),
+       start=st.one_of(st.integers(0, 2**61), st.integers(1_700_000_000 * 10**9, 1_800_000_000 * 10**9)))
+def test_fast_path_decides_every_realistic_limit_exactly(redis_server, algorithm, limits, start, data):
+    assert all(fast_arithmetic(lim) for lim in limits)
+    remote = fg.RateLimiter(limits, algorithm=algorithm, store=store_for(redis_server))
+    local = fg.RateLimiter(limits, algorithm=algorithm, _core=_pure)
+    counts = [lim.count for lim in limits]
+    longest = max(lim.period_ns for lim in limits)
+    costs = st.one_of(st.integers(0, 3), st.sampled_from(counts), st.integers(0, max(counts) + 2),
+                      st.builds(lambda c: c // 2 + 1, st.sampled_from(counts)))
+    steps = st.one_of(st.integers(-2 * 10**9, 10**6), st.integers(0, longest // 3), st.integers(0, 3 * longest),
+                      st.sampled_from([0, 1, longest - 1, longest, longest + 1]))
+    t = start
+    for _ in range(data.draw(st.integers(1, 30), label="steps")):
+        t = min(max(t + data.draw(steps, label="dt"), 0), 2**61)
+        now = t / 1e9
+        key = f"key-{data.draw(st.integers(0, 1), label='key')}"
+        cost = data.draw(costs, label="cost")
+        if data.draw(st.booleans(), label="peek"):
+            assert fields(remote.peek(key, now=now)) == fields(local.peek(key, now=now))
+        assert fields(remote.hit(key, cost, now=now)) == fields(local.hit(key, cost, now=now))
+    assert remote.stats()["redis_errors"] == 0
+
+
+@pytest.mark.parametrize("algorithm", fg.ALGORITHMS)
+@pytest.mark.parametrize("limit_set", ["fast-two", "fast-huge", "exact-frac-ms"])
 def test_hit_many_matches_the_reference_in_order(any_store, algorithm, limit_set):
     limits = LIMIT_SETS[limit_set]
     remote = fg.RateLimiter(limits, algorithm=algorithm, store=any_store)
@@ -322,6 +370,7 @@ BAN_NODE = r"""
 import sys
 import fastguard as fg
 from fastguard.redis import RedisStore
+from fastguard.redis.store import SCRIPT
 url, prefix, action = sys.argv[1], sys.argv[2], sys.argv[3]
 lim = fg.RateLimiter("100/minute", ban_for=1, store=RedisStore.from_url(url, prefix=prefix))
 if action == "ban":
@@ -342,3 +391,135 @@ def test_a_ban_set_in_one_process_is_honoured_in_another(redis_server):
     assert subprocess.run([*args, "ban"], capture_output=True, text=True, timeout=60).stdout.strip() == "banned"
     out = subprocess.run([*args, "hit"], capture_output=True, text=True, timeout=60).stdout.split()
     assert out[0] == "True" and 85 <= int(out[1]) <= 90
+
+
+# -- the script's wide integers, as written in it, against Python's integers ----------------------------------------
+def wide_helpers_lua() -> str:
+    source = SCRIPT
+    begin = source.index("-- wide integers: begin")
+    return source[begin:source.index("-- wide integers: end")]
+
+
+HARNESS = """
+local function s(...)  -- every value as decimal digits (replies of numbers would be truncated to integers)
+  local t = {}
+  for i, x in ipairs({...}) do t[i] = type(x) == "string" and x or string.format("%d", x) end
+  return table.concat(t, " ")
+end
+local out = {}
+for i = 1, #ARGV, 7 do
+  local op = ARGV[i]
+  local a = {tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])}
+  local b = {tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])}
+  local r
+  if op == "mul" then r = s(mul(b[1], a[1], a[2], a[3]))
+  elseif op == "add" then r = s(add(a[1], a[2], a[3], b[1], b[2], b[3]))
+  elseif op == "sub" then r = s(sub(a[1], a[2], a[3], b[1], b[2], b[3]))
+  elseif op == "le" then r = le(a[1], a[2], a[3], b[1], b[2], b[3]) and "1" or "0"
+  elseif op == "divmod" then r = s(divmod(a[1], a[2], a[3], b[1]))
+  elseif op == "ceil_div" then r = s(ceil_div(a[1], a[2], a[3], b[1]))
+  elseif op == "quot" then r = s(quot(a[1], a[2], a[3], b[1], b[2], b[3]))
+  elseif op == "ns" then r = s(ns(a[1], a[2], a[3]))
+  elseif op == "limbs" then r = s(limbs(a[1]))
+  else r = s(ms_limbs(a[1], a[2])) end
+  out[#out + 1] = r
+end
+return out
+"""
+
+
+def limbs3(x: int) -> list[int]:
+    return [x // 10**12, x // 10**6 % 10**6, x % 10**6]
+
+
+def wide(parts: list[int]) -> int:
+    return parts[0] * 10**12 + parts[1] * 10**6 + parts[2]
+
+
+COUNT = st.one_of(st.integers(1, 2**31 - 1), st.sampled_from([1, 2, 10**6 - 1, 10**6, 10**9, 10**9 + 1, 2**31 - 1]))
+DURATION = st.one_of(st.integers(0, 2**56), st.sampled_from([0, 1, 10**6 - 1, 10**6, 2**53 - 1, 2**53, 2**53 + 1,
+                                                             366 * 86_400 * 10**9, 2**56]))
+WIDE = st.one_of(st.integers(0, 2**86), st.builds(lambda c, d: c * d, COUNT, DURATION))
+OPS = st.one_of(
+    st.tuples(st.just("mul"), DURATION, COUNT),
+    st.tuples(st.just("add"), WIDE, WIDE),
+    st.tuples(st.just("sub"), WIDE, WIDE).map(lambda t: ("sub", max(t[1], t[2]), min(t[1], t[2]))),
+    st.tuples(st.just("le"), WIDE, WIDE),
+    st.tuples(st.just("le"), WIDE, st.integers(-1, 1)).map(lambda t: ("le", t[1], max(0, t[1] + t[2]))),
+    st.tuples(st.just("divmod"), WIDE, COUNT),
+    st.tuples(st.just("ceil_div"), WIDE, COUNT),
+    # quot: x = q * d + r with q a count, r anywhere in [0, d), its edges included
+    st.tuples(st.integers(0, 2**31 - 2), DURATION.map(lambda d: max(d, 1)),
+              st.sampled_from(["zero", "one", "last", "any"]),
+              st.randoms(use_true_random=False)).map(
+        lambda t: ("quot", t[0] * t[1] + {"zero": 0, "one": min(1, t[1] - 1), "last": t[1] - 1,
+                                          "any": t[3].randrange(t[1])}[t[2]], t[1])),
+    st.tuples(st.just("ns"), st.one_of(WIDE, DURATION, st.integers(2**53 - 10**12, 2**53 + 10**12)), st.just(0)),
+    st.tuples(st.just("limbs"), st.integers(0, 2**53 - 1), st.just(0)),
+    st.tuples(st.just("ms_limbs"), st.integers(0, 2**53 - 1), st.integers(0, 10**6 - 1)),
+)
+
+
+def expected(op: str, a: int, b: int) -> list[int]:
+    if op == "mul":
+        return limbs3(a * b)
+    if op == "add":
+        return limbs3(a + b)
+    if op == "sub":
+        return limbs3(a - b)
+    if op == "le":
+        return [int(a <= b)]
+    if op == "divmod":
+        return [*limbs3(a // b), a % b]
+    if op == "ceil_div":
+        return limbs3(-(-a // b))
+    if op == "quot":
+        return [a // b]
+    if op == "ns":
+        return [a]
+    if op == "limbs":
+        return limbs3(a)
+    return limbs3(a * 10**6 + b)  # ms_limbs(ms, sub-ms ns)
+
+
+def lua_operands(op: str, a: int, b: int) -> list[int]:
+    if op in ("limbs", "ms_limbs"):
+        return [a, b, 0, 0, 0, 0]
+    if op in ("mul", "divmod", "ceil_div"):
+        return [*limbs3(a), b, 0, 0]
+    return [*limbs3(a), *limbs3(b)]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cases=st.lists(OPS, min_size=1, max_size=120))
+def test_the_scripts_wide_integers_are_exact(redis_server, cases):
+    client = redis.Redis(port=redis_server.port)
+    argv: list[Any] = []
+    for op, a, b in cases:
+        argv += [op, *lua_operands(op, a, b)]
+    got = client.eval(wide_helpers_lua() + HARNESS, 0, *argv)
+    for (op, a, b), answer in zip(cases, got, strict=True):
+        assert [int(x) for x in answer.split()] == expected(op, a, b), (op, a, b)
+
+
+def test_the_scripts_wide_integers_are_exact_in_bulk(redis_server):
+    """Twenty thousand seeded cases across the whole ranges (hypothesis above favours small values and edges)."""
+    client = redis.Redis(port=redis_server.port)
+    rng = random.Random(2026)
+    cases = []
+    for _ in range(2000):
+        c, d = rng.randrange(1, 2**31), rng.randrange(1, 2**56)
+        x, y = rng.randrange(2**86), rng.randrange(2**86)
+        q = rng.randrange(2**31 - 1)
+        cases += [("mul", rng.randrange(2**56), c), ("add", x, y), ("sub", max(x, y), min(x, y)), ("le", x, y),
+                  ("divmod", x, c), ("ceil_div", x, c), ("quot", q * d + rng.choice([0, d - 1, rng.randrange(d)]), d),
+                  ("ns", rng.randrange(2**53 - 10**13, 2**53 + 10**13), 0), ("ns", x, 0),
+                  ("ms_limbs", rng.randrange(2**53), rng.randrange(10**6))]
+    for at in range(0, len(cases), 2000):
+        chunk = cases[at:at + 2000]
+        argv: list[Any] = []
+        for op, a, b in chunk:
+            argv += [op, *lua_operands(op, a, b)]
+        got = client.eval(wide_helpers_lua() + HARNESS, 0, *argv)
+        for (op, a, b), answer in zip(chunk, got, strict=True):
+            assert [int(x) for x in answer.split()] == expected(op, a, b), (op, a, b)

@@ -105,3 +105,21 @@ def test_a_garbled_bans_epoch_does_not_stop_the_exchanges(redis_server):
     assert a.stats()["redis_up"] and a.stats()["syncs"] == 1
     a.close()
     b.close()
+
+
+def test_a_watcher_that_starts_late_still_sees_a_lifted_ban(redis_server, monkeypatch):
+    """On a loaded machine the watcher thread may first run after a node cached a ban and an operator lifted it:
+    its first reading must not become the baseline that hides that change."""
+    from fastguard.redis import store as store_module
+    real = store_module._watch_bans
+
+    def late(*args):
+        time.sleep(0.4)
+        real(*args)
+
+    monkeypatch.setattr(store_module, "_watch_bans", late)
+    (a, b), _ = nodes(redis_server.url)
+    a.ban("eve", 3600)
+    assert b.hit("eve").banned                              # cached by b
+    a.unban("eve")                                          # before b's watcher has read the epoch once
+    wait_until(lambda: not b.hit("eve").banned)
