@@ -159,6 +159,7 @@ if path == "fast" then
   -- per limit, between the passes: the rolled words (fixed/sliding: index, cur, prev), P - e as (ms, sub-ms ns)
   -- (fixed/sliding), or the deficit (bucket) / d = max(0, tat - now) (GCRA) as limbs
   local SA, SB, SC, UM, US = {}, {}, {}, {}, {}
+  local W2, W1, W0 = {}, {}, {}  -- sliding window: prev * (P - e) as limbs
   local nreply = 0
   -- Every state in one call; `written` holds what this call stored, for a key that comes again in the batch.
   local states = redis.call("MGET", unpack(KEYS))
@@ -202,9 +203,10 @@ if path == "fast" then
           end
           -- cur + k <= C and prev * (P - e) <= (C - cur - k) * P
           local fits = b + k <= Ci
-          if fits and c > 0 then
-            local a2, a1, a0 = mul(c, ms_limbs(UM[i], US[i]))
-            fits = le(a2, a1, a0, mul(Ci - b - k, P2, P1, 0))
+          if c > 0 then  -- prev * (P - e), kept for the remaining
+            local w2, w1, w0 = mul(c, ms_limbs(UM[i], US[i]))
+            W2[i], W1[i], W0[i] = w2, w1, w0
+            fits = fits and le(w2, w1, w0, mul(Ci - b - k, P2, P1, 0))
           end
           ok[i] = fits
         end
@@ -261,7 +263,7 @@ if path == "fast" then
         else
           -- floor(((C - cur) * P - prev * (P - e)) / P), or 0
           local a2, a1, a0 = mul(Ci - b, P2, P1, 0)
-          local w2, w1, w0 = mul(c, ms_limbs(UM[i], US[i]))
+          local w2, w1, w0 = W2[i], W1[i], W0[i]
           if le(a2, a1, a0, w2, w1, w0) then rem[i] = 0
           else
             a2, a1, a0 = sub(a2, a1, a0, w2, w1, w0)

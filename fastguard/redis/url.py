@@ -11,6 +11,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 from redis.retry import Retry
 
+from fastguard.redis.wire import NamedTLSConnection
+
 __all__ = ["client_from_url"]
 
 
@@ -26,6 +28,8 @@ def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float =
          redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db] (Sentinel: the master of
          service_name, found again after a failover; user and password are the master's).
          valkey://, valkeys://, valkey+cluster:// and valkeys+cluster:// are the same (Valkey speaks Redis).
+    server_name (rediss:// only; argument or ?server_name=): the name sent as SNI and checked in the server's
+         certificate instead of the host connected to (a Redis behind a TLS router, or reached by address).
     Clients never retry inside redis-py: an unreachable Redis costs one timeout, then the limiter's own backoff
     applies. ValueError for an unknown scheme, a malformed node list or a timeout that is not positive.
     """
@@ -42,7 +46,11 @@ def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float =
         scheme = "redis" + scheme[len("valkey"):]
         url = scheme + url[url.index("://"):]
     if scheme in ("redis", "rediss", "unix"):
+        _server_name(url, scheme, options)
         return redis.Redis.from_url(url, **options), None
+    if "server_name" in options or "server_name=" in url.split("?", 1)[-1]:
+        raise ValueError("server_name applies to one TLS server (rediss://): Cluster nodes and Sentinel masters are "
+                         "checked against the host names they are reached by")
     if scheme in ("redis+sentinel", "rediss+sentinel"):
         return _sentinel_client(url, scheme == "rediss+sentinel", options), None
     if scheme in ("redis+cluster", "rediss+cluster"):
@@ -52,6 +60,24 @@ def client_from_url(url: str, *, timeout: float = 0.25, connect_timeout: float =
         options.setdefault("require_full_coverage", False)
         return None, lambda: RedisCluster(startup_nodes=nodes, **options)
     raise ValueError(f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or redis+cluster://")
+
+
+def _server_name(url: str, scheme: str, options: dict[str, Any]) -> None:
+    """`server_name` (argument, or ?server_name= in the URL): the TLS connections present it (SNI) and check the
+    certificate against it; redis-py has no such option, so its connections are fastguard's NamedTLSConnection."""
+    name = options.pop("server_name", None)
+    query = dict(parse_qsl(urlsplit(url).query))
+    if name is None:
+        name = query.get("server_name")
+    if name is None:
+        return
+    if scheme != "rediss":
+        raise ValueError(f"server_name={name!r} needs TLS (rediss://), got {url!r}")
+    if not isinstance(name, str) or not name or not hasattr(redis.connection.SSLConnection, "_wrap_socket_with_ssl"):
+        raise ValueError(f"server_name must be a host name, got {name!r}" if not isinstance(name, str) or not name
+                         else f"server_name needs redis-py 5.1 or newer (installed: {redis.__version__})")
+    options["connection_class"] = NamedTLSConnection
+    options["server_name"] = name
 
 
 def _servers(parts: Any, url: str, what: str) -> list[tuple[str, int]]:

@@ -71,8 +71,9 @@ class Wire:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None, db: int = 0,
                  username: str | None = None, password: str | None = None, timeout: float | None = None,
                  connect_timeout: float | None = None, tls: ssl.SSLContext | None = None,
-                 locate: Callable[[], tuple[str, int]] | None = None) -> None:
+                 server_name: str | None = None, locate: Callable[[], tuple[str, int]] | None = None) -> None:
         self.host, self.port, self.path, self.db = host, port, path, int(db or 0)
+        self.server_name = server_name  # TLS: the name sent as SNI and checked in the certificate (default: host)
         self.locate = locate   # Sentinel: where the master is now, asked at every new connection
         self.username, self.password = username, password
         self.timeout, self.connect_timeout = timeout, connect_timeout
@@ -99,7 +100,7 @@ class Wire:
                 sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.tls is not None:  # the handshake verifies the certificate (and host name) as configured
-                    sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+                    sock = self.tls.wrap_socket(sock, server_hostname=self.server_name or self.host)
             sock.settimeout(self.timeout)
         except TimeoutError as exc:
             raise RedisTimeoutError(f"connecting to {self!r}: {exc}") from exc
@@ -253,6 +254,23 @@ def wire_for(client: redis.Redis) -> Wire | None:
             return None
     if isinstance(pool, redis.sentinel.SentinelConnectionPool):  # the master is wherever the sentinels say
         return Wire(tls=tls, locate=pool.get_master_address, **common)
-    if cls in (redis.connection.Connection, redis.connection.SSLConnection):
-        return Wire(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)), tls=tls, **common)
+    if cls in (redis.connection.Connection, redis.connection.SSLConnection, NamedTLSConnection):
+        return Wire(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)), tls=tls,
+                    server_name=kw.get("server_name"), **common)
     return None
+
+
+class NamedTLSConnection(redis.connection.SSLConnection):
+    """redis-py's TLS connection that presents `server_name` (SNI) and checks the certificate against it instead
+    of the host it connects to: a Redis behind a TLS router, or reached by address. redis-py has no such option."""
+
+    def __init__(self, *, server_name: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.server_name = server_name
+
+    def _wrap_socket_with_ssl(self, sock: socket.socket) -> Any:
+        host, self.host = self.host, self.server_name  # redis-py wraps with server_hostname=self.host
+        try:
+            return super()._wrap_socket_with_ssl(sock)  # type: ignore[misc]
+        finally:
+            self.host = host

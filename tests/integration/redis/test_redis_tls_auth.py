@@ -93,3 +93,31 @@ def test_acl_and_tls_together(tls_server):
 def test_valkey_aliases_of_plain_urls(redis_server):
     lim = limiter(redis_server.url.replace("redis://", "valkey://"))
     assert [lim.hit("k").allowed for _ in range(4)] == [True, True, True, False]
+
+
+def test_server_name_is_sent_and_checked_instead_of_the_host(tmp_path, caplog):
+    """A certificate for redis.example on a server reached by address: server_name (URL query or argument) makes
+    both the lean client and redis-py's connections present that name and check the certificate against it."""
+    named = make_certificates(str(tmp_path), ("redis.example",))
+    server = RedisProcess(tls=named)
+    try:
+        url = f"rediss://127.0.0.1:{server.tls_port}/0?ssl_ca_certs={named.ca}"
+        for lim in (limiter(url + "&server_name=redis.example"), limiter(url, server_name="redis.example")):
+            assert [lim.hit("k").allowed for _ in range(4)] == [True, True, True, False]
+            assert lim.stats()["client"] == "fastguard wire" and lim.stats()["redis_errors"] == 0
+            lim.reset("k")                                  # through redis-py: its connections check the name too
+            assert lim.hit("k").allowed
+        wrong = limiter(url + "&server_name=other.example")
+        assert wrong.hit("k").allowed is False and "other.example" in wrong.stats()["last_error"]
+        with pytest.raises(fg.StoreError):
+            wrong.reset("k")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0?server_name=a.example",
+                                 "redis+cluster://127.0.0.1:7000?server_name=a.example",
+                                 "rediss+sentinel://127.0.0.1:26379/svc?server_name=a.example"])
+def test_server_name_outside_one_tls_server_is_refused(url):
+    with pytest.raises(ValueError, match="server_name"):
+        RedisStore.from_url(url)
