@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -102,6 +103,7 @@ class RedisStore:
         self._cluster_tls: Any = None                   # their SSL context, for a TLS cluster
         self._ban_watchers: list[weakref.WeakMethod[Any]] = []
         self._ban_thread: threading.Thread | None = None
+        self._bans_seen: bytes | None = None  # the bans epoch the watchers last saw (None: not read yet)
         self._stop = threading.Event()
         self._node_wires: dict[str, Wire] = {}          # by "host:port"
 
@@ -253,6 +255,24 @@ class RedisStore:
                                                     name="fastguard-bans-watch", daemon=True)
                 self._ban_thread.start()
 
+    def bans_baseline(self) -> None:
+        """Read the bans epoch now if the watcher has not yet: called before a table caches its first ban, so a
+        change made after that is a change to the watcher even when its thread is slow to start. Never raises."""
+        if self._bans_seen is None:
+            with contextlib.suppress(*FAULTS):
+                epoch = self.bans_epoch()
+                with self._lock:
+                    if self._bans_seen is None:
+                        self._bans_seen = epoch
+
+    def _poll_bans_epoch(self) -> None:
+        epoch = self.bans_epoch()
+        with self._lock:
+            moved = self._bans_seen is not None and epoch != self._bans_seen
+            self._bans_seen = epoch
+        if moved:
+            self._bans_moved()
+
     def _bans_moved(self) -> None:
         with self._lock:
             alive = [w for w in self._ban_watchers if w() is not None]
@@ -275,7 +295,6 @@ class RedisStore:
 
 
 def _watch_bans(ref: weakref.ReferenceType[RedisStore], stop: threading.Event) -> None:
-    seen = None
     wait = 0.0
     while not stop.wait(wait):
         wait = BANS_POLL
@@ -283,12 +302,7 @@ def _watch_bans(ref: weakref.ReferenceType[RedisStore], stop: threading.Event) -
         if store is None:
             return
         try:
-            epoch = store.bans_epoch()
-            # The first reading counts as a change too: this thread may start late (a loaded machine), after bans
-            # were cached and then lifted; dropping what is cached only costs one Redis call per banned key.
-            if epoch != seen:
-                store._bans_moved()
-            seen = epoch
+            store._poll_bans_epoch()
         except FAULTS:
             pass  # Redis away: the decisions say so; cached bans stay until it answers
         except Exception:  # noqa: BLE001 - the watcher must outlive anything one poll meets

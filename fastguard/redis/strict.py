@@ -173,6 +173,7 @@ class StrictTable:
             if code == 3:
                 self.bans_started += 1
             if key is not None and self._banned is not None:
+                self.store.bans_baseline()
                 self._banned.ban(key, left)
             return Decision.of(allowed=False, limit=lim.count, remaining=0, reset_after=left, retry_after=left,
                                period=lim.period, limits=self.limits, remainings=[0] * n, banned=True)
@@ -274,6 +275,7 @@ class StrictTable:
         with store_errors("ban"):
             self.store.client.set(self.name(key) + b"~ban", b"manual", px=max(1, round(seconds * 1000)))
             self.store.bans_changed()
+        self.store.bans_baseline()
         self._banned.ban(key, seconds)
         self.bans_started += 1
 
