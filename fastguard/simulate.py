@@ -235,8 +235,9 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
                         o = client.event(api_id, {"kong.request.get_headers": headers})
                     elapsed = time.perf_counter() - t0
                     body = o.exit[1] if o.exit else None
-                    reason = "ok" if o.exit is None else (body.get("message") if isinstance(body, dict) and
-                                                          "message" in body else json.dumps(body))
+                    # kong.response.exit carries a body ({"message": ...}); kong.response.error its message
+                    reason = "ok" if o.exit is None else body if isinstance(body, str) else (
+                        body.get("message") if isinstance(body, dict) and "message" in body else json.dumps(body))
                     mine.append((route, kind, o.status, str(reason), elapsed, len(o.calls)))
                     progress.add()
                 client.close()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
+import random
 from typing import Any
 
 import fastguard as fg
 from fastguard.kong import registry
-from fastguard.kong.fields import ConfigError
 from fastguard.kong.pdk import PDKCall, json_exit
-from fastguard.kong.schemas import limits_from_config, redis_url_from_config
+from fastguard.kong.schemas import algorithm_from_config, limits_from_config, redis_url_from_config, sync_interval
 
 __all__ = ["Limiting", "rate_limit_key"]
+
+log = logging.getLogger("fastguard.kong")
 
 
 def rate_limit_key(kind: str, value: Any) -> bytes:
@@ -34,36 +38,48 @@ class Limiting:
 
     def __init__(self, cfg: dict[str, Any], entity: str) -> None:
         limits = limits_from_config(cfg)
+        algorithm = algorithm_from_config(cfg)
         self.error_code = int(cfg["error_code"])
         self.error_message = cfg["error_message"]
         self.hide = cfg["hide_client_headers"]
         self.fault_tolerant = cfg["fault_tolerant"]
-        url = None
+        self.jitter = float(cfg.get("retry_after_jitter_max") or 0)
+        url, options = None, {}
         sync = None
         if cfg["policy"] == "redis":
-            url = redis_url_from_config(cfg["redis"])
-            sync = cfg["sync_rate"] if cfg["sync_rate"] and cfg["sync_rate"] > 0 else None
-        if cfg["ban_after"] and not cfg["ban_for"]:
-            raise ConfigError("ban_for", "ban_after needs ban_for: how many seconds a ban lasts")
+            url, options = redis_url_from_config(cfg["redis"])
+            sync = sync_interval(cfg)
         self.ban_status = int(cfg["ban_status"])
-        self._key = ("limiter", entity, cfg["algorithm"], tuple((x.count, x.period_ns) for x in limits), url, sync,
-                     cfg["max_keys"], self.fault_tolerant, cfg["ban_after"], cfg["ban_for"])
+        # Instances of one plugin entity share a limiter (Kong starts one per nginx worker); a namespace shares it
+        # across entities, in this process and (its Redis prefix) across nodes.
+        scope = f"ns:{cfg['namespace']}" if cfg.get("namespace") else entity
+        self._key = ("limiter", scope, algorithm, tuple((x.count, x.period_ns) for x in limits), url,
+                     tuple(sorted(options.items())), sync, cfg["max_keys"], self.fault_tolerant, cfg["ban_after"],
+                     cfg["ban_for"])
         timeout = cfg["redis"]["timeout"] / 1000
 
-        def make() -> fg.RateLimiter:
+        def make() -> fg.RateLimiter | None:
             store = None
             if url is not None:
                 from fastguard.redis import RedisStore
 
-                store = RedisStore.from_url(url, timeout=timeout, connect_timeout=timeout,
-                                            prefix=f"fg-kong-{entity}".replace(" ", "_").replace("{", "(")
-                                            .replace("}", ")"))
-            return fg.RateLimiter(limits, algorithm=cfg["algorithm"], max_keys=cfg["max_keys"], store=store,
+                try:
+                    store = RedisStore.from_url(url, timeout=timeout, connect_timeout=timeout,
+                                                prefix=f"fg-kong-{scope}".replace(" ", "_").replace("{", "(")
+                                                .replace("}", ")"), **options)
+                except ValueError as exc:
+                    # A Redis address Kong's schema cannot rule out (an `ip` that is no address): Redis cannot
+                    # be reached, which fault_tolerant answers, as for a Redis that is down. Said once, here.
+                    log.error("fastguard-rate-limiting (plugin %s): the Redis settings cannot be used (%s); "
+                              "every request is answered as fault_tolerant=%s says", entity, exc,
+                              self.fault_tolerant)
+                    return None
+            return fg.RateLimiter(limits, algorithm=algorithm, max_keys=cfg["max_keys"], store=store,
                                   sync=sync, on_error="allow" if self.fault_tolerant else "deny",
                                   ban_after=cfg["ban_after"], ban_for=cfg["ban_for"])
 
-        self.limiter: fg.RateLimiter = registry.REGISTRY.acquire(self._key, make)
-        if registry.TRACK is not None:
+        self.limiter: fg.RateLimiter | None = registry.REGISTRY.acquire(self._key, make)
+        if registry.TRACK is not None and self.limiter is not None:
             registry.TRACK(self.limiter, entity)
 
     def close(self) -> None:
@@ -74,18 +90,24 @@ class Limiting:
         return None if self.fault_tolerant else json_exit(500, "An unexpected error occurred")
 
     def answer(self, key: bytes) -> PDKCall | None:
-        """The PDK call that ends the rate-limit part: exit when refused, set_headers when allowed (None when the
-        headers are hidden)."""
+        """The PDK call that ends the rate-limit part: Kong's `kong.response.error` when refused (its body in the
+        format the client's Accept asks for), set_headers when allowed (None when the headers are hidden).
+        As Kong 3.10's handler: with hide_client_headers a refusal carries no header at all, Retry-After included."""
+        if self.limiter is None:
+            return self.fault_answer()
         d = self.limiter.hit(key)
         if not d.allowed:
             if not self.fault_tolerant and not self.limiter.store_up:
                 return json_exit(500, "An unexpected error occurred")
             headers = {} if self.hide else d.headers("kong")
-            if "Retry-After" not in headers and d.retry_after != float("inf"):
-                headers["Retry-After"] = str(max(1, int(-(-d.retry_after // 1))))
-            if d.banned:  # Retry-After: what is left of the ban
-                return json_exit(self.ban_status, self.error_message, headers)
-            return json_exit(self.error_code, self.error_message, headers)
+            if not self.hide:
+                wait = d.retry_after
+                if math.isfinite(wait):
+                    if self.jitter:
+                        wait += random.uniform(0, self.jitter)
+                    headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            status = self.ban_status if d.banned else self.error_code
+            return ("kong.response.error", [status, self.error_message, headers])
         if self.hide:
             return None
         return ("kong.response.set_headers", [d.headers("kong")])

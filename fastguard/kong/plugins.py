@@ -22,11 +22,19 @@ from collections.abc import Generator
 from typing import Any
 
 import fastguard as fg
-from fastguard.kong.fields import ConfigError, Field, check, kong_schema
+from fastguard.kong.fields import Field, check, kong_schema
 from fastguard.kong.limiting import Limiting, rate_limit_key
 from fastguard.kong.pdk import TERMINAL, PDKCall, PDKError, Steps, drive, failed, json_exit
 from fastguard.kong.registry import entity_of
-from fastguard.kong.schemas import GUARD_FIELDS, JWT_FIELDS, RATE_LIMITING_FIELDS
+from fastguard.kong.schemas import (
+    GUARD_CHECKS,
+    GUARD_FIELDS,
+    JWT_CHECKS,
+    JWT_FIELDS,
+    RATE_LIMITING_CHECKS,
+    RATE_LIMITING_FIELDS,
+    normalize,
+)
 from fastguard.kong.verifying import Verifying
 
 __all__ = ["PluginBase", "RateLimitingPlugin", "JWTPlugin", "GuardPlugin", "PLUGINS", "PRIORITIES", "PDKError",
@@ -39,6 +47,13 @@ class PluginBase:
     """kong-pdk's plugin contract: Plugin(config), one method per phase taking the `kong` PDK object."""
 
     fields: tuple[Field, ...] = ()
+    #: Kong's cross-field rules (entity_checks), in the schema Kong reads and checked again at StartInstance.
+    entity_checks: tuple[dict[str, Any], ...] = ()
+
+    @classmethod
+    def checked(cls, config: Any) -> dict[str, Any]:
+        """The config as Kong's schema makes it (shorthands moved, defaults filled), or ConfigError."""
+        return check(cls.fields, normalize(config), entity_checks=cls.entity_checks)
 
     def steps(self) -> Steps:  # pragma: no cover - every plugin defines it
         raise NotImplementedError
@@ -61,15 +76,12 @@ class RateLimitingPlugin(PluginBase):
     """fastguard-rate-limiting: Kong's rate-limiting config and answers, plus algorithm, Redis Cluster, sync_rate."""
 
     fields = RATE_LIMITING_FIELDS
+    entity_checks = RATE_LIMITING_CHECKS
 
     def __init__(self, config: dict[str, Any]) -> None:
-        cfg = check(self.fields, config)
-        if cfg["limit_by"] == "header" and not cfg["header_name"]:
-            raise ConfigError("header_name", "limit_by header needs header_name")
-        if cfg["limit_by"] == "path" and not cfg["path"]:
-            raise ConfigError("path", "limit_by path needs path")
+        cfg = self.checked(config)
         self.config = cfg
-        self.limit_by = cfg["limit_by"]
+        self.limit_by = cfg["identifier"] or cfg["limit_by"]  # RLA's name wins when set
         self.limiting = Limiting(cfg, entity_of(cfg))
 
     def close(self) -> None:
@@ -81,8 +93,6 @@ class RateLimitingPlugin(PluginBase):
     def steps(self) -> Steps:
         try:
             key = yield from self._identifier()
-            if key is None:
-                return  # limit_by path on another path: not limited
             answer = self.limiting.answer(key)
         except PDKError as exc:
             answer = None if self.limiting.fault_tolerant else failed(exc, 500)
@@ -94,37 +104,40 @@ class RateLimitingPlugin(PluginBase):
         if answer is not None:
             yield answer
 
-    def _identifier(self) -> Generator[PDKCall, Any, bytes | None]:
-        by = self.limit_by
-        if by in ("consumer", "credential"):
-            if by == "consumer":
-                consumer = yield ("kong.client.get_consumer", [])
-                if isinstance(consumer, dict) and consumer.get("id"):
-                    return rate_limit_key("consumer", consumer["id"])
-            credential = yield ("kong.client.get_credential", [])
-            if isinstance(credential, dict) and credential.get("id"):
-                return rate_limit_key("credential", credential["id"])
-            by = "ip"  # Kong's fallback
-        if by == "ip":
-            ip = yield ("kong.client.get_forwarded_ip", [])
-            return rate_limit_key("ip", ip)
+    def _identifier(self) -> Generator[PDKCall, Any, bytes]:
+        """Kong 3.10's get_identifier: the chosen entity's id, the header's value (an empty one included), the
+        path when it is the configured one; whenever that is nil, the client's forwarded IP."""
+        by, value = self.limit_by, None
         if by == "service":
             service = yield ("kong.router.get_service", [])
-            return rate_limit_key("service", service.get("id") if isinstance(service, dict) else "")
-        if by == "header":
+            value = service.get("id") if isinstance(service, dict) else None
+        elif by in ("consumer", "credential"):
+            if by == "consumer":
+                consumer = yield ("kong.client.get_consumer", [])
+                value = consumer.get("id") if isinstance(consumer, dict) else None
+            if value is None:
+                credential = yield ("kong.client.get_credential", [])
+                value = credential.get("id") if isinstance(credential, dict) else None
+                by = "credential"
+        elif by == "header":
             value = yield ("kong.request.get_header", [self.config["header_name"]])
-            return rate_limit_key("header", value or "")
-        path = yield ("kong.request.get_path", [])
-        return rate_limit_key("path", path) if path == self.config["path"] else None
+        elif by == "path":
+            path = yield ("kong.request.get_path", [])
+            value = path if path == self.config["path"] else None
+        if value is None:
+            ip = yield ("kong.client.get_forwarded_ip", [])
+            return rate_limit_key("ip", ip)
+        return rate_limit_key(by, value)
 
 
 class JWTPlugin(PluginBase):
     """fastguard-jwt: Kong's jwt config and 401 answers, plus JWKS, issuers, audiences, leeway, claims_to_headers."""
 
     fields = JWT_FIELDS
+    entity_checks = JWT_CHECKS
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.config = check(self.fields, config)
+        self.config = self.checked(config)
         self.verifying = Verifying(self.config, entity_of(self.config))
 
     def close(self) -> None:
@@ -136,7 +149,17 @@ class JWTPlugin(PluginBase):
                 method = yield ("kong.request.get_method", [])
                 if method == "OPTIONS":
                     return
-            answer = yield from self._verify()
+            if self.verifying.anonymous:
+                # Kong's "logical OR": a request another plugin already authenticated is left alone, and a failed
+                # verification makes the request the anonymous consumer's instead of a 401
+                credential = yield ("kong.client.get_credential", [])
+                if credential:
+                    return
+                answer = yield from self._verify()
+                if answer is not None and answer[0] in TERMINAL:
+                    answer = yield from self.verifying.as_anonymous()
+            else:
+                answer = yield from self._verify()
         except PDKError as exc:
             answer = failed(exc, 500)
         except Exception as exc:  # noqa: BLE001 - fail closed
@@ -156,9 +179,10 @@ class GuardPlugin(JWTPlugin):
     """fastguard: verify the JWT, then rate-limit by a verified claim (`limit_by_claim`, default sub)."""
 
     fields = GUARD_FIELDS
+    entity_checks = GUARD_CHECKS
 
     def __init__(self, config: dict[str, Any]) -> None:
-        cfg = check(self.fields, config)
+        cfg = self.checked(config)
         self.config = cfg
         entity = entity_of(cfg)
         self.verifying = Verifying(cfg, entity)

@@ -139,6 +139,15 @@ class FastguardPluginServer(PluginServer):
         self._sweep_at = time.monotonic() + timeout
         self.instance_id = self.event_id = _first_id()
 
+    def get_plugin_info(self, name: str) -> dict[str, Any]:
+        """kong-pdk's plugin info, with the plugin's entity checks in its schema (Kong's cross-field rules: Kong's
+        Admin API refuses what the plugin would refuse)."""
+        info = super().get_plugin_info(name)
+        checks = getattr(PLUGINS.get(name), "entity_checks", ())
+        if checks:
+            info["Schema"]["entity_checks"] = [dict(c) for c in checks]
+        return info
+
     # -- the socket's entry points (fastguard.kong.rpc) -------------------------------------------------------------
     def dispatch(self, method: str, args: list[Any]) -> Any:
         """Run one of the protocol's methods (rpc.METHODS is the allow-list)."""

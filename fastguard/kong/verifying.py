@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import logging
+import re
 import time
 from collections.abc import Generator
-from http.cookies import SimpleCookie
 from typing import Any
 
 import fastguard as fg
 from fastguard.kong import registry
-from fastguard.kong.fields import ConfigError
 from fastguard.kong.pdk import PDKCall, header, json_exit
 
-__all__ = ["Verifying", "JWT_MESSAGES"]
+__all__ = ["Verifying", "JWT_MESSAGES", "CONSUMER_HEADERS", "EmptyKeyClaim", "cookie_value", "jws_header"]
+
+log = logging.getLogger("fastguard.kong")
+
+
+class EmptyKeyClaim(fg.MissingClaim):
+    """The key claim is there but empty: Kong's "Invalid '<claim>' in claims"."""
+
+
+def jws_header(token: str) -> dict[str, Any]:
+    """The protected header of a token the verifier accepted (so it decodes), as a dict."""
+    segment = token.split(".", 1)[0]
+    try:
+        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 JWT_MESSAGES = {
     "malformed": "Bad token; invalid JSON",
@@ -29,25 +47,38 @@ JWT_MESSAGES = {
 }
 
 
+#: The headers Kong's auth plugins set for the upstream (kong/constants.lua HEADERS).
+CONSUMER_HEADERS = ("X-Consumer-ID", "X-Consumer-Custom-ID", "X-Consumer-Username", "X-Credential-Identifier",
+                    "X-Anonymous-Consumer")
+_BEARER = re.compile(r"\s*[Bb]earer\s+(.+)", re.DOTALL)
+
+
+def cookie_value(header_value: str, name: str) -> str | None:
+    """nginx's $cookie_<name>: the first `name=value` pair of a Cookie header, read leniently (a malformed
+    neighbour does not hide it, unlike http.cookies, which drops the whole header)."""
+    for part in header_value.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value
+    return None
+
+
+def kong_secret_jwks(jwks: str) -> str:
+    """secret_is_base64: each oct key's `k` carries Kong's secret text, standard base64; the HMAC key is what it
+    decodes to (as Kong decodes a consumer's jwt_secret). Other keys are left as they are."""
+    doc = json.loads(jwks)
+    for jwk in doc.get("keys", []) if isinstance(doc, dict) else []:
+        if isinstance(jwk, dict) and jwk.get("kty") == "oct" and isinstance(jwk.get("k"), str):
+            text = base64.urlsafe_b64decode(jwk["k"] + "=" * (-len(jwk["k"]) % 4))
+            raw = base64.b64decode(text + b"=" * (-len(text) % 4))
+            jwk["k"] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return json.dumps(doc)
+
+
 class Verifying:
     """The JWT half: a shared verifier and Kong's jwt plugin answers."""
 
     def __init__(self, cfg: dict[str, Any], entity: str) -> None:
-        if cfg["anonymous"]:
-            raise ConfigError("anonymous", "not supported by fastguard-jwt: a failed verification is answered 401")
-        if cfg["secret_is_base64"]:
-            raise ConfigError("secret_is_base64", "keys come from jwks / jwks_uri (put an HMAC key in a JWKS 'k')")
-        if not cfg["jwks"] and not cfg["jwks_uri"]:
-            raise ConfigError("jwks", "set jwks (JSON text) or jwks_uri")
-        if cfg["jwks"] and cfg["jwks_uri"]:
-            raise ConfigError("jwks_uri", "set jwks or jwks_uri, not both")
-        if cfg["jwks"]:
-            try:
-                fg.KeySet.from_jwks(cfg["jwks"])
-            except (ValueError, TypeError) as exc:
-                raise ConfigError("jwks", str(exc)) from exc
-        if cfg["jwks_uri"] and not cfg["jwks_uri"].startswith(("https://", "http://")):
-            raise ConfigError("jwks_uri", f"expected an http(s) URL, got {cfg['jwks_uri']!r}")
         self.header_names = tuple(cfg["header_names"])
         self.uri_param_names = tuple(cfg["uri_param_names"])
         self.cookie_names = tuple(cfg["cookie_names"])
@@ -55,69 +86,133 @@ class Verifying:
         self.preflight = cfg["run_on_preflight"]
         self.claims_to_headers = dict(cfg["claims_to_headers"] or {})
         self.key_claim = cfg["key_claim_name"]
+        self.anonymous = cfg["anonymous"]
+        realm = cfg["realm"]
+        self.www_authenticate = f'Bearer realm="{realm}"' if realm is not None else "Bearer"
+        self.www_authenticate_error = self.www_authenticate + (', error="invalid_token"' if realm is not None
+                                                               else ' error="invalid_token"')
         required = tuple(cfg["claims_to_verify"] or ())
-        self._key = ("verifier", entity, cfg["jwks"], cfg["jwks_uri"], tuple(cfg["issuers"] or ()),
+        jwks = cfg["jwks"]
+        # What the schema Kong validates cannot check (a JWKS is JSON text): a key set that is not usable does not
+        # stop the instance from starting (Kong would answer 500 to every request without saying why); every
+        # request is answered 500 and the reason is logged, here, once.
+        self.broken: str | None = None
+        if jwks:
+            try:
+                if cfg["secret_is_base64"]:
+                    jwks = kong_secret_jwks(jwks)
+                fg.KeySet.from_jwks(jwks)
+            except (ValueError, TypeError, binascii.Error) as exc:
+                self.broken = f"jwks: {exc}"
+                log.error("fastguard-jwt (plugin %s): the configured jwks cannot be used (%s); every request is "
+                          "answered 500 until the configuration is fixed", entity, exc)
+        self._key = ("verifier", entity, jwks, cfg["jwks_uri"], tuple(cfg["issuers"] or ()),
                      tuple(cfg["audiences"] or ()), cfg["leeway"], tuple(cfg["algorithms"] or ()), required,
                      cfg["cache_size"])
 
-        def make() -> fg.JWTVerifier:
-            keys = fg.RemoteKeySet(cfg["jwks_uri"]) if cfg["jwks_uri"] else fg.KeySet.from_jwks(cfg["jwks"])
+        def make() -> fg.JWTVerifier | None:
+            if self.broken:
+                return None
+            keys = fg.RemoteKeySet(cfg["jwks_uri"]) if cfg["jwks_uri"] else fg.KeySet.from_jwks(jwks)
             return fg.JWTVerifier(keys, algorithms=cfg["algorithms"] or None, issuer=cfg["issuers"] or None,
                                   audience=cfg["audiences"] or None, leeway=cfg["leeway"],
                                   required_claims=required, cache_size=cfg["cache_size"])
 
-        self.verifier: fg.JWTVerifier = registry.REGISTRY.acquire(self._key, make)
-        if registry.TRACK is not None:
+        self.verifier: fg.JWTVerifier | None = registry.REGISTRY.acquire(self._key, make)
+        if registry.TRACK is not None and self.verifier is not None:
             registry.TRACK(self.verifier, entity)
 
     def close(self) -> None:
         registry.REGISTRY.release(self._key)
 
-    def token_steps(self) -> Generator[PDKCall, Any, tuple[str | None, dict[str, Any]]]:
-        """Read the token: (token or None, headers). One get_headers, plus get_query only when needed."""
+    def token_steps(self) -> Generator[PDKCall, Any, str | None]:
+        """Kong's retrieve_tokens: every token in the query parameters (get_query, only when uri_param_names is
+        not empty), the cookies and the `Bearer` headers (the first value of each); two different ones are
+        MalformedToken("Multiple tokens provided")."""
+        found: dict[str, None] = {}
+        if self.uri_param_names:
+            query = yield ("kong.request.get_query", [])
+            for name in self.uri_param_names:
+                value = (query or {}).get(name)
+                for v in value if isinstance(value, list) else [value]:
+                    if isinstance(v, str) and v:
+                        found[v] = None
         headers = yield ("kong.request.get_headers", [])
         headers = {str(k).lower(): v for k, v in (headers or {}).items()}
-        cookies = None
         if self.cookie_names:
-            raw = header(headers, "cookie")
-            if raw:
-                jar = SimpleCookie()
-                jar.load(raw)
-                cookies = {k: m.value for k, m in jar.items()}
-        token = fg.extract_token(headers, None, cookies, header_names=self.header_names, uri_param_names=(),
-                                 cookie_names=self.cookie_names)
-        if token is None and self.uri_param_names:  # the query string only when the headers hold no token
-            query = yield ("kong.request.get_query", [])
-            if query:
-                token = fg.extract_token(None, query, None, uri_param_names=self.uri_param_names)
-        return token, headers
+            cookies = headers.get("cookie")
+            raw = "; ".join(c for c in (cookies if isinstance(cookies, list) else [cookies]) if isinstance(c, str))
+            for name in self.cookie_names:
+                v = cookie_value(raw, name)
+                if v:
+                    found[v] = None
+        for name in self.header_names:
+            v = header(headers, name)
+            m = _BEARER.match(v) if v is not None else None
+            if m and m.group(1):
+                found[m.group(1)] = None
+        if len(found) > 1:
+            raise fg.MalformedToken("Multiple tokens provided")
+        return next(iter(found), None)
 
     def refusal(self, exc: fg.InvalidToken | None, given: bool) -> PDKCall:
-        """Kong's jwt plugin answer: 401 with WWW-Authenticate and its message."""
-        auth = 'Bearer error="invalid_token"' if given else "Bearer"
+        """Kong's jwt plugin answer: 401 with WWW-Authenticate (its realm when set) and its message."""
+        auth = self.www_authenticate_error if given else self.www_authenticate
         if exc is None:
             return json_exit(401, "Unauthorized", {"WWW-Authenticate": auth})
         message: Any = str(exc) if str(exc) == "Multiple tokens provided" else JWT_MESSAGES.get(exc.code)
         if isinstance(exc, fg.MissingClaim):
             message = f"No mandatory '{exc.claim}' in claims" if exc.claim else "Invalid claims"
+        if isinstance(exc, EmptyKeyClaim):
+            message = f"Invalid '{exc.claim}' in claims"
         return json_exit(401, message or "Invalid token", {"WWW-Authenticate": auth})
 
     def check(self, token: str) -> dict[str, Any]:
-        """The verified claims (InvalidToken otherwise), with the key claim Kong's jwt plugin requires."""
+        """The verified claims (InvalidToken otherwise), with the key claim Kong's jwt plugin requires: in the
+        payload, else in the JWS header (Kong reads both, in that order), and not empty."""
+        if self.verifier is None:
+            raise RuntimeError(self.broken)
         claims = self.verifier.verify(token)
-        if self.key_claim and self.key_claim not in claims:
-            raise fg.MissingClaim(claim=self.key_claim)
+        if self.key_claim:
+            value = claims.get(self.key_claim)
+            if value is None:
+                value = jws_header(token).get(self.key_claim)
+            if value is None:
+                raise fg.MissingClaim(claim=self.key_claim)
+            if value == "":
+                raise EmptyKeyClaim(claim=self.key_claim)
         return dict(claims)
 
+    def as_anonymous(self) -> Generator[PDKCall, Any, PDKCall | None]:
+        """Kong's set_anonymous_consumer: load the consumer by id or username, authenticate the request as it
+        (no credential) and set the consumer headers for the upstream, clearing those it does not have (a
+        client's own X-Consumer-* must not reach the upstream). A missing consumer is Kong's 500."""
+        consumer = yield ("kong.client.load_consumer", [self.anonymous, True])
+        if not isinstance(consumer, dict) or not consumer.get("id"):
+            message = f"anonymous consumer {self.anonymous} is configured but doesn't exist"
+            log.error("fastguard-jwt: %s", message)
+            return ("kong.response.error", [500, message])
+        yield ("kong.client.authenticate", [consumer, None])
+        values = {"X-Consumer-ID": consumer.get("id"), "X-Consumer-Custom-ID": consumer.get("custom_id"),
+                  "X-Consumer-Username": consumer.get("username"), "X-Anonymous-Consumer": "true"}
+        for name in CONSUMER_HEADERS:
+            if not values.get(name):
+                yield ("kong.service.request.clear_header", [name])
+        return ("kong.service.request.set_headers", [{k: str(v) for k, v in values.items() if v}])
+
     def too_long(self, claims: dict[str, Any]) -> bool:
-        """Kong's maximum_expiration: exp further than that from now."""
+        """Kong's maximum_expiration: exp further than that from now, or no exp at all."""
         exp = claims.get("exp")
-        return bool(self.max_exp) and isinstance(exp, (int, float)) and exp - time.time() > self.max_exp
+        if not self.max_exp:
+            return False
+        return not isinstance(exp, (int, float)) or isinstance(exp, bool) or exp - time.time() > self.max_exp
 
     def verified(self) -> Generator[PDKCall, Any, tuple[dict[str, Any] | None, PDKCall | None]]:
         """Read and verify the request's token: (claims, None), or (None, the 401 that refuses it)."""
+        if self.broken:
+            return None, json_exit(500, "An unexpected error occurred")
         try:
-            token, _ = yield from self.token_steps()
+            token = yield from self.token_steps()
         except fg.InvalidToken as exc:
             return None, self.refusal(exc, True)
         if token is None:
@@ -128,7 +223,7 @@ class Verifying:
             return None, self.refusal(exc, True)
         if self.too_long(claims):
             return None, json_exit(401, {"exp": "exceeds maximum allowed expiration"},
-                                   {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+                                   {"WWW-Authenticate": self.www_authenticate_error})
         return claims, None
 
     def upstream_headers(self, claims: dict[str, Any]) -> dict[str, str]:
