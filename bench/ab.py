@@ -85,7 +85,7 @@ def probe(redis_url: str) -> dict[str, float]:
     for name, config, pdk in (
             ("fastguard-rate-limiting", {"minute": 10**9, "limit_by": "ip"},
              {"kong.client.get_forwarded_ip": "10.0.0.1"}),
-            ("fastguard-jwt", {"jwks": jwks, "key_claim_name": "sub"},
+            ("fastguard-jwt", {"jwks": jwks, "key_claim_name": "sub", "uri_param_names": []},
              {"kong.request.get_headers": {"authorization": f"Bearer {token}"}})):
         server = fastguard_server(name, tempfile.mkdtemp(prefix="fg-ab-"))
         try:
