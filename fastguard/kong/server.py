@@ -42,13 +42,33 @@ import fastguard
 from fastguard.kong.plugins import PLUGINS, PRIORITIES, TERMINAL, PDKError
 from fastguard.kong.rpc import MAX_CONNECTIONS, METHODS, RPCServer
 
-__all__ = ["FastguardPluginServer", "main", "plugin_module"]
+__all__ = ["FastguardPluginServer", "main", "plugin_module", "check_kong_pdk", "KONG_PDK_TESTED"]
 
 log = logging.getLogger("fastguard.kong")
 
 MSG_RET = "ret"
 _FAIL_CLOSED = {"Method": "kong.response.exit",
                 "Args": [500, {"message": "An unexpected error occurred"}, {}]}
+
+
+#: kong-pdk releases whose internals this server subclasses and was tested with (PluginServer's instance and event
+#: tables, Module, the PDK bridge). Another release is refused at start: it would not fail loudly, it would misbehave.
+KONG_PDK_TESTED = ("0.36",)
+#: Set to 1 to run on an untested kong-pdk release anyway (at your own risk: run the Kong tests first).
+UNTESTED_OVERRIDE = "FASTGUARD_KONG_PDK_UNTESTED"
+
+
+def check_kong_pdk(version: str | None = None) -> str:
+    """The installed kong-pdk version, or RuntimeError when it is not one this server was tested with."""
+    import os
+    from importlib import metadata
+
+    version = version or metadata.version("kong-pdk")
+    if ".".join(version.split(".")[:2]) not in KONG_PDK_TESTED and os.environ.get(UNTESTED_OVERRIDE) != "1":
+        raise RuntimeError(f"kong-pdk {version} is not a release fastguard kong-server was tested with "
+                           f"({', '.join(KONG_PDK_TESTED)}.x): install 'kong-pdk>=0.36,<0.37', or set "
+                           f"{UNTESTED_OVERRIDE}=1 to run anyway")
+    return version
 
 
 def _first_id() -> int:
@@ -128,6 +148,7 @@ class FastguardPluginServer(PluginServer):
 
     def __init__(self, name: str, module_path: str | None = None, *, timeout: float = 10.0, workers: int = 32,
                  loglevel: int = Logger.WARNING) -> None:
+        check_kong_pdk()
         super().__init__(loglevel=loglevel, name=name, lua_style=True)
         self.name = name
         self.timeout = timeout
@@ -377,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--module {args.module} is not a file")
     logging.basicConfig(level=logging.WARNING - 10 * args.verbose, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        check_kong_pdk()
+    except RuntimeError as exc:
+        print(f"fastguard kong-server: {exc}", file=sys.stderr)
+        return 2
     server = FastguardPluginServer(args.name, args.module, timeout=args.timeout,
                                    loglevel=Logger.WARNING - args.verbose)
     if args.dump:

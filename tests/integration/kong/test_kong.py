@@ -470,3 +470,25 @@ def test_repeat_offenders_are_banned_with_ban_status_and_retry_after(rl):
     with pytest.raises(RPCError, match="invalid config field 'ban_for'"):
         client.start("fastguard-rate-limiting", {"second": 1, "ban_after": 2})
     client.close()
+
+
+def test_an_untested_kong_pdk_release_is_refused_loudly(tmp_path):
+    """The server subclasses kong-pdk's internals: on a release it was not tested with it refuses to start (Kong
+    logs the error and does not start the plugin) instead of misbehaving under traffic."""
+    from fastguard.kong.server import check_kong_pdk
+
+    assert check_kong_pdk().startswith("0.36")
+    with pytest.raises(RuntimeError, match="kong-pdk 0.37.0 is not a release"):
+        check_kong_pdk("0.37.0")
+    fake = tmp_path / "site"
+    meta = fake / "kong_pdk-0.37.0.dist-info"
+    meta.mkdir(parents=True)
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: kong-pdk\nVersion: 0.37.0\n")
+    env = {**os.environ, "PYTHONPATH": str(fake)}  # importlib.metadata finds this release first
+    run = subprocess.run([sys.executable, "-m", "fastguard.cli", "kong-server", "fastguard-jwt", "--dump"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 2 and "kong-pdk 0.37.0 is not a release" in run.stderr, run.stderr
+    run = subprocess.run([sys.executable, "-m", "fastguard.cli", "kong-server", "fastguard-jwt", "--dump"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**env, "FASTGUARD_KONG_PDK_UNTESTED": "1"})
+    assert run.returncode == 0 and json.loads(run.stdout)[0]["Name"] == "fastguard-jwt"
