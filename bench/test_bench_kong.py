@@ -26,6 +26,8 @@ from fastguard.testing.servers import stock_server
 from fastguard.testing.tokens import jwk, sign
 
 FLOOR = str(Path(__file__).with_name("kong_floor.py"))
+#: docs/kong.md's worked example of your own plugin (a generator of PDK calls), served with --module
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "kong" / "api_key_guard.py")
 EVENTS = 300 if QUICK else 1500
 JWKS = json.dumps({"keys": [jwk("RSA", kid="rsa1", alg="RS256")]})
 TOKEN = sign({"iss": "https://idp.example", "sub": "alice", "exp": int(time.time()) + 3600}, "RS256",
@@ -42,6 +44,10 @@ CASES = {
                       {"kong.request.get_headers": {"authorization": f"Bearer {TOKEN}"}}),
     "fastguard": ("fastguard", {"jwks": JWKS, "second": 10**9, "uri_param_names": []},
                   {"kong.request.get_headers": {"authorization": f"Bearer {TOKEN}"}}),
+    "your own plugin (--module, generator)": ("api-key-guard", {"jwks": JWKS, "issuer": "https://idp.example",
+                                                                "per_minute": 10**9},
+                                              {"kong.request.get_headers": {"authorization": f"Bearer {TOKEN}",
+                                                                            "x-api-key": "k-1"}}),
 }
 
 
@@ -51,13 +57,14 @@ def servers():
     plugin_dir = os.path.join(folder, "plugins")
     shutil.copytree(PLUGIN_DIR, plugin_dir)
     shutil.copy(FLOOR, os.path.join(plugin_dir, "kong-floor.py"))
+    shutil.copy(EXAMPLE, os.path.join(plugin_dir, "api-key-guard.py"))
     running = {"stock kong-pdk": {}, "fastguard kong-server": {}}
     stock = stock_server(plugin_dir, folder, "stock")
     ours: dict[str, object] = {}  # one fastguard kong-server per plugin, as Kong runs them
     for case, (name, _, _) in CASES.items():
         running["stock kong-pdk"][case] = stock
         if name not in ours:
-            extra = ("--module", FLOOR) if name == "kong-floor" else ()
+            extra = {"kong-floor": ("--module", FLOOR), "api-key-guard": ("--module", EXAMPLE)}.get(name, ())
             ours[name] = fastguard_server(name, folder, *extra)
         running["fastguard kong-server"][case] = ours[name]
     yield running

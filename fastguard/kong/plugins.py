@@ -18,10 +18,11 @@ Round trips (PDK calls per event, allow path / refusal; docs/kong.md has the ful
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
 
 import fastguard as fg
+from fastguard.kong import registry
 from fastguard.kong.fields import Field, check, kong_schema
 from fastguard.kong.limiting import Limiting, rate_limit_key
 from fastguard.kong.pdk import TERMINAL, PDKCall, PDKError, Steps, drive, failed, json_exit
@@ -33,6 +34,7 @@ from fastguard.kong.schemas import (
     JWT_FIELDS,
     RATE_LIMITING_CHECKS,
     RATE_LIMITING_FIELDS,
+    WINDOWS,
     normalize,
 )
 from fastguard.kong.verifying import Verifying
@@ -41,6 +43,7 @@ __all__ = ["PluginBase", "RateLimitingPlugin", "JWTPlugin", "GuardPlugin", "PLUG
            "drive", "TERMINAL"]
 
 log = logging.getLogger("fastguard.kong")
+T = TypeVar("T")
 
 
 class PluginBase:
@@ -54,6 +57,21 @@ class PluginBase:
     def checked(cls, config: Any) -> dict[str, Any]:
         """The config as Kong's schema makes it (shorthands moved, defaults filled), or ConfigError."""
         return check(cls.fields, normalize(config), entity_checks=cls.entity_checks)
+
+    def share(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
+        """The object `make()` built for `key`, shared by every instance holding that key: Kong starts one instance
+        per plugin entity per nginx worker, so a limiter or verifier made here counts and caches once for all of
+        them. Put in the key what gives the object its state (the plugin entity, the limits...). Released by
+        close(); the last user's release closes it (its `close()`, if any)."""
+        key = ("plugin", type(self).__qualname__, *key)
+        obj = registry.REGISTRY.acquire(key, make)
+        self.__dict__.setdefault("_shared_keys", []).append(key)
+        return obj
+
+    def close(self) -> None:
+        """CloseInstance: let go of what share() gave this instance."""
+        for key in self.__dict__.pop("_shared_keys", ()):
+            registry.REGISTRY.release(key)
 
     def steps(self) -> Steps:  # pragma: no cover - every plugin defines it
         raise NotImplementedError
@@ -168,11 +186,24 @@ class JWTPlugin(PluginBase):
             yield answer
 
     def _verify(self) -> Generator[PDKCall, Any, PDKCall | None]:
-        claims, refusal = yield from self.verifying.verified()
+        claims, refusal = yield from self._claims()
         if claims is None:
             return refusal
-        upstream = self.verifying.upstream_headers(claims)
-        return ("kong.service.request.set_headers", [upstream]) if upstream else None
+        return ("kong.service.request.set_headers", [claims[1]]) if claims[1] else None
+
+    def _claims(self) -> Generator[PDKCall, Any, tuple[Any, PDKCall | None]]:
+        """((verified claims, the upstream headers to set), None), or (None, the answer that refuses the request):
+        the token verified, then the consumer it names made the request's (consumer_claim)."""
+        claims, refusal = yield from self.verifying.verified()
+        if claims is None:
+            return None, refusal
+        upstream: dict[str, str] = {}
+        if self.verifying.consumer_claim:
+            upstream, refusal = yield from self.verifying.identify(claims)
+            if refusal is not None:
+                return None, refusal
+        upstream.update(self.verifying.upstream_headers(claims))
+        return (claims, upstream), None
 
 
 class GuardPlugin(JWTPlugin):
@@ -186,25 +217,38 @@ class GuardPlugin(JWTPlugin):
         self.config = cfg
         entity = entity_of(cfg)
         self.verifying = Verifying(cfg, entity)
+        self.tiers: dict[str, Limiting] = {}
         try:
             self.limiting = Limiting(cfg, entity)
+            windows = [name for name, _ in WINDOWS]
+            for tier in cfg["tiers"] or ():
+                if any(tier[name] is not None for name in windows):  # a tier without windows keeps the plugin's
+                    tier_cfg = {**cfg, **{name: tier[name] for name in windows}, "limit": None, "window_size": None,
+                                "namespace": cfg["namespace"] and f"{cfg['namespace']}#tier={tier['value']}"}
+                    self.tiers[tier["value"]] = Limiting(tier_cfg, f"{entity}#tier={tier['value']}")
         except BaseException:
-            self.verifying.close()
+            self.close()
             raise
 
     def close(self) -> None:
         self.verifying.close()
-        self.limiting.close()
+        for limiting in [getattr(self, "limiting", None), *self.tiers.values()]:
+            if limiting is not None:
+                limiting.close()
 
     def _verify(self) -> Generator[PDKCall, Any, PDKCall | None]:
-        claims, refusal = yield from self.verifying.verified()
-        if claims is None:
+        verified, refusal = yield from self._claims()
+        if verified is None:
             return refusal
+        claims, upstream = verified
         who = claims.get(self.config["limit_by_claim"])
         if who is None:
             return self.verifying.refusal(fg.MissingClaim(claim=self.config["limit_by_claim"]), True)
-        answer = self.limiting.answer(rate_limit_key("claim", who))
-        upstream = self.verifying.upstream_headers(claims)
+        limiting = self.limiting
+        if self.tiers:  # one compiled decision still: the tier only picks which limiter decides
+            tier = claims.get(self.config["tier_claim"])
+            limiting = self.tiers.get(tier, self.limiting) if isinstance(tier, str) else self.limiting
+        answer = limiting.answer(rate_limit_key("claim", who))
         if answer is not None and answer[0] in TERMINAL:
             return answer
         if upstream:

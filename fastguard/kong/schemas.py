@@ -153,6 +153,11 @@ JWT_FIELDS = (
     Field("algorithms", "set", elements="string", element_one_of=tuple(sorted(fg.jwks.ALGORITHMS))),
     Field("claims_to_headers", "map", elements="string", help="claim name -> upstream request header"),
     Field("cache_size", "integer", 100_000, between=(0, 10_000_000)),
+    Field("consumer_claim", "string", help="the verified claim naming the Kong consumer the request is made"),
+    Field("consumer_by", "string", "username", one_of=("id", "username"),
+          help="consumer_claim holds a consumer id, or an id or a username (Kong's load_consumer)"),
+    Field("consumer_cache_ttl", "number", 10, between=(0, 3600),
+          help="seconds a consumer lookup is reused (0: every request asks Kong)"),
 )
 JWT_CHECKS = (
     # exactly one (Kong's only_one_of would refuse the one left out as "required field missing")
@@ -164,8 +169,15 @@ JWT_CHECKS = (
 
 _NOT_IN_GUARD = ("limit_by", "header_name", "path", "identifier")
 GUARD_FIELDS = (*JWT_FIELDS, *(f for f in RATE_LIMITING_FIELDS if f.name not in _NOT_IN_GUARD),
-                Field("limit_by_claim", "string", "sub", help="the verified claim that names the caller"))
-GUARD_CHECKS = (*JWT_CHECKS, *_limit_checks(), *_redis_checks())
+                Field("limit_by_claim", "string", "sub", help="the verified claim that names the caller"),
+                Field("tier_claim", "string", help="the verified claim whose value picks a tier's limits"),
+                Field("tiers", "array", len_max=64, element_fields=(
+                    Field("value", "string", required=True, help="the tier_claim value of this tier"),
+                    *(Field(name, "number", gt=0) for name, _ in WINDOWS)),
+                    help="per tier_claim value, the windows that replace the plugin's own (which stay the limits "
+                         "of every other value)"))
+GUARD_CHECKS = (*JWT_CHECKS, *_limit_checks(), *_redis_checks(),
+                {"mutually_required": ["config.tier_claim", "config.tiers"]})
 
 
 def normalize(config: Any) -> Any:

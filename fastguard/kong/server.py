@@ -164,7 +164,7 @@ class FastguardPluginServer(PluginServer):
         """kong-pdk's plugin info, with the plugin's entity checks in its schema (Kong's cross-field rules: Kong's
         Admin API refuses what the plugin would refuse)."""
         info = super().get_plugin_info(name)
-        checks = getattr(PLUGINS.get(name), "entity_checks", ())
+        checks = getattr(self.plugins[name].cls, "entity_checks", ())
         if checks:
             info["Schema"]["entity_checks"] = [dict(c) for c in checks]
         return info

@@ -48,6 +48,8 @@ JWT_MESSAGES = {
 
 
 #: The headers Kong's auth plugins set for the upstream (kong/constants.lua HEADERS).
+#: Consumers looked up by consumer_claim, kept per plugin instance (the oldest go first).
+CONSUMER_CACHE_SIZE = 10_000
 CONSUMER_HEADERS = ("X-Consumer-ID", "X-Consumer-Custom-ID", "X-Consumer-Username", "X-Credential-Identifier",
                     "X-Anonymous-Consumer")
 _BEARER = re.compile(r"\s*[Bb]earer\s+(.+)", re.DOTALL)
@@ -87,6 +89,10 @@ class Verifying:
         self.claims_to_headers = dict(cfg["claims_to_headers"] or {})
         self.key_claim = cfg["key_claim_name"]
         self.anonymous = cfg["anonymous"]
+        self.consumer_claim = cfg["consumer_claim"]
+        self.consumer_by = cfg["consumer_by"]
+        self.consumer_ttl = float(cfg["consumer_cache_ttl"])
+        self._consumers: dict[str, tuple[dict[str, Any], float]] = {}  # claim value -> (consumer, until)
         realm = cfg["realm"]
         self.www_authenticate = f'Bearer realm="{realm}"' if realm is not None else "Bearer"
         self.www_authenticate_error = self.www_authenticate + (', error="invalid_token"' if realm is not None
@@ -184,21 +190,49 @@ class Verifying:
         return dict(claims)
 
     def as_anonymous(self) -> Generator[PDKCall, Any, PDKCall | None]:
-        """Kong's set_anonymous_consumer: load the consumer by id or username, authenticate the request as it
-        (no credential) and set the consumer headers for the upstream, clearing those it does not have (a
-        client's own X-Consumer-* must not reach the upstream). A missing consumer is Kong's 500."""
+        """Kong's set_anonymous_consumer: load the consumer by id or username and make the request its (no
+        credential). A missing consumer is Kong's 500."""
         consumer = yield ("kong.client.load_consumer", [self.anonymous, True])
         if not isinstance(consumer, dict) or not consumer.get("id"):
             message = f"anonymous consumer {self.anonymous} is configured but doesn't exist"
             log.error("fastguard-jwt: %s", message)
             return ("kong.response.error", [500, message])
+        upstream = yield from self.authenticate(consumer, anonymous=True)
+        return ("kong.service.request.set_headers", [upstream])
+
+    def authenticate(self, consumer: dict[str, Any], anonymous: bool) -> Generator[PDKCall, Any, dict[str, str]]:
+        """Kong's set_consumer: kong.client.authenticate(consumer, nil), then the X-Consumer-* headers it has are
+        returned (for one set_headers with any others) and those it lacks are cleared now: a client's own copies
+        must not reach the upstream. X-Anonymous-Consumer is "true" for the anonymous consumer only."""
         yield ("kong.client.authenticate", [consumer, None])
         values = {"X-Consumer-ID": consumer.get("id"), "X-Consumer-Custom-ID": consumer.get("custom_id"),
-                  "X-Consumer-Username": consumer.get("username"), "X-Anonymous-Consumer": "true"}
+                  "X-Consumer-Username": consumer.get("username"), "X-Anonymous-Consumer": anonymous and "true"}
         for name in CONSUMER_HEADERS:
             if not values.get(name):
                 yield ("kong.service.request.clear_header", [name])
-        return ("kong.service.request.set_headers", [{k: str(v) for k, v in values.items() if v}])
+        return {k: str(v) for k, v in values.items() if v}
+
+    def identify(self, claims: dict[str, Any]) -> Generator[PDKCall, Any, tuple[dict[str, str], PDKCall | None]]:
+        """consumer_claim: the Kong consumer the verified claim names (by id, or by id then username), looked up
+        with kong.client.load_consumer and kept consumer_cache_ttl seconds; then authenticate(). Returns (the
+        upstream headers to set, None), or ({}, the 401 Kong's jwt plugin answers when there is no consumer)."""
+        value = claims.get(self.consumer_claim)
+        consumer = None
+        if isinstance(value, str) and value:
+            hit = self._consumers.get(value)
+            if hit is not None and hit[1] > time.monotonic():
+                consumer = hit[0]
+            else:
+                consumer = yield ("kong.client.load_consumer", [value, self.consumer_by == "username"])
+                if isinstance(consumer, dict) and consumer.get("id") and self.consumer_ttl > 0:
+                    if len(self._consumers) >= CONSUMER_CACHE_SIZE:
+                        self._consumers.pop(next(iter(self._consumers)))
+                    self._consumers[value] = (consumer, time.monotonic() + self.consumer_ttl)
+        if not isinstance(consumer, dict) or not consumer.get("id"):
+            return {}, json_exit(401, f"Could not find consumer for '{self.consumer_claim}={value}'",
+                                 {"WWW-Authenticate": self.www_authenticate_error})
+        upstream = yield from self.authenticate(consumer, anonymous=False)
+        return upstream, None
 
     def too_long(self, claims: dict[str, Any]) -> bool:
         """Kong's maximum_expiration: exp further than that from now, or no exp at all."""

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
-from fastguard.kong.client import ServerProcess
+from fastguard.kong.client import ServerProcess, fastguard_server
 from fastguard.testing.servers import RedisProcess
 from fastguard.testing.tls import make_certificates
 from fastguard.testing.tokens import b64, jwk, sign
@@ -226,3 +228,110 @@ def test_cluster_nodes_in_both_shapes(rl, redis_cluster):
                                                        "namespace": uuid.uuid4().hex})
         assert statuses(client, iid, 3) == [200, 200, 429]
     client.close()
+
+
+# -- consumers and tiers ---------------------------------------------------------------------------------------------
+ALICE = {"id": "5f0c-alice", "username": "alice", "custom_id": "crm-17"}
+
+
+def test_consumer_claim_makes_the_request_the_consumers(jwt_server):
+    """consumer_claim: the verified claim names a Kong consumer (load_consumer, then authenticate), so Kong's
+    consumer-scoped plugins match and the upstream gets X-Consumer-*; the lookup is reused consumer_cache_ttl s."""
+    client = jwt_server.client()
+    iid = client.start("fastguard-jwt", {"jwks": JWKS, "consumer_claim": "sub", "uri_param_names": [],
+                                         "claims_to_headers": {"sub": "X-Subject"}})
+    lookups = []
+
+    def load(value, by_username):
+        lookups.append((value, by_username))
+        return ALICE if value == "alice" else None
+
+    pdk = {**headers(authorization=f"Bearer {token()}"), "kong.client.load_consumer": load}
+    o = client.event(iid, pdk)
+    assert o.status == 200 and lookups == [("alice", True)]
+    assert ("kong.client.authenticate", [ALICE, None]) in o.calls
+    assert o.upstream == {"X-Consumer-ID": ALICE["id"], "X-Consumer-Username": "alice",
+                          "X-Consumer-Custom-ID": "crm-17", "X-Subject": "alice"}   # one set_headers for all
+    cleared = {a[0] for m, a in o.calls if m == "kong.service.request.clear_header"}
+    assert cleared == {"X-Credential-Identifier", "X-Anonymous-Consumer"}
+    again = client.event(iid, pdk)
+    assert again.status == 200 and len(lookups) == 1                     # cached: one round trip less
+    assert [m for m, _ in again.calls].count("kong.client.load_consumer") == 0
+    nobody = client.event(iid, {**pdk, **headers(authorization=f"Bearer {token(sub='mallory')}")})
+    assert nobody.exit[:2] == (401, {"message": "Could not find consumer for 'sub=mallory'"})
+    client.close()
+
+
+def test_an_unknown_consumer_becomes_the_anonymous_one(jwt_server):
+    client = jwt_server.client()
+    iid = client.start("fastguard-jwt", {"jwks": JWKS, "consumer_claim": "sub", "anonymous": "anonymous",
+                                         "uri_param_names": [], "consumer_cache_ttl": 0})
+    pdk = {**headers(authorization=f"Bearer {token(sub='mallory')}"), "kong.client.get_credential": None,
+           "kong.client.load_consumer": lambda value, by_name: ANON if value == "anonymous" else None}
+    o = client.event(iid, pdk)
+    assert o.status == 200 and o.upstream["X-Anonymous-Consumer"] == "true"
+    client.close()
+
+
+def test_tiers_pick_the_limits_by_a_claim(guard):
+    client = guard.client()
+    iid = client.start("fastguard", {"jwks": JWKS, "minute": 1, "uri_param_names": [], "tier_claim": "plan",
+                                     "tiers": [{"value": "gold", "minute": 3}, {"value": "free", "second": 1,
+                                                                                  "minute": 2}]})
+
+    def run(n, **claims):
+        return [client.event(iid, headers(authorization=f"Bearer {token(**claims)}")).status for _ in range(n)]
+
+    assert run(4, sub="g", plan="gold") == [200, 200, 200, 429]
+    o = client.event(iid, headers(authorization=f"Bearer {token(sub='f', plan='free')}"))
+    assert o.headers["X-RateLimit-Limit-Minute"] == "2" and o.headers["X-RateLimit-Limit-Second"] == "1"
+    assert run(2, sub="n") == [200, 429]                                  # no plan claim: the plugin's own limits
+    assert run(2, sub="p", plan="platinum") == [200, 429]                 # a plan without a tier: the same
+    client.close()
+
+
+# -- your own plugins ----------------------------------------------------------------------------------------------
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "kong" / "api_key_guard.py"
+
+
+def test_the_documented_example_plugin_through_the_real_server(tmp_path):
+    """docs/kong.md's worked example, served by `fastguard kong-server --module`: a generator of PDK calls, run
+    one step per RPC (no thread per event), its schema in --dump, its instances sharing one limiter."""
+    dumped = subprocess.run([sys.executable, "-m", "fastguard.cli", "kong-server", "api-key-guard", "--module",
+                             str(EXAMPLE), "--dump"], capture_output=True, text=True, timeout=60)
+    info = json.loads(dumped.stdout)[0]
+    assert info["Name"] == "api-key-guard" and info["Priority"] == 1000
+    fields = [next(iter(f)) for f in info["Schema"]["fields"][0]["config"]["fields"]]
+    assert fields == ["key_header", "per_minute", "jwks", "issuer"]
+    server = fastguard_server("api-key-guard", str(tmp_path), "--module", str(EXAMPLE))
+    try:
+        client = server.client()
+        cfg = {"jwks": JWKS, "issuer": "https://idp.example", "per_minute": 2}
+        pid = str(uuid.uuid4())
+        worker_a, worker_b = client.start("api-key-guard", cfg, plugin_id=pid), client.start("api-key-guard", cfg,
+                                                                                              plugin_id=pid)
+        ok = headers(**{"x-api-key": "k-1", "authorization": f"Bearer {token()}"})
+        first = client.event(worker_a, ok)
+        assert first.status == 200 and [m for m, _ in first.calls] == ["kong.request.get_headers",
+                                                                       "kong.response.set_headers"]
+        assert first.headers["X-RateLimit-Remaining-Minute"] == "1"
+        assert client.event(worker_b, ok).status == 200                  # the other worker's instance: one count
+        assert client.event(worker_a, ok).exit[:2] == (429, "API rate limit exceeded")
+        other_key = headers(**{"x-api-key": "k-2", "authorization": "Bearer x.y.z"})
+        assert client.event(worker_a, other_key).exit[:2] == (401, {"message": "Invalid token: malformed"})
+        assert client.event(worker_a, headers()).exit[:2] == (401, {"message": "An API key is required"})
+        threads = client.status()["Threads"]
+        for i in range(200):
+            client.event(worker_a, headers(**{"x-api-key": f"k-{i + 3}", "authorization": f"Bearer {token()}"}))
+        assert client.status()["Threads"] <= threads                     # no thread per event
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_the_docs_show_the_example_as_it_is():
+    docs = (EXAMPLE.parents[2] / "docs" / "kong.md").read_text()
+    shown = docs.split("## Your own plugins", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = EXAMPLE.read_text()
+    body = [line for line in shown.splitlines() if line.strip()]
+    assert all(line in code.splitlines() for line in body), [line for line in body if line not in code.splitlines()]
