@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fastguard.kong.client import ServerProcess, fastguard_server
-from fastguard.testing.servers import RedisProcess
+from fastguard.testing.servers import RedisProcess, SentinelGroup
 from fastguard.testing.tls import make_certificates
 from fastguard.testing.tokens import b64, jwk, sign
 
@@ -335,3 +335,19 @@ def test_the_docs_show_the_example_as_it_is():
     code = EXAMPLE.read_text()
     body = [line for line in shown.splitlines() if line.strip()]
     assert all(line in code.splitlines() for line in body), [line for line in body if line not in code.splitlines()]
+
+
+def test_sentinel_fields(rl):
+    """RLA's Sentinel fields: the master of sentinel_master, found through sentinel_nodes (real sentinels)."""
+    group = SentinelGroup(replicas=0, sentinels=1)
+    try:
+        client = rl.client()
+        nodes = [{"host": "127.0.0.1", "port": port} for port, _ in group.sentinels]
+        iid = client.start("fastguard-rate-limiting", {"minute": 2, "limit_by": "ip", "policy": "redis",
+                                                       "fault_tolerant": False, "namespace": uuid.uuid4().hex,
+                                                       "redis": {"sentinel_master": group.service,
+                                                                 "sentinel_nodes": nodes, "timeout": 1000}})
+        assert statuses(client, iid, 3) == [200, 200, 429]
+        client.close()
+    finally:
+        group.stop()
