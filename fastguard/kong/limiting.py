@@ -11,9 +11,15 @@ from typing import Any
 import fastguard as fg
 from fastguard.kong import registry
 from fastguard.kong.pdk import PDKCall, json_exit
-from fastguard.kong.schemas import algorithm_from_config, limits_from_config, redis_url_from_config, sync_interval
+from fastguard.kong.schemas import (
+    WINDOWS,
+    algorithm_from_config,
+    limits_from_config,
+    redis_url_from_config,
+    sync_interval,
+)
 
-__all__ = ["Limiting", "rate_limit_key"]
+__all__ = ["Limiting", "Tiered", "rate_limit_key"]
 
 log = logging.getLogger("fastguard.kong")
 
@@ -111,3 +117,30 @@ class Limiting:
         if self.hide:
             return None
         return ("kong.response.set_headers", [d.headers("kong")])
+
+
+class Tiered:
+    """The plugin's Limiting and, per tier value, one with that tier's windows (`tiers`: a tier without windows
+    keeps the plugin's). pick() only chooses which limiter decides: still one compiled decision, no PDK call."""
+
+    def __init__(self, cfg: dict[str, Any], entity: str) -> None:
+        self.default = Limiting(cfg, entity)
+        self.tiers: dict[str, Limiting] = {}
+        try:
+            for tier in cfg.get("tiers") or ():
+                windows = {name: tier[name] for name, _ in WINDOWS}
+                if any(v is not None for v in windows.values()):
+                    value = tier["value"]
+                    tier_cfg = {**cfg, **windows, "limit": None, "window_size": None,
+                                "namespace": cfg["namespace"] and f"{cfg['namespace']}#tier={value}"}
+                    self.tiers[value] = Limiting(tier_cfg, f"{entity}#tier={value}")
+        except BaseException:
+            self.close()
+            raise
+
+    def pick(self, value: Any) -> Limiting:
+        return self.tiers.get(value, self.default) if isinstance(value, str) else self.default
+
+    def close(self) -> None:
+        for limiting in (self.default, *self.tiers.values()):
+            limiting.close()

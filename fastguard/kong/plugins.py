@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import fastguard as fg
 from fastguard.kong import registry
 from fastguard.kong.fields import Field, check, kong_schema
-from fastguard.kong.limiting import Limiting, rate_limit_key
+from fastguard.kong.limiting import Tiered, rate_limit_key
 from fastguard.kong.pdk import TERMINAL, PDKCall, PDKError, Steps, drive, failed, json_exit
 from fastguard.kong.registry import entity_of
 from fastguard.kong.schemas import (
@@ -34,7 +34,6 @@ from fastguard.kong.schemas import (
     JWT_FIELDS,
     RATE_LIMITING_CHECKS,
     RATE_LIMITING_FIELDS,
-    WINDOWS,
     normalize,
 )
 from fastguard.kong.verifying import Verifying
@@ -100,32 +99,39 @@ class RateLimitingPlugin(PluginBase):
         cfg = self.checked(config)
         self.config = cfg
         self.limit_by = cfg["identifier"] or cfg["limit_by"]  # RLA's name wins when set
-        self.limiting = Limiting(cfg, entity_of(cfg))
+        self.tier_by = cfg["tier_by"]
+        self.limiting = Tiered(cfg, entity_of(cfg))
 
     def close(self) -> None:
         self.limiting.close()
 
     def fault_answer(self) -> PDKCall | None:
-        return self.limiting.fault_answer()
+        return self.limiting.default.fault_answer()
 
     def steps(self) -> Steps:
         try:
-            key = yield from self._identifier()
-            answer = self.limiting.answer(key)
+            key, consumer = yield from self._identifier()
+            tier = None
+            if self.tier_by:  # the consumer's id, username or custom_id picks the tier's limits
+                if consumer is None and self.limit_by != "consumer":
+                    consumer = yield ("kong.client.get_consumer", [])
+                tier = consumer.get(self.tier_by.removeprefix("consumer_")) if isinstance(consumer, dict) else None
+            answer = self.limiting.pick(tier).answer(key)
         except PDKError as exc:
-            answer = None if self.limiting.fault_tolerant else failed(exc, 500)
+            answer = None if self.limiting.default.fault_tolerant else failed(exc, 500)
             log.warning("fastguard-rate-limiting: PDK error %s", exc)
         except Exception as exc:  # noqa: BLE001 - every error gets an explicit answer
-            answer = None if self.limiting.fault_tolerant else failed(exc, 500)
-            if self.limiting.fault_tolerant:
+            answer = None if self.limiting.default.fault_tolerant else failed(exc, 500)
+            if self.limiting.default.fault_tolerant:
                 log.error("fastguard-rate-limiting: %r (fault_tolerant: request allowed)", exc, exc_info=exc)
         if answer is not None:
             yield answer
 
-    def _identifier(self) -> Generator[PDKCall, Any, bytes]:
+    def _identifier(self) -> Generator[PDKCall, Any, tuple[bytes, Any]]:
         """Kong 3.10's get_identifier: the chosen entity's id, the header's value (an empty one included), the
-        path when it is the configured one; whenever that is nil, the client's forwarded IP."""
-        by, value = self.limit_by, None
+        path when it is the configured one; whenever that is nil, the client's forwarded IP. Also the consumer,
+        when it was read."""
+        by, value, consumer = self.limit_by, None, None
         if by == "service":
             service = yield ("kong.router.get_service", [])
             value = service.get("id") if isinstance(service, dict) else None
@@ -144,8 +150,8 @@ class RateLimitingPlugin(PluginBase):
             value = path if path == self.config["path"] else None
         if value is None:
             ip = yield ("kong.client.get_forwarded_ip", [])
-            return rate_limit_key("ip", ip)
-        return rate_limit_key(by, value)
+            return rate_limit_key("ip", ip), consumer
+        return rate_limit_key(by, value), consumer
 
 
 class JWTPlugin(PluginBase):
@@ -217,24 +223,15 @@ class GuardPlugin(JWTPlugin):
         self.config = cfg
         entity = entity_of(cfg)
         self.verifying = Verifying(cfg, entity)
-        self.tiers: dict[str, Limiting] = {}
         try:
-            self.limiting = Limiting(cfg, entity)
-            windows = [name for name, _ in WINDOWS]
-            for tier in cfg["tiers"] or ():
-                if any(tier[name] is not None for name in windows):  # a tier without windows keeps the plugin's
-                    tier_cfg = {**cfg, **{name: tier[name] for name in windows}, "limit": None, "window_size": None,
-                                "namespace": cfg["namespace"] and f"{cfg['namespace']}#tier={tier['value']}"}
-                    self.tiers[tier["value"]] = Limiting(tier_cfg, f"{entity}#tier={tier['value']}")
+            self.limiting = Tiered(cfg, entity)
         except BaseException:
-            self.close()
+            self.verifying.close()
             raise
 
     def close(self) -> None:
         self.verifying.close()
-        for limiting in [getattr(self, "limiting", None), *self.tiers.values()]:
-            if limiting is not None:
-                limiting.close()
+        self.limiting.close()
 
     def _verify(self) -> Generator[PDKCall, Any, PDKCall | None]:
         verified, refusal = yield from self._claims()
@@ -244,11 +241,8 @@ class GuardPlugin(JWTPlugin):
         who = claims.get(self.config["limit_by_claim"])
         if who is None:
             return self.verifying.refusal(fg.MissingClaim(claim=self.config["limit_by_claim"]), True)
-        limiting = self.limiting
-        if self.tiers:  # one compiled decision still: the tier only picks which limiter decides
-            tier = claims.get(self.config["tier_claim"])
-            limiting = self.tiers.get(tier, self.limiting) if isinstance(tier, str) else self.limiting
-        answer = limiting.answer(rate_limit_key("claim", who))
+        tier = claims.get(self.config["tier_claim"]) if self.config["tier_claim"] else None
+        answer = self.limiting.pick(tier).answer(rate_limit_key("claim", who))
         if answer is not None and answer[0] in TERMINAL:
             return answer
         if upstream:

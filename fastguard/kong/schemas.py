@@ -19,7 +19,7 @@ from fastguard.kong.fields import ConfigError, Field
 
 __all__ = ["WINDOWS", "MAX_LIMITS", "REDIS_FIELDS", "RATE_LIMITING_FIELDS", "JWT_FIELDS", "GUARD_FIELDS",
            "RATE_LIMITING_CHECKS", "JWT_CHECKS", "GUARD_CHECKS", "REDIS_SHORTHANDS", "normalize",
-           "limits_from_config", "algorithm_from_config", "redis_url_from_config", "sync_interval"]
+           "TIERS", "limits_from_config", "algorithm_from_config", "redis_url_from_config", "sync_interval"]
 
 WINDOWS = (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86_400), ("month", 30 * 86_400),
            ("year", 365 * 86_400))
@@ -56,6 +56,12 @@ _SHORTHAND_FIELDS = tuple(  # the inner field's rules, without its default (an u
     for flat, inner in REDIS_SHORTHANDS.items())
 
 _IDENTIFIERS = ("consumer", "credential", "ip", "service", "header", "path")
+#: Limits per tier: each tier's windows replace the plugin's own for the callers of that tier (tier_claim in the
+#: fastguard plugin, tier_by in fastguard-rate-limiting); everyone else keeps the plugin's.
+TIERS = Field("tiers", "array", len_max=64, element_fields=(
+    Field("value", "string", required=True, help="the tier_claim / tier_by value of this tier"),
+    *(Field(name, "number", gt=0) for name, _ in WINDOWS)),
+    help="per tier value, the windows that replace the plugin's own (which stay the limits of any other value)")
 RATE_LIMITING_FIELDS = (
     *(Field(name, "number", gt=0, help=f"requests per {name}") for name, _ in WINDOWS),
     Field("limit_by", "string", "consumer", one_of=_IDENTIFIERS),
@@ -82,6 +88,9 @@ RATE_LIMITING_FIELDS = (
           help="seconds of random jitter added to Retry-After"),
     Field("identifier", "string", one_of=_IDENTIFIERS,
           help="RLA's name of limit_by (wins over it; header or path without header_name / path: by IP)"),
+    Field("tier_by", "string", one_of=("consumer_id", "consumer_username", "consumer_custom_id"),
+          help="the consumer's value that picks a tier's limits"),
+    TIERS,
     # fastguard's own
     Field("algorithm", "string", "fixed_window", one_of=fg.ALGORITHMS),
     Field("max_keys", "integer", 1_000_000, between=(1, 2**40)),
@@ -131,6 +140,7 @@ RATE_LIMITING_CHECKS = (
     {"conditional": {"if_field": "config.limit_by", "if_match": {"eq": "path"},
                      "then_field": "config.path", "then_match": {"required": True}}},
     *_redis_checks(),
+    {"mutually_required": ["config.tier_by", "config.tiers"]},
 )
 
 JWT_FIELDS = (
@@ -167,15 +177,10 @@ JWT_CHECKS = (
                      "then_field": "config.claims_to_verify", "then_match": {"contains": "exp"}}},
 )
 
-_NOT_IN_GUARD = ("limit_by", "header_name", "path", "identifier")
+_NOT_IN_GUARD = ("limit_by", "header_name", "path", "identifier", "tier_by")
 GUARD_FIELDS = (*JWT_FIELDS, *(f for f in RATE_LIMITING_FIELDS if f.name not in _NOT_IN_GUARD),
                 Field("limit_by_claim", "string", "sub", help="the verified claim that names the caller"),
-                Field("tier_claim", "string", help="the verified claim whose value picks a tier's limits"),
-                Field("tiers", "array", len_max=64, element_fields=(
-                    Field("value", "string", required=True, help="the tier_claim value of this tier"),
-                    *(Field(name, "number", gt=0) for name, _ in WINDOWS)),
-                    help="per tier_claim value, the windows that replace the plugin's own (which stay the limits "
-                         "of every other value)"))
+                Field("tier_claim", "string", help="the verified claim whose value picks a tier's limits"))
 GUARD_CHECKS = (*JWT_CHECKS, *_limit_checks(), *_redis_checks(),
                 {"mutually_required": ["config.tier_claim", "config.tiers"]})
 

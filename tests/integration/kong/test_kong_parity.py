@@ -351,3 +351,23 @@ def test_sentinel_fields(rl):
         client.close()
     finally:
         group.stop()
+
+
+def test_tiers_pick_the_limits_by_a_consumer_value(rl):
+    client = rl.client()
+    iid = client.start("fastguard-rate-limiting", {"minute": 1, "tier_by": "consumer_custom_id",
+                                                   "tiers": [{"value": "gold", "minute": 3}]})
+    gold = {"kong.client.get_consumer": {"id": "c-gold", "custom_id": "gold"}}
+    plain = {"kong.client.get_consumer": {"id": "c-plain", "custom_id": "bronze"}}
+    assert statuses(client, iid, 4, gold) == [200, 200, 200, 429]
+    assert [m for m, _ in client.event(iid, plain).calls] == ["kong.client.get_consumer",
+                                                              "kong.response.set_headers"]  # no extra call
+    assert statuses(client, iid, 1, plain) == [429]                      # not a tier: the plugin's 1/minute
+    by_ip = client.start("fastguard-rate-limiting", {"minute": 1, "limit_by": "ip", "tier_by": "consumer_username",
+                                                     "tiers": [{"value": "alice", "minute": 2}]})
+    alice = {**IP, "kong.client.get_consumer": {"id": "a", "username": "alice"}}
+    o = client.event(by_ip, alice)
+    assert [m for m, _ in o.calls] == ["kong.client.get_forwarded_ip", "kong.client.get_consumer",
+                                       "kong.response.set_headers"]           # +1 call when not by consumer
+    assert statuses(client, by_ip, 2, alice) == [200, 429]
+    client.close()
