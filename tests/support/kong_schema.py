@@ -7,9 +7,12 @@ Only what fastguard's dumps use is implemented; anything else fails loudly (Asse
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
+
+from fastguard.testing.tokens import jwk
 
 _META = {"route_id", "service_id", "consumer_id", "protocols", "enabled", "id", "name", "ordering",
          "instance_name", "tags", "created_at", "updated_at"}
@@ -170,3 +173,26 @@ def kong_validate(schema: dict[str, Any], config: dict[str, Any]) -> dict[str, A
         (name, arg), = check.items()
         _entity_check(name, arg, entity)
     return entity["config"]
+
+
+#: A JWKS for the examples below.
+DOCS_JWKS = json.dumps({"keys": [jwk("oct", kid="k1")]})
+
+KONG_DOCS_EXAMPLES = {  # configs as Kong's documentation writes them, with the fields fastguard shares
+    "fastguard-rate-limiting": [
+        {"minute": 5, "policy": "local"},
+        {"second": 5, "hour": 10000, "policy": "local", "limit_by": "ip"},
+        {"minute": 5, "policy": "redis", "redis": {"host": "127.0.0.1", "port": 6379, "timeout": 2000,
+                                                   "database": 0}},
+        {"minute": 5, "policy": "redis", "redis_host": "127.0.0.1", "redis_port": 6379},   # Kong < 3.7's form
+        {"minute": 5, "limit_by": "header", "header_name": "X-Consumer-ID", "hide_client_headers": True,
+         "error_code": 429, "error_message": "API rate limit exceeded", "fault_tolerant": True, "sync_rate": -1},
+        {"limit": [10, 100], "window_size": [60, 3600], "identifier": "consumer", "window_type": "sliding",
+         "namespace": "orders", "retry_after_jitter_max": 0},                               # RLA's shape
+    ],
+    "fastguard-jwt": [
+        {"jwks": DOCS_JWKS, "secret_is_base64": False, "run_on_preflight": True},
+        {"jwks": DOCS_JWKS, "claims_to_verify": ["exp"], "maximum_expiration": 3600, "key_claim_name": "iss",
+         "uri_param_names": ["jwt"], "cookie_names": [], "header_names": ["authorization"], "realm": "api"},
+    ],
+}

@@ -10,7 +10,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from support.kong_schema import Refused, kong_validate
+from support.kong_schema import KONG_DOCS_EXAMPLES, Refused, kong_validate
 
 from fastguard.kong import plugins
 from fastguard.kong.fields import ConfigError
@@ -126,26 +126,6 @@ def test_what_the_plugin_refuses_kong_refuses_first(name, config):
         plugins.PLUGINS[name](config)
     with pytest.raises(Refused):
         kong_validate(dump(name), config)
-
-
-KONG_DOCS_EXAMPLES = {  # configs as Kong's documentation writes them, with the fields fastguard shares
-    "fastguard-rate-limiting": [
-        {"minute": 5, "policy": "local"},
-        {"second": 5, "hour": 10000, "policy": "local", "limit_by": "ip"},
-        {"minute": 5, "policy": "redis", "redis": {"host": "127.0.0.1", "port": 6379, "timeout": 2000,
-                                                   "database": 0}},
-        {"minute": 5, "policy": "redis", "redis_host": "127.0.0.1", "redis_port": 6379},   # Kong < 3.7's form
-        {"minute": 5, "limit_by": "header", "header_name": "X-Consumer-ID", "hide_client_headers": True,
-         "error_code": 429, "error_message": "API rate limit exceeded", "fault_tolerant": True, "sync_rate": -1},
-        {"limit": [10, 100], "window_size": [60, 3600], "identifier": "consumer", "window_type": "sliding",
-         "namespace": "orders", "retry_after_jitter_max": 0},                               # RLA's shape
-    ],
-    "fastguard-jwt": [
-        {"jwks": JWKS, "secret_is_base64": False, "run_on_preflight": True},
-        {"jwks": JWKS, "claims_to_verify": ["exp"], "maximum_expiration": 3600, "key_claim_name": "iss",
-         "uri_param_names": ["jwt"], "cookie_names": [], "header_names": ["authorization"], "realm": "api"},
-    ],
-}
 
 
 @pytest.mark.parametrize("name, config", [(n, c) for n, cs in KONG_DOCS_EXAMPLES.items() for c in cs])

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support.kong_schema import KONG_DOCS_EXAMPLES
 
 from fastguard.kong.client import ServerProcess, fastguard_server
 from fastguard.testing.servers import RedisProcess, SentinelGroup
@@ -370,4 +371,14 @@ def test_tiers_pick_the_limits_by_a_consumer_value(rl):
     assert [m for m, _ in o.calls] == ["kong.client.get_forwarded_ip", "kong.client.get_consumer",
                                        "kong.response.set_headers"]           # +1 call when not by consumer
     assert statuses(client, by_ip, 2, alice) == [200, 429]
+    client.close()
+
+
+@pytest.mark.parametrize("name, config", [(n, c) for n, cs in KONG_DOCS_EXAMPLES.items() for c in cs])
+def test_kong_documentation_configs_start_in_the_real_server(name, config, rl, jwt_server):
+    server = {"fastguard-rate-limiting": rl, "fastguard-jwt": jwt_server}[name]
+    client = server.client()
+    iid = client.start(name, config)
+    o = client.event(iid, {**IP, **headers(authorization=f"Bearer {token()}")})
+    assert o.status in (200, 401, 500), o        # 500: the Redis example's host is not running here (fault)
     client.close()
