@@ -2,8 +2,9 @@
 
 The tests by kind: `unit/` (one module, in process), `differential/` (the compiled core against its pure twin,
 Redis against the pure twin, conformance vectors), `integration/<part>/` (real servers and processes: redis, kong,
-jwks). Markers follow: every test is marked `unit`, `differential` or `integration`, and `redis` / `kong` when it
-needs a redis-server or runs plugin servers, so `pytest -m "not redis"` runs where Redis is not installed.
+jwks, gateway). Markers follow: every test is marked `unit`, `differential` or `integration`, and `redis` /
+`kong` / `gateway` when it needs a redis-server, runs plugin servers or nginx, so `pytest -m "not redis"` runs
+where Redis is not installed.
 Every behavioural test of the core runs against the compiled core and its pure-Python twin (`impl`).
 """
 
@@ -28,7 +29,7 @@ def pytest_collection_modifyitems(items):
         kind = parts[0] if len(parts) > 1 else "unit"
         item.add_marker(kind)
         part = parts[1] if kind == "integration" and len(parts) > 2 else None
-        if part in ("redis", "kong", "jwks"):
+        if part in ("redis", "kong", "jwks", "gateway"):
             item.add_marker(part)
         if _REDIS_FIXTURES & set(getattr(item, "fixturenames", ())) or "redis" in item.module.__name__:
             item.add_marker("redis")
