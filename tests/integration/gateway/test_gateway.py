@@ -136,3 +136,99 @@ def test_a_dead_plugin_server_is_proxied_as_kong_does_unless_fail_closed(gateway
     assert get(gw, "/open")[0] == 200          # Kong's behaviour: the plugin is skipped, the upstream answers
     assert get(gw, "/closed")[0] == 503
     assert "connecting to" in gw.error_log()
+
+
+def test_a_configuration_change_reaches_every_worker(gateway):
+    """A new __seq__ (Kong: the plugin entity was updated) makes each worker start a new instance; the counts
+    survive when the limits did not change (the registry keeps them), and follow the new limits when they did."""
+    gw = gateway({"rl": ("fastguard-rate-limiting", {"minute": 3, "limit_by": "ip"}, {})}, {"/": ["rl"]})
+    assert [get(gw)[0] for _ in range(2)] == [200, 200]
+    gw.plugins["rl"].config = {"minute": 3, "limit_by": "ip", "error_message": "slow down"}
+    gw.plugins["rl"].seq = 2
+    gw.reload()
+    time.sleep(0.5)
+    assert get(gw)[0] == 200
+    status, _, body = get(gw)
+    assert status == 429 and json.loads(body) == {"message": "slow down"}
+    gw.plugins["rl"].config = {"minute": 10, "limit_by": "ip"}
+    gw.plugins["rl"].seq = 3
+    gw.reload()
+    time.sleep(0.5)
+    assert get(gw)[0] == 200                        # new limits: a new count
+
+
+def test_redis_policy_through_the_gateway(gateway, redis_server):
+    cfg = {"minute": 5, "limit_by": "ip", "policy": "redis", "fault_tolerant": False,
+           "redis": {"host": "127.0.0.1", "port": redis_server.port}, "namespace": f"gw-{time.time_ns()}"}
+    gw = gateway({"rl": ("fastguard-rate-limiting", cfg, {})}, {"/": ["rl"]}, workers=3)
+    statuses = [get(gw)[0] for _ in range(8)]
+    assert statuses == [200] * 5 + [429] * 3
+
+
+def test_the_plugin_server_killed_and_restarted_under_traffic(gateway, tmp_path):
+    """Kong keeps sending; while the server is down every request is proxied without the plugin (Kong's fail-open,
+    logged) — or refused 503 with fail_closed; once a new server listens on the socket, the workers reconnect, get
+    "no plugin instance" for their old ids, start new instances and enforce the plugin again."""
+    server = fastguard_server("fastguard-jwt", str(tmp_path))
+    gw = gateway({"jwt": ("fastguard-jwt", {"jwks": JWKS}, {"fail_closed": True})}, {"/": ["jwt"]})
+    gw.plugins["jwt"].socket = server.socket
+    gw.reload()
+    time.sleep(0.5)
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            seen.append(get(gw)[0])
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    time.sleep(0.5)
+    server.stop()
+    time.sleep(0.5)
+    server = fastguard_server("fastguard-jwt", str(tmp_path))
+    time.sleep(0.5)
+    stop.set()
+    t.join()
+    try:
+        assert 503 in seen and 200 not in seen     # never proxied unapproved: no token, so 401 or 503 only
+        assert seen[-1] == 401                     # enforced again by the new server
+        assert get(gw, headers={"Authorization": f"Bearer {token()}"})[0] == 200
+    finally:
+        server.stop()
+
+
+def test_a_wrk_soak_has_no_errors_and_no_growth(gateway, servers):
+    """10 s of wrk at 32 connections through 2 workers: no socket error, every answer 200, and the plugin server's
+    threads and memory do not grow once its connections are open."""
+    import re
+    import shutil
+    import subprocess
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    gw = gateway({"rl": ("fastguard-rate-limiting", {"second": 10**9, "limit_by": "ip"}, {})}, {"/": ["rl"]})
+    server = servers["fastguard-rate-limiting"]
+    client = server.client(1)
+    # a warm-up first: the server serves each of the workers' pooled connections on a thread of its own (bounded
+    # by --max-connections), so threads follow connections, not requests
+    subprocess.run(["wrk", "-t2", "-c32", "-d3s", gw.url + "/"], capture_output=True, timeout=60, check=True)
+    before = client.status()["Threads"], _rss(server.proc.pid)
+    run = subprocess.run(["wrk", "-t2", "-c32", "-d10s", "--latency", gw.url + "/"], capture_output=True, text=True,
+                         timeout=60)
+    after = client.status()["Threads"], _rss(server.proc.pid)
+    client.close()
+    assert run.returncode == 0, run.stderr
+    assert "Socket errors" not in run.stdout and "Non-2xx" not in run.stdout, run.stdout
+    requests = int(re.search(r"(\d+) requests in", run.stdout).group(1))
+    assert requests > 1000, run.stdout
+    # at most one thread per connection the workers hold open (32 wrk connections: up to 32 at once per worker)
+    assert after[0] <= 2 * 32 + 8 and after[1] < before[1] + 20 * 2**20, (before, after)
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
