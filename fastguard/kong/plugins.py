@@ -45,6 +45,12 @@ log = logging.getLogger("fastguard.kong")
 T = TypeVar("T")
 
 
+def approve(mark: str) -> PDKCall:
+    """kong.ctx.shared[mark] = true: this request was let through by the plugin (a post-function refuses any
+    request without the mark, so a plugin server that is down or errs cannot let one through)."""
+    return ("kong.ctx.shared.set", [mark, True])
+
+
 class PluginBase:
     """kong-pdk's plugin contract: Plugin(config), one method per phase taking the `kong` PDK object."""
 
@@ -117,6 +123,8 @@ class RateLimitingPlugin(PluginBase):
                     consumer = yield ("kong.client.get_consumer", [])
                 tier = consumer.get(self.tier_by.removeprefix("consumer_")) if isinstance(consumer, dict) else None
             answer = self.limiting.pick(tier).answer(key)
+            if self.config["approval_mark"] and (answer is None or answer[0] not in TERMINAL):
+                yield approve(self.config["approval_mark"])
         except PDKError as exc:
             answer = None if self.limiting.default.fault_tolerant else failed(exc, 500)
             log.warning("fastguard-rate-limiting: PDK error %s", exc)
@@ -169,21 +177,24 @@ class JWTPlugin(PluginBase):
 
     def steps(self) -> Steps:
         try:
+            answer = None
+            method = None
             if not self.verifying.preflight:
                 method = yield ("kong.request.get_method", [])
-                if method == "OPTIONS":
-                    return
-            if self.verifying.anonymous:
+            if method == "OPTIONS":
+                pass  # run_on_preflight false: let preflight requests through unverified
+            elif self.verifying.anonymous:
                 # Kong's "logical OR": a request another plugin already authenticated is left alone, and a failed
                 # verification makes the request the anonymous consumer's instead of a 401
                 credential = yield ("kong.client.get_credential", [])
-                if credential:
-                    return
-                answer = yield from self._verify()
-                if answer is not None and answer[0] in TERMINAL:
-                    answer = yield from self.verifying.as_anonymous()
+                if not credential:
+                    answer = yield from self._verify()
+                    if answer is not None and answer[0] in TERMINAL:
+                        answer = yield from self.verifying.as_anonymous()
             else:
                 answer = yield from self._verify()
+            if self.config["approval_mark"] and (answer is None or answer[0] not in TERMINAL):
+                yield approve(self.config["approval_mark"])
         except PDKError as exc:
             answer = failed(exc, 500)
         except Exception as exc:  # noqa: BLE001 - fail closed

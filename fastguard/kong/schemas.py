@@ -55,6 +55,9 @@ _SHORTHAND_FIELDS = tuple(  # the inner field's rules, without its default (an u
     replace({f.name: f for f in REDIS_FIELDS}[inner], name=flat, default=None, help=f"deprecated: redis.{inner}")
     for flat, inner in REDIS_SHORTHANDS.items())
 
+#: Fail closed (docs/kong.md): the plugin marks the requests it lets through, a post-function refuses the others.
+APPROVAL_MARK = Field("approval_mark", "string", help="set kong.ctx.shared[<this>] = true on the requests it lets "
+                                                      "through (a post-function refuses the others: fail closed)")
 _IDENTIFIERS = ("consumer", "credential", "ip", "service", "header", "path")
 #: Limits per tier: each tier's windows replace the plugin's own for the callers of that tier (tier_claim in the
 #: fastguard plugin, tier_by in fastguard-rate-limiting); everyone else keeps the plugin's.
@@ -92,6 +95,7 @@ RATE_LIMITING_FIELDS = (
           help="the consumer's value that picks a tier's limits"),
     TIERS,
     # fastguard's own
+    APPROVAL_MARK,
     Field("algorithm", "string", "fixed_window", one_of=fg.ALGORITHMS),
     Field("max_keys", "integer", 1_000_000, between=(1, 2**40)),
     Field("ban_after", "integer", 0, between=(0, 2**40),
@@ -163,6 +167,7 @@ JWT_FIELDS = (
     Field("algorithms", "set", elements="string", element_one_of=tuple(sorted(fg.jwks.ALGORITHMS))),
     Field("claims_to_headers", "map", elements="string", help="claim name -> upstream request header"),
     Field("cache_size", "integer", 100_000, between=(0, 10_000_000)),
+    APPROVAL_MARK,
     Field("consumer_claim", "string", help="the verified claim naming the Kong consumer the request is made"),
     Field("consumer_by", "string", "username", one_of=("id", "username"),
           help="consumer_claim holds a consumer id, or an id or a username (Kong's load_consumer)"),
@@ -177,7 +182,7 @@ JWT_CHECKS = (
                      "then_field": "config.claims_to_verify", "then_match": {"contains": "exp"}}},
 )
 
-_NOT_IN_GUARD = ("limit_by", "header_name", "path", "identifier", "tier_by")
+_NOT_IN_GUARD = ("limit_by", "header_name", "path", "identifier", "tier_by", "approval_mark")  # (its JWT copy)
 GUARD_FIELDS = (*JWT_FIELDS, *(f for f in RATE_LIMITING_FIELDS if f.name not in _NOT_IN_GUARD),
                 Field("limit_by_claim", "string", "sub", help="the verified claim that names the caller"),
                 Field("tier_claim", "string", help="the verified claim whose value picks a tier's limits"))

@@ -48,13 +48,13 @@ class GatewayPlugin:
     socket: str                    # its plugin server's socket
     config: dict[str, Any]         # the plugin config (Kong's meta fields are added by the gateway)
     seq: int = 1                   # Kong's __seq__: a new value makes every worker start a new instance
-    fail_closed: bool = False
 
 
 @dataclass
 class NginxGateway:
     plugins: dict[str, GatewayPlugin]          # entity id -> plugin
     routes: dict[str, list[str]]               # location prefix -> entity ids, in order
+    post_functions: dict[str, str] = field(default_factory=dict)  # location prefix -> Lua run after its plugins
     workers: int = 2
     reset_per_entity: bool = False             # Kong < 3.9's "no plugin instance" rule
     folder: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="fg-gateway-"))
@@ -83,11 +83,13 @@ class NginxGateway:
 
     def _write(self) -> None:
         os.makedirs(os.path.join(self.folder, "logs"), exist_ok=True)
-        entities = {e: {"name": p.name, "socket": p.socket, "config": p.config, "seq": p.seq,
-                        "fail_closed": p.fail_closed} for e, p in self.plugins.items()}
+        entities = {e: {"name": p.name, "socket": p.socket, "config": p.config, "seq": p.seq}
+                    for e, p in self.plugins.items()}
         locations = "\n".join(
             f"""        location {prefix} {{
-            access_by_lua_block {{ require("fastguard_gateway").access({_lua(ids)}) }}
+            access_by_lua_block {{
+                require("fastguard_gateway").access({_lua(ids)}, {_lua_or_nil(self.post_functions.get(prefix))})
+            }}
             proxy_pass http://127.0.0.1:{self.upstream_port};
         }}""" for prefix, ids in self.routes.items())
         conf = f"""{"user root;" if os.geteuid() == 0 else ""}
@@ -140,6 +142,10 @@ http {{
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def _lua_or_nil(value: str | None) -> str:
+    return "nil" if value is None else _lua(value)
 
 
 def _lua(value: Any) -> str:

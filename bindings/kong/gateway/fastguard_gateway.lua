@@ -7,7 +7,8 @@
 -- plugin makes is answered from nginx's real request. As in Kong: a PDK function's first return value is the Step's
 -- Data (nil: no Data key, so a failed call is a Step without Data), typed Step methods for maps and entities,
 -- nothing after kong.response.exit / error, and an RPC error is logged while the request goes on (Kong proxies it:
--- fail open) unless the route asks for fail-closed (see fail_closed below).
+-- fail open). A route's post-function (Kong's bundled post-function plugin: Lua run after every plugin) sees the
+-- same `kong.ctx.shared` as the plugins, which is how fail-closed works (docs/kong.md).
 
 local cjson = require "cjson.safe"
 local mp = require "MessagePack"
@@ -15,7 +16,7 @@ local mp = require "MessagePack"
 local ngx = ngx
 local M = {}
 
-local plugins = {}        -- entity id -> {name, socket, config, seq, fail_closed}
+local plugins = {}        -- entity id -> {name, socket, config, seq}
 local instances = {}      -- entity id -> {id, seq} (this worker's)
 local msg_id = 0
 local reset_per_plugin = true   -- Kong >= 3.9 forgets every instance of a plugin on "no plugin instance"
@@ -103,8 +104,19 @@ local PDK = {
   end,
   ["kong.service.request.set_header"] = function(k, v) ngx.req.set_header(k, v) end,
   ["kong.service.request.clear_header"] = function(k) ngx.req.clear_header(k) end,
-  ["kong.ctx.shared.set"] = function(k, v) ngx.ctx[k] = v end,
+  ["kong.ctx.shared.set"] = function(k, v) M.shared()[k] = v end,
+  ["kong.ctx.shared.get"] = function(k) return M.shared()[k] end,
 }
+
+--- This request's kong.ctx.shared.
+function M.shared()
+  local shared = ngx.ctx.kong_shared
+  if not shared then
+    shared = {}
+    ngx.ctx.kong_shared = shared
+  end
+  return shared
+end
 
 -- One RPC: [0, id, method, [arg]] on a pooled keepalive cosocket; the answer's result, or nil and the error.
 local function call(socket_path, method, arg)
@@ -214,16 +226,24 @@ function M.configure(entities, opts)
   reset_per_plugin = not (opts and opts.reset_per_entity)
 end
 
---- The access phase of a location: run its plugins in order, as Kong does.
-function M.access(entities)
+-- What a post-function's code sees as `kong` (the part of the PDK such code uses).
+local kong_shim = setmetatable({
+  response = {exit = function(status, body, headers) return exit(status, body, headers) end},
+  log = {err = function(...) ngx.log(ngx.ERR, ...) end},
+}, {__index = function(_, k) if k == "ctx" then return {shared = M.shared()} end end})
+
+--- The access phase of a location: run its plugins in order, as Kong does, then its post-function code if any.
+function M.access(entities, post_function)
   for _, entity in ipairs(entities) do
     local err = handle_event(entity, "access", false)
     if err then
       ngx.log(ngx.ERR, "fastguard gateway: plugin ", plugins[entity].name, ": ", err)
-      if plugins[entity].fail_closed then
-        return exit(503, {message = "The authorization service is unavailable"}, {})
-      end
     end
+  end
+  if post_function then
+    local chunk = assert(loadstring(post_function))
+    setfenv(chunk, setmetatable({kong = kong_shim}, {__index = _G}))
+    chunk()
   end
 end
 

@@ -7,6 +7,7 @@ import http.client
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,9 @@ pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
 
 JWKS = json.dumps({"keys": [jwk("RSA", kid="rsa1", alg="RS256")]})
 NOW = int(time.time())
+#: docs/kong.md's fail-closed post-function, read from the doc itself (what operators copy is what is tested)
+_DOC = (Path(__file__).resolve().parents[3] / "docs" / "kong.md").read_text()
+FAIL_CLOSED = _DOC.split("## Fail closed", 1)[1].split("      access:\n        - ", 1)[1].split("\n", 1)[0]
 
 
 def token(**claims):
@@ -123,18 +127,23 @@ def test_header_bytes_that_are_not_utf8(gateway):
 
 
 def test_a_dead_plugin_server_is_proxied_as_kong_does_unless_fail_closed(gateway, tmp_path):
-    """Kong logs an RPC error and proxies the request without the plugin (fail open); fail_closed refuses it."""
+    """Kong logs an RPC error and proxies the request without the plugin (fail open). With approval_mark and the
+    post-function of docs/kong.md, a request the plugin did not approve is refused 503 — nothing reaches the
+    upstream unapproved."""
     server = fastguard_server("fastguard-jwt", str(tmp_path))
-    gw = gateway({"open": ("fastguard-jwt", {"jwks": JWKS}, {}), "closed": ("fastguard-jwt", {"jwks": JWKS},
-                                                                            {"fail_closed": True})},
-                 {"/open": ["open"], "/closed": ["closed"]})
+    marked = {"jwks": JWKS, "approval_mark": "fastguard_approved"}
+    gw = gateway({"open": ("fastguard-jwt", {"jwks": JWKS}, {}), "closed": ("fastguard-jwt", marked, {})},
+                 {"/open": ["open"], "/closed": ["closed"]}, post_functions={"/closed": FAIL_CLOSED})
     gw.plugins["open"].socket = gw.plugins["closed"].socket = server.socket
     gw.reload()
     time.sleep(0.5)
+    good = {"Authorization": f"Bearer {token()}"}
     assert get(gw, "/open")[0] == 401 and get(gw, "/closed")[0] == 401
+    assert get(gw, "/closed", good)[0] == 200                  # approved: the mark is set, the upstream answers
     server.stop()
     assert get(gw, "/open")[0] == 200          # Kong's behaviour: the plugin is skipped, the upstream answers
-    assert get(gw, "/closed")[0] == 503
+    status, _, body = get(gw, "/closed", good)
+    assert status == 503 and json.loads(body) == {"message": "The authorization service is unavailable"}
     assert "connecting to" in gw.error_log()
 
 
@@ -167,10 +176,12 @@ def test_redis_policy_through_the_gateway(gateway, redis_server):
 
 def test_the_plugin_server_killed_and_restarted_under_traffic(gateway, tmp_path):
     """Kong keeps sending; while the server is down every request is proxied without the plugin (Kong's fail-open,
-    logged) — or refused 503 with fail_closed; once a new server listens on the socket, the workers reconnect, get
-    "no plugin instance" for their old ids, start new instances and enforce the plugin again."""
+    logged) — or refused 503 with docs/kong.md's fail-closed setup, as here; once a new server listens on the
+    socket, the workers reconnect, get "no plugin instance" for their old ids, start new instances and enforce the
+    plugin again."""
     server = fastguard_server("fastguard-jwt", str(tmp_path))
-    gw = gateway({"jwt": ("fastguard-jwt", {"jwks": JWKS}, {"fail_closed": True})}, {"/": ["jwt"]})
+    gw = gateway({"jwt": ("fastguard-jwt", {"jwks": JWKS, "approval_mark": "fastguard_approved"}, {})},
+                 {"/": ["jwt"]}, post_functions={"/": FAIL_CLOSED})
     gw.plugins["jwt"].socket = server.socket
     gw.reload()
     time.sleep(0.5)

@@ -382,3 +382,23 @@ def test_kong_documentation_configs_start_in_the_real_server(name, config, rl, j
     o = client.event(iid, {**IP, **headers(authorization=f"Bearer {token()}")})
     assert o.status in (200, 401, 500), o        # 500: the Redis example's host is not running here (fault)
     client.close()
+
+
+def test_approval_mark_only_on_requests_let_through(rl, jwt_server):
+    """approval_mark: +1 PDK call (kong.ctx.shared.set) on the requests a plugin lets through, none on a refusal:
+    a post-function refuses unmarked requests, so a plugin server that is down cannot let one through."""
+    mark = ("kong.ctx.shared.set", ["fastguard_approved", True])
+    client = rl.client()
+    iid = client.start("fastguard-rate-limiting", {"minute": 1, "limit_by": "ip",
+                                                   "approval_mark": "fastguard_approved"})
+    ok = client.event(iid, IP)
+    assert ok.status == 200 and ok.calls == [("kong.client.get_forwarded_ip", []), mark,
+                                             ("kong.response.set_headers", [ok.headers])]
+    denied = client.event(iid, IP)
+    assert denied.status == 429 and mark not in denied.calls
+    client.close()
+    client = jwt_server.client()
+    iid = client.start("fastguard-jwt", {"jwks": JWKS, "uri_param_names": [], "approval_mark": "fastguard_approved"})
+    assert client.event(iid, headers(authorization=f"Bearer {token()}")).calls[-1] == mark
+    assert mark not in client.event(iid, headers()).calls
+    client.close()
