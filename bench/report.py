@@ -154,6 +154,22 @@ def render(data: dict) -> str:
                 lines.append(f"| {case} | {server} | {cells[0]} | {cells[1]} |")
         lines.append("")
 
+    gw = [b["extra_info"] for b in by_group.get("gateway http", [])]
+    gw_by = {(g["case"], g["connections"]): g for g in gw}
+    conns = sorted({g["connections"] for g in gw})
+    if gw:
+        lines += ["## HTTP through a real gateway (nginx + Lua playing Kong; wrk, 1 nginx worker, the upstream an "
+                  "nginx location)", "",
+                  "| case | " + " | ".join(f"{c} connections: requests/s, p50 / p99 ms" for c in conns) +
+                  " | plugin server CPU per request |", "|---|" + "---:|" * (len(conns) + 1)]
+        for case in dict.fromkeys(g["case"] for g in gw):
+            cells = [(f"{g['requests_per_s']:,.0f}, {g['p50_ms']:.2f} / {g['p99_ms']:.2f}" if g else "")
+                     for g in (gw_by.get((case, c)) for c in conns)]
+            cpu = [g["server_cpu_us_per_request"] for c in conns
+                   if (g := gw_by.get((case, c))) and "server_cpu_us_per_request" in g]
+            lines.append(f"| {case} | " + " | ".join(cells) + f" | {' / '.join(f'{x:.0f} µs' for x in cpu)} |")
+        lines.append("")
+
     # Budgets (docs/design.md), judged on this run only.
     checks = []
 
@@ -259,6 +275,23 @@ def render(data: dict) -> str:
             ratio = ours["events_per_s"] / stock["events_per_s"]
             check(f"Kong: fastguard kong-server ≥ 2× stock throughput at concurrency 4 ({case})", ratio,
                   ratio >= 2, f"{ratio:.2f}×")
+    for plugin in ("fastguard-rate-limiting", "fastguard-jwt", "fastguard"):
+        for c in conns:
+            ours = gw_by.get((f"{plugin} (fastguard kong-server)", c))
+            stock = gw_by.get((f"{plugin} (stock kong-pdk)", c))
+            native = gw_by.get(("Lua shared-dict limiter", c))
+            if ours and stock:
+                ratio = ours["requests_per_s"] / stock["requests_per_s"]
+                check(f"gateway: {plugin} on fastguard kong-server ≥ 3× the stock server's requests/s ({c} conn.)",
+                      ratio, ratio >= 3, f"{ratio:.2f}×")
+            if ours and native:
+                ratio = ours["requests_per_s"] / native["requests_per_s"]
+                check(f"gateway: {plugin} ≥ 0.3× the native Lua limiter's requests/s ({c} conn.)", ratio,
+                      ratio >= 0.3, f"{ratio:.2f}×")
+            if ours and "server_cpu_us_per_request" in ours and plugin != "fastguard":
+                cpu, bound = ours["server_cpu_us_per_request"], 60 if plugin == "fastguard-rate-limiting" else 40
+                check(f"gateway: plugin server CPU per request ≤ {bound} µs ({plugin}, {c} conn.)", cpu,
+                      cpu <= bound, f"{cpu:.0f} µs")
     lines += ["## Budgets (docs/design.md) in this run", "", "| budget | measured | verdict |", "|---|---|---|",
               *checks, ""]
     return "\n".join(lines)

@@ -55,6 +55,8 @@ class NginxGateway:
     plugins: dict[str, GatewayPlugin]          # entity id -> plugin
     routes: dict[str, list[str]]               # location prefix -> entity ids, in order
     post_functions: dict[str, str] = field(default_factory=dict)  # location prefix -> Lua run after its plugins
+    raw_locations: dict[str, str] = field(default_factory=dict)   # location prefix -> its nginx directives
+    http_extra: str = ""                       # more directives in the http block (zones, shared dicts)
     workers: int = 2
     reset_per_entity: bool = False             # Kong < 3.9's "no plugin instance" rule
     folder: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="fg-gateway-"))
@@ -91,7 +93,12 @@ class NginxGateway:
                 require("fastguard_gateway").access({_lua(ids)}, {_lua_or_nil(self.post_functions.get(prefix))})
             }}
             proxy_pass http://127.0.0.1:{self.upstream_port};
-        }}""" for prefix, ids in self.routes.items())
+        }}""" for prefix, ids in self.routes.items()) + "\n".join(
+            f"""
+        location {prefix} {{
+            {directives}
+            proxy_pass http://127.0.0.1:{self.upstream_port};
+        }}""" for prefix, directives in self.raw_locations.items())
         conf = f"""{"user root;" if os.geteuid() == 0 else ""}
 load_module {_MODULES[0]};
 load_module {_MODULES[1]};
@@ -101,6 +108,7 @@ pid logs/nginx.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    {self.http_extra}
     lua_package_path "{LUA_DIR}/?.lua;/usr/share/lua/5.1/?.lua;;";
     lua_package_cpath "{os.path.dirname(_LUA_PATHS[1])}/?.so;;";
     init_worker_by_lua_block {{
