@@ -71,9 +71,15 @@ def _simulate(args: argparse.Namespace) -> int:
         mix = {**dict.fromkeys(MIX, 0.0), **mix}
     opts = Options(requests=args.requests, consumers=args.consumers, concurrency=args.concurrency,
                    limits=args.limits, login_limits=args.login_limits, algorithm=args.algorithm, mix=mix,
-                   redis=args.redis, seed=args.seed, ban_after=args.ban_after, ban_for=args.ban_for)
+                   redis=args.redis, seed=args.seed, ban_after=args.ban_after, ban_for=args.ban_for,
+                   gateway=args.gateway)
+    from fastguard.simulate import GatewayMissing
+
     try:
         run(opts, as_json=args.json)
+    except GatewayMissing as exc:
+        sys.stderr.write(f"fastguard simulate {exc}\n")
+        return 2
     except ImportError as exc:
         sys.stderr.write(f"fastguard simulate needs the Kong extra: pip install 'fastguard[kong]' ({exc})\n")
         return 2
@@ -202,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--ban-after", type=int, default=20, help="denials within a second that ban a caller on /api "
                                                                "(0: no bans; default: %(default)s)")
     sim.add_argument("--ban-for", type=float, default=30.0, help="seconds a ban lasts (default: %(default)s)")
+    sim.add_argument("--gateway", choices=["nginx"], help="send the traffic as HTTP through a real nginx + Lua "
+                                                          "gateway playing Kong (needs nginx-lua installed)")
     sim.add_argument("--json", action="store_true", help="print only the summary, as JSON (progress on stderr)")
     sim.set_defaults(func=_simulate)
 

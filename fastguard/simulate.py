@@ -51,6 +51,7 @@ class Options:
     seed: int = 1
     ban_after: int = 20
     ban_for: float = 30.0
+    gateway: str | None = None   # "nginx": HTTP through a real nginx + Lua gateway (fastguard.testing.gateway)
 
 
 def _b64(data: bytes) -> str:
@@ -179,7 +180,15 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
     say(f"fastguard simulate: {opts.requests:,} requests from {opts.consumers} consumers, concurrency "
         f"{opts.concurrency}, limits {opts.limits} per consumer on /api and {opts.login_limits} per IP on /login "
         f"({opts.algorithm}, {'Redis ' + opts.redis if opts.redis else 'in process'})")
+    if opts.gateway not in (None, "nginx"):
+        raise ValueError(f"--gateway takes nginx, not {opts.gateway!r}")
+    if opts.gateway:
+        from fastguard.testing.gateway import missing
+
+        if missing():
+            raise GatewayMissing(f"--gateway nginx: {missing()}")
     servers = []
+    gateway = None
     ports = _metrics_ports(2)
     try:
         servers = [fastguard_server("fastguard", folder, *(["--metrics-port", str(ports[0])] if ports else [])),
@@ -192,6 +201,17 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
         say(f"  started fastguard kong-server fastguard (pid {servers[0].proc.pid}) and fastguard-rate-limiting "
             f"(pid {servers[1].proc.pid}) on {folder}; keys and {len(tokens) + 40} tokens made in "
             f"{time.perf_counter() - t_setup:.1f} s")
+        if opts.gateway:
+            from fastguard.testing.gateway import GatewayPlugin, NginxGateway
+
+            # Kong's trusted_ips for the loopback client: /login's callers are told apart by X-Forwarded-For
+            gateway = NginxGateway({"simulated-api": GatewayPlugin("fastguard", servers[0].socket, api_cfg),
+                                    "simulated-login": GatewayPlugin("fastguard-rate-limiting", servers[1].socket,
+                                                                     login_cfg)},
+                                   {"/api": ["simulated-api"], "/login": ["simulated-login"]},
+                                   trusted_ips=("127.0.0.1",))
+            say(f"  started nginx (pid {gateway.proc.pid}, {gateway.workers} workers) on {gateway.url}: HTTP from "
+                f"here, Kong's side of the protocol in Lua")
 
         # The plan: every request decided before the run, so threads only play it.
         kinds, weights = zip(*mix.items(), strict=True)
@@ -218,6 +238,8 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
         failures: list[BaseException] = []
 
         def play(part: list[tuple[str, str, Any]]) -> None:
+            if gateway is not None:
+                return play_http(part)
             try:
                 client = KongClient(servers[0].socket, connections=2)
                 login_client = KongClient(servers[1].socket, connections=1)
@@ -247,6 +269,36 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
             except BaseException as exc:  # noqa: BLE001 - reported after the run
                 failures.append(exc)
 
+        def play_http(part: list[tuple[str, str, Any]]) -> None:
+            import http.client
+
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)  # one keep-alive client
+                mine = []
+                for route, kind, arg in part:
+                    t0 = time.perf_counter()
+                    headers = {"X-Forwarded-For": arg} if route == "login" else \
+                        ({"Authorization": f"Bearer {arg}"} if arg is not None else {})
+                    conn.request("GET", f"/{route}", headers=headers)
+                    r = conn.getresponse()
+                    body = r.read()
+                    elapsed = time.perf_counter() - t0
+                    reason = "ok"
+                    if r.status != 200:
+                        try:
+                            answer = json.loads(body)
+                            reason = answer.get("message", json.dumps(answer)) if isinstance(answer, dict) \
+                                else json.dumps(answer)
+                        except ValueError:
+                            reason = body.decode(errors="replace")[:60]
+                    mine.append((route, kind, r.status, str(reason), elapsed, 0))
+                    progress.add()
+                conn.close()
+                with lock:
+                    results.extend(mine)
+            except BaseException as exc:  # noqa: BLE001 - reported after the run
+                failures.append(exc)
+
         parts = [plan[i::opts.concurrency] for i in range(opts.concurrency)]
         threads = [threading.Thread(target=play, args=(p,), daemon=True) for p in parts]
         t0 = time.perf_counter()
@@ -261,6 +313,8 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
             raise RuntimeError(f"the simulation failed: {failures[0]!r}") from failures[0]
         server_metrics = _scrape(ports) if ports else None
     finally:
+        if gateway is not None:
+            gateway.stop()
         for s in servers:
             s.stop()
         shutil.rmtree(folder, ignore_errors=True)
@@ -272,6 +326,10 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
     else:
         _print(summary, out)
     return summary
+
+
+class GatewayMissing(RuntimeError):
+    """--gateway nginx on a machine without nginx-lua (the message says what to install)."""
 
 
 def _metrics_ports(n: int) -> list[int]:
@@ -339,13 +397,17 @@ def _summary(results: list[tuple[str, str, int, str, float, int]], elapsed: floa
         lat = sorted(r[4] for r in results if r[0] == route)
         calls = [r[5] for r in results if r[0] == route]
         routes[route] = {"requests": len(lat), "p50_ms": _pct(lat, 0.5) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3,
-                         "pdk_calls_per_request": statistics.fmean(calls) if calls else 0.0}
+                         "pdk_calls_per_request": None if opts.gateway else
+                         (statistics.fmean(calls) if calls else 0.0)}
     return {
         "requests": len(results),
         "seconds": elapsed,
         "events_per_second": len(results) / elapsed if elapsed else 0.0,
         "latency_ms": {"p50": _pct(latencies, 0.5) * 1e3, "p99": _pct(latencies, 0.99) * 1e3},
-        "pdk_calls_per_request": statistics.fmean(r[5] for r in results) if results else 0.0,
+        # through a gateway the PDK calls are nginx's: the servers' /metrics count the events instead
+        "pdk_calls_per_request": None if opts.gateway else (statistics.fmean(r[5] for r in results) if results
+                                                            else 0.0),
+        "gateway": opts.gateway,
         "outcomes": [{"route": route, "status": status, "reason": reason, "count": n}
                      for (route, status, reason), n in sorted(outcomes.items(), key=lambda kv: -kv[1])],
         "by_traffic": [{"traffic": kind, "status": status, "count": n}
@@ -361,9 +423,11 @@ def _summary(results: list[tuple[str, str, int, str, float, int]], elapsed: floa
 
 def _print(s: dict[str, Any], out: TextIO) -> None:
     w = out.write
-    w(f"\n{s['requests']:,} requests in {s['seconds']:.2f} s: {s['events_per_second']:,.0f} events/s; "
-      f"latency per request p50 {s['latency_ms']['p50']:.2f} ms, p99 {s['latency_ms']['p99']:.2f} ms "
-      f"(Kong side, protocol included); {s['pdk_calls_per_request']:.2f} PDK calls per request\n\n")
+    side = ("HTTP client side, through nginx" if s.get("gateway") else "Kong side, protocol included")
+    calls = "" if s["pdk_calls_per_request"] is None else f"; {s['pdk_calls_per_request']:.2f} PDK calls per request"
+    w(f"\n{s['requests']:,} requests in {s['seconds']:.2f} s: {s['events_per_second']:,.0f} "
+      f"{'requests' if s.get('gateway') else 'events'}/s; latency per request p50 {s['latency_ms']['p50']:.2f} ms, "
+      f"p99 {s['latency_ms']['p99']:.2f} ms ({side}){calls}\n\n")
     w(f"{'route':<7} {'status':>6} {'count':>8} {'share':>7}  reason\n")
     for o in s["outcomes"]:
         w(f"{o['route']:<7} {o['status']:>6} {o['count']:>8,} {o['count'] / s['requests']:>7.1%}  {o['reason']}\n")
@@ -377,8 +441,9 @@ def _print(s: dict[str, Any], out: TextIO) -> None:
         w(f"  {kind:<10} {total:>7,} requests -> {parts}\n")
     w("\nper route:\n")
     for route, r in s["routes"].items():
-        w(f"  /{route:<6} {r['requests']:>7,} requests, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
-          f"{r['pdk_calls_per_request']:.2f} PDK calls per request\n")
+        calls = "" if r["pdk_calls_per_request"] is None else \
+            f", {r['pdk_calls_per_request']:.2f} PDK calls per request"
+        w(f"  /{route:<6} {r['requests']:>7,} requests, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms{calls}\n")
     m = s.get("server_metrics")
     if m:
         w("\nthe plugin servers' own metrics (their /metrics pages):\n")

@@ -57,6 +57,7 @@ class NginxGateway:
     post_functions: dict[str, str] = field(default_factory=dict)  # location prefix -> Lua run after its plugins
     raw_locations: dict[str, str] = field(default_factory=dict)   # location prefix -> its nginx directives
     http_extra: str = ""                       # more directives in the http block (zones, shared dicts)
+    trusted_ips: tuple[str, ...] = ()          # Kong's trusted_ips: their X-Forwarded-For is the client address
     workers: int = 2
     reset_per_entity: bool = False             # Kong < 3.9's "no plugin instance" rule
     folder: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="fg-gateway-"))
@@ -85,20 +86,25 @@ class NginxGateway:
 
     def _write(self) -> None:
         os.makedirs(os.path.join(self.folder, "logs"), exist_ok=True)
-        entities = {e: {"name": p.name, "socket": p.socket, "config": p.config, "seq": p.seq}
+        entities = {e: {"name": p.name, "socket": p.socket, "seq": p.seq,
+                        "config_json": json.dumps({**p.config, "route_id": None, "service_id": None,
+                                                   "consumer_id": None, "__plugin_id": e,
+                                                   "__key__": f"plugins:{p.name}::::{e}", "__seq__": p.seq})}
                     for e, p in self.plugins.items()}
         locations = "\n".join(
             f"""        location {prefix} {{
             access_by_lua_block {{
                 require("fastguard_gateway").access({_lua(ids)}, {_lua_or_nil(self.post_functions.get(prefix))})
             }}
-            proxy_pass http://127.0.0.1:{self.upstream_port};
+            proxy_pass http://fg_upstream;
         }}""" for prefix, ids in self.routes.items()) + "\n".join(
             f"""
         location {prefix} {{
             {directives}
-            proxy_pass http://127.0.0.1:{self.upstream_port};
+            proxy_pass http://fg_upstream;
         }}""" for prefix, directives in self.raw_locations.items())
+        realip = "".join(f"set_real_ip_from {ip}; " for ip in self.trusted_ips) + \
+            ("real_ip_header X-Forwarded-For;" if self.trusted_ips else "")
         conf = f"""{"user root;" if os.geteuid() == 0 else ""}
 load_module {_MODULES[0]};
 load_module {_MODULES[1]};
@@ -108,6 +114,11 @@ pid logs/nginx.pid;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    {realip}
+    # pooled connections to the upstream: a new TCP connection per request would exhaust ephemeral ports under load
+    upstream fg_upstream {{ server 127.0.0.1:{self.upstream_port}; keepalive 64; }}
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
     {self.http_extra}
     lua_package_path "{LUA_DIR}/?.lua;/usr/share/lua/5.1/?.lua;;";
     lua_package_cpath "{os.path.dirname(_LUA_PATHS[1])}/?.so;;";

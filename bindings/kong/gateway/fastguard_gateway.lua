@@ -16,7 +16,7 @@ local mp = require "MessagePack"
 local ngx = ngx
 local M = {}
 
-local plugins = {}        -- entity id -> {name, socket, config, seq}
+local plugins = {}        -- entity id -> {name, socket, config_json, seq}
 local instances = {}      -- entity id -> {id, seq} (this worker's)
 local msg_id = 0
 local reset_per_plugin = true   -- Kong >= 3.9 forgets every instance of a plugin on "no plugin instance"
@@ -86,8 +86,9 @@ local PDK = {
   ["kong.request.get_query"] = function() return multimap(ngx.req.get_uri_args(100)) end,
   ["kong.request.get_path"] = function() return ngx.var.uri end,
   ["kong.request.get_method"] = function() return ngx.req.get_method() end,
+  -- Kong: get_ip is the peer's address, get_forwarded_ip the client's after trusted_ips (nginx's realip)
   ["kong.client.get_forwarded_ip"] = function() return ngx.var.remote_addr end,
-  ["kong.client.get_ip"] = function() return ngx.var.remote_addr end,
+  ["kong.client.get_ip"] = function() return ngx.var.realip_remote_addr end,
   ["kong.client.get_consumer"] = function() return ngx.ctx.authenticated_consumer end,
   ["kong.client.get_credential"] = function() return ngx.ctx.authenticated_credential end,
   ["kong.client.authenticate"] = function(consumer, credential)
@@ -157,11 +158,9 @@ local function instance_id(entity)
   local p = plugins[entity]
   local inst = instances[entity]
   if inst and inst.seq == p.seq then return inst.id end
-  local conf = {}
-  for k, v in pairs(p.config) do conf[k] = v end
-  conf.__plugin_id, conf.__key__, conf.__seq__ = entity, "plugins:" .. p.name .. "::::" .. entity, p.seq
-  conf.route_id, conf.service_id, conf.consumer_id = cjson.null, cjson.null, cjson.null
-  local result, err = call(p.socket, "plugin.StartInstance", {Name = p.name, Config = cjson.encode(conf)})
+  -- p.config_json: the plugin's config as Kong serializes it, meta fields included (route_id, __plugin_id, __key__,
+  -- __seq__...). Kept as JSON text: a Lua table would lose the difference between [] and {}, which Kong keeps.
+  local result, err = call(p.socket, "plugin.StartInstance", {Name = p.name, Config = p.config_json})
   if not result then return nil, err end
   instances[entity] = {id = result.Id, seq = p.seq}
   return result.Id
@@ -219,7 +218,7 @@ local function handle_event(entity, phase, retried)
   return nil
 end
 
---- Configure this worker's plugins: {entity_id = {name=, socket=, config=, seq=, fail_closed=}}, and whether
+--- Configure this worker's plugins: {entity_id = {name=, socket=, config_json=, seq=}}, and whether
 --- "no plugin instance" resets every instance of the plugin (Kong >= 3.9) or the entity's only.
 function M.configure(entities, opts)
   plugins = entities

@@ -110,6 +110,15 @@ def test_jwt_and_the_combined_plugin(gateway):
     assert [get(gw, "/both", {"Authorization": f"Bearer {token(sub='carol')}"})[0] for _ in range(2)] == [200, 429]
 
 
+def test_empty_lists_in_a_config_stay_lists(gateway):
+    """Kong serializes a config's empty arrays as [] (a Lua table decoded and encoded again would be {}): the
+    plugin must get them as lists, or its instance cannot start and Kong proxies unchecked."""
+    gw = gateway({"jwt": ("fastguard-jwt", {"jwks": JWKS, "uri_param_names": [], "cookie_names": []}, {})},
+                 {"/": ["jwt"]})
+    assert get(gw)[0] == 401 and get(gw, headers={"Authorization": f"Bearer {token()}"})[0] == 200
+    assert "invalid config" not in gw.error_log()
+
+
 def test_header_bytes_that_are_not_utf8(gateway):
     gw = gateway({"rl": ("fastguard-rate-limiting", {"minute": 1, "limit_by": "header", "header_name": "X-Tenant"},
                          {})}, {"/": ["rl"]})
@@ -243,3 +252,33 @@ def _rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def test_simulate_through_the_gateway():
+    """`fastguard simulate --gateway nginx`: the main job as HTTP through a real nginx + Lua gateway."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "fastguard.cli", "simulate", "--gateway", "nginx", "--requests",
+                          "800", "--consumers", "300", "--limits", "10/second; 600/minute", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["requests"] == 800 and summary["gateway"] == "nginx" and summary["pdk_calls_per_request"] is None
+    kinds: dict[str, dict[int, int]] = {}
+    for row in summary["by_traffic"]:
+        kinds.setdefault(row["traffic"], {})[row["status"]] = row["count"]
+    assert set(kinds["expired"]) == {401} and set(kinds["forged"]) == {401} and set(kinds["valid"]) == {200}
+    assert 429 in kinds["abusive"] and 200 in kinds["abusive"]
+    # ~2 logins per address at 5/minute: all pass — one shared address (X-Forwarded-For not trusted) would be 429s
+    assert set(kinds["login"]) == {200}
+    assert "started nginx" in run.stderr
+
+
+def test_simulate_says_how_to_install_the_gateway_when_it_is_absent(monkeypatch):
+    import fastguard.testing.gateway as gateway_module
+    from fastguard.simulate import GatewayMissing, Options, run
+
+    monkeypatch.setattr(gateway_module, "missing", lambda: "nginx with lua is not installed (apt-get install ...)")
+    with pytest.raises(GatewayMissing, match="apt-get install"):
+        run(Options(requests=10, gateway="nginx"), as_json=True)
