@@ -272,7 +272,7 @@ def test_simulate_through_the_gateway():
     assert 429 in kinds["abusive"] and 200 in kinds["abusive"]
     # ~2 logins per address at 5/minute: all pass — one shared address (X-Forwarded-For not trusted) would be 429s
     assert set(kinds["login"]) == {200}
-    assert "started nginx" in run.stderr
+    assert summary["routes"]["login"]["requests"] > 0
 
 
 def test_simulate_says_how_to_install_the_gateway_when_it_is_absent(monkeypatch):
