@@ -103,6 +103,10 @@ class NginxGateway:
             {directives}
             proxy_pass http://fg_upstream;
         }}""" for prefix, directives in self.raw_locations.items())
+        # the plugins in a file of their own (nginx limits the size of an inline Lua block)
+        plugins_file = os.path.join(self.folder, "plugins.json")
+        with open(plugins_file, "w") as fh:
+            json.dump(entities, fh)
         realip = "".join(f"set_real_ip_from {ip}; " for ip in self.trusted_ips) + \
             ("real_ip_header X-Forwarded-For;" if self.trusted_ips else "")
         conf = f"""{"user root;" if os.geteuid() == 0 else ""}
@@ -124,8 +128,10 @@ http {{
     lua_package_cpath "{os.path.dirname(_LUA_PATHS[1])}/?.so;;";
     init_worker_by_lua_block {{
         local cjson = require "cjson"
-        require("fastguard_gateway").configure(cjson.decode({_lua(json.dumps(entities))}),
+        local file = assert(io.open({_lua(plugins_file)}))
+        require("fastguard_gateway").configure(cjson.decode(file:read("*a")),
                                                {{reset_per_entity = {str(self.reset_per_entity).lower()}}})
+        file:close()
     }}
     server {{
         listen 127.0.0.1:{self.port};
