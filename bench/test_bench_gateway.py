@@ -92,8 +92,8 @@ def _wrk(url: str, connections: int, headers: dict[str, str]) -> dict:
     assert "Non-2xx" not in out and "Socket errors" not in out and " 0 requests in" not in out, out
     return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "requests": int(re.search(r"(\d+) requests in", out).group(1)),
-            "p50_ms": _ms(re.search(r"50%\s+(\S+)", out).group(1)),
-            "p99_ms": _ms(re.search(r"99%\s+(\S+)", out).group(1))}
+            "p50_ms": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+            "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))}
 
 
 CASES = ["no plugin", "nginx limit_req", "Lua shared-dict limiter",
