@@ -75,7 +75,8 @@ def _server_name(url: str, scheme: str, options: dict[str, Any]) -> None:
         raise ValueError(f"server_name={name!r} needs TLS (rediss://), got {url!r}")
     if not isinstance(name, str) or not name or not hasattr(redis.connection.SSLConnection, "_wrap_socket_with_ssl"):
         raise ValueError(f"server_name must be a host name, got {name!r}" if not isinstance(name, str) or not name
-                         else f"server_name needs redis-py 5.1 or newer (installed: {redis.__version__})")
+                         else f"server_name needs a redis-py whose SSLConnection has _wrap_socket_with_ssl "
+                              f"(installed: {redis.__version__})")
     options["connection_class"] = NamedTLSConnection
     options["server_name"] = name
 
