@@ -160,6 +160,7 @@ http {{
             return ""
 
     def stop(self) -> None:
+        """Stop nginx (by its pid) and remove its folder (configuration, logs)."""
         if self.proc.poll() is None:
             self.proc.terminate()  # nginx's master: SIGTERM is a fast shutdown
             try:
@@ -167,6 +168,7 @@ http {{
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _lua_or_nil(value: str | None) -> str:
