@@ -282,3 +282,25 @@ def test_simulate_says_how_to_install_the_gateway_when_it_is_absent(monkeypatch)
     monkeypatch.setattr(gateway_module, "missing", lambda: "nginx with lua is not installed (apt-get install ...)")
     with pytest.raises(GatewayMissing, match="apt-get install"):
         run(Options(requests=10, gateway="nginx"), as_json=True)
+
+
+@pytest.mark.parametrize("reset_per_entity", [False, True])
+def test_both_of_kongs_reset_rules_recover_after_a_restart(gateway, tmp_path, reset_per_entity):
+    """On "no plugin instance" Kong >= 3.9 forgets every instance of the plugin, earlier Kongs the entity's only;
+    either way each route is enforced again once a new server listens on the socket."""
+    server = fastguard_server("fastguard-jwt", str(tmp_path))
+    gw = gateway({"a": ("fastguard-jwt", {"jwks": JWKS}, {}), "b": ("fastguard-jwt", {"jwks": JWKS}, {})},
+                 {"/a": ["a"], "/b": ["b"]}, workers=1, reset_per_entity=reset_per_entity)
+    gw.plugins["a"].socket = gw.plugins["b"].socket = server.socket
+    gw.reload()
+    time.sleep(0.5)
+    good = {"Authorization": f"Bearer {token()}"}
+    assert [get(gw, p, good)[0] for p in ("/a", "/b")] == [200, 200]
+    server.stop()
+    server = fastguard_server("fastguard-jwt", str(tmp_path))  # new ids: the old ones are "no plugin instance"
+    try:
+        assert [get(gw, p)[0] for p in ("/a", "/b")] == [401, 401]
+        assert [get(gw, p, good)[0] for p in ("/a", "/b")] == [200, 200]
+        assert "no plugin instance" not in gw.error_log()   # retried after the reset, never an error
+    finally:
+        server.stop()
