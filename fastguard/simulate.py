@@ -256,10 +256,7 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
                             headers["authorization"] = f"Bearer {arg}"
                         o = client.event(api_id, {"kong.request.get_headers": headers})
                     elapsed = time.perf_counter() - t0
-                    body = o.exit[1] if o.exit else None
-                    # kong.response.exit carries a body ({"message": ...}); kong.response.error its message
-                    reason = "ok" if o.exit is None else body if isinstance(body, str) else (
-                        body.get("message") if isinstance(body, dict) and "message" in body else json.dumps(body))
+                    reason = "ok" if o.exit is None else _reason(o.exit[1])
                     mine.append((route, kind, o.status, str(reason), elapsed, len(o.calls)))
                     progress.add()
                 client.close()
@@ -286,9 +283,7 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
                     reason = "ok"
                     if r.status != 200:
                         try:
-                            answer = json.loads(body)
-                            reason = answer.get("message", json.dumps(answer)) if isinstance(answer, dict) \
-                                else json.dumps(answer)
+                            reason = _reason(json.loads(body))
                         except ValueError:
                             reason = body.decode(errors="replace")[:60]
                     mine.append((route, kind, r.status, str(reason), elapsed, 0))
@@ -326,6 +321,16 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
     else:
         _print(summary, out)
     return summary
+
+
+def _reason(body: Any) -> str:
+    """The reason of a refusal: kong.response.error's message (a str), the message of an exit's {"message": ...}
+    body (Kong's JSON), or the body itself as JSON."""
+    if isinstance(body, str):
+        return body
+    if isinstance(body, dict) and "message" in body:
+        return str(body["message"])
+    return json.dumps(body)
 
 
 class GatewayMissing(RuntimeError):

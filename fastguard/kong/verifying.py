@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import re
@@ -28,7 +27,7 @@ def jws_header(token: str) -> dict[str, Any]:
     """The protected header of a token the verifier accepted (so it decodes), as a dict."""
     segment = token.split(".", 1)[0]
     try:
-        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        value = json.loads(fg._impl.b64url_decode(segment.encode("ascii")))
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
@@ -71,7 +70,7 @@ def kong_secret_jwks(jwks: str) -> str:
     doc = json.loads(jwks)
     for jwk in doc.get("keys", []) if isinstance(doc, dict) else []:
         if isinstance(jwk, dict) and jwk.get("kty") == "oct" and isinstance(jwk.get("k"), str):
-            text = base64.urlsafe_b64decode(jwk["k"] + "=" * (-len(jwk["k"]) % 4))
+            text = fg._impl.b64url_decode(jwk["k"].encode("ascii"))
             raw = base64.b64decode(text + b"=" * (-len(text) % 4))
             jwk["k"] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
     return json.dumps(doc)
@@ -108,7 +107,7 @@ class Verifying:
                 if cfg["secret_is_base64"]:
                     jwks = kong_secret_jwks(jwks)
                 fg.KeySet.from_jwks(jwks)
-            except (ValueError, TypeError, binascii.Error) as exc:
+            except (ValueError, TypeError) as exc:  # binascii and Unicode errors are ValueErrors
                 self.broken = f"jwks: {exc}"
                 log.error("fastguard-jwt (plugin %s): the configured jwks cannot be used (%s); every request is "
                           "answered 500 until the configuration is fixed", entity, exc)

@@ -490,16 +490,20 @@ def lua_operands(op: str, a: int, b: int) -> list[int]:
     return [*limbs3(a), *limbs3(b)]
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cases=st.lists(OPS, min_size=1, max_size=120))
-def test_the_scripts_wide_integers_are_exact(redis_server, cases):
-    client = redis.Redis(port=redis_server.port)
+def assert_script_computes(client: redis.Redis, cases: list[tuple[str, int, int]]) -> None:
+    """Run the cases through the script's helpers in one EVAL; each answer must be Python's."""
     argv: list[Any] = []
     for op, a, b in cases:
         argv += [op, *lua_operands(op, a, b)]
     got = client.eval(wide_helpers_lua() + HARNESS, 0, *argv)
     for (op, a, b), answer in zip(cases, got, strict=True):
         assert [int(x) for x in answer.split()] == expected(op, a, b), (op, a, b)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cases=st.lists(OPS, min_size=1, max_size=120))
+def test_the_scripts_wide_integers_are_exact(redis_server, cases):
+    assert_script_computes(redis.Redis(port=redis_server.port), cases)
 
 
 def test_the_scripts_wide_integers_are_exact_in_bulk(redis_server):
@@ -516,10 +520,4 @@ def test_the_scripts_wide_integers_are_exact_in_bulk(redis_server):
                   ("ns", rng.randrange(2**53 - 10**13, 2**53 + 10**13), 0), ("ns", x, 0),
                   ("ms_limbs", rng.randrange(2**53), rng.randrange(10**6))]
     for at in range(0, len(cases), 2000):
-        chunk = cases[at:at + 2000]
-        argv: list[Any] = []
-        for op, a, b in chunk:
-            argv += [op, *lua_operands(op, a, b)]
-        got = client.eval(wide_helpers_lua() + HARNESS, 0, *argv)
-        for (op, a, b), answer in zip(chunk, got, strict=True):
-            assert [int(x) for x in answer.split()] == expected(op, a, b), (op, a, b)
+        assert_script_computes(client, cases[at:at + 2000])
