@@ -222,6 +222,11 @@ class JWTVerifier:
         if close is not None:
             close()
 
+    def cached(self, token: str | bytes, now: float | None = None) -> bool:
+        """Whether verify(token, now) would be answered from the verified-token cache: no key lookup, so no fetch
+        of a RemoteKeySet either (counts nothing)."""
+        return self.keys.version == self._keys_version and self._cache.contains(token, now)
+
     def clear_cache(self) -> None:
         self._cache.clear()
         self._failures.clear()

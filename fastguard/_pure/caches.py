@@ -13,6 +13,7 @@ class TokenCache:
     """Verdicts by exact token, each usable for `now` in [valid_from, valid_until) (ns); at most `capacity`.
 
     get(token, now) -> the stored value, or None (a miss; an entry outside its time window is dropped).
+    contains(token, now) -> whether get would hit (counts and changes nothing).
     put(token, value, valid_from_ns, valid_until_ns). A full cache drops its least recently used entry (the core
     approximates that with a CLOCK hand, so the two may pick different victims). Tokens are str (ASCII) or bytes.
     """
@@ -49,6 +50,14 @@ class TokenCache:
             self._entries.move_to_end(key)
             self.hits += 1
             return entry[0]
+
+    def contains(self, token: Any, now: Any = None) -> bool:
+        """Whether get(token, now) would hit, without counting, touching or dropping anything."""
+        t = now_ns_from(now)
+        key = self._key(token)
+        with self._lock:
+            entry = self._entries.get(key) if key is not None else None
+        return entry is not None and entry[1] <= t < entry[2]
 
     def put(self, token: Any, value: Any, valid_from_ns: int, valid_until_ns: int) -> None:
         key = self._key(token)

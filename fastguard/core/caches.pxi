@@ -14,6 +14,7 @@ cdef class TokenCache:
     """Verdicts by exact token, each usable for `now` in [valid_from, valid_until) (ns); at most `capacity`.
 
     get(token, now=None) -> the stored value, or None (a miss; an entry outside its time window is dropped).
+    contains(token, now=None) -> whether get would hit (counts and changes nothing).
     put(token, value, valid_from_ns, valid_until_ns). Keys are the exact token bytes, found through a keyed hash
     (so nobody can aim tokens at one slot) and compared in full. A full cache evicts with a CLOCK (second chance)
     hand, O(1) amortized. All work happens with the GIL held and no Python code runs in between, so it is
@@ -82,6 +83,20 @@ cdef class TokenCache:
 
     def get(self, token, now=None):
         return self._get(token, now)
+
+    def contains(self, token, now=None):
+        """Whether get(token, now) would hit, without counting, touching or dropping anything."""
+        cdef const char *buf
+        cdef Py_ssize_t n, pos
+        cdef int64_t t = _now_ns(now)
+        cdef fg_tok *e
+        if self.n == 0 or not _token_bytes(token, &buf, &n) or n > self.max_token_bytes:
+            return False
+        pos = self._find(fg_siphash13(<const unsigned char *>buf, <size_t>n, _sip_k0, _sip_k1), buf, n)
+        if pos < 0:
+            return False
+        e = &self.slots[pos]
+        return e.valid_from <= t < e.valid_until
 
     cdef object _get(self, object token, object now):
         cdef const char *buf

@@ -85,6 +85,8 @@ class Limiting:
                                   ban_after=cfg["ban_after"], ban_for=cfg["ban_for"])
 
         self.limiter: fg.RateLimiter | None = registry.REGISTRY.acquire(self._key, make)
+        #: every decision is a Redis round trip (strict mode); local-first decides in process
+        self.waits = self.limiter is not None and self.limiter.store is not None and self.limiter.sync is None
         if registry.TRACK is not None and self.limiter is not None:
             registry.TRACK(self.limiter, entity)
 

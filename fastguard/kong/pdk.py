@@ -7,7 +7,7 @@ import logging
 from collections.abc import Generator
 from typing import Any
 
-__all__ = ["PDKCall", "Steps", "TERMINAL", "PDKError", "json_exit", "failed", "header", "drive"]
+__all__ = ["PDKCall", "Steps", "TERMINAL", "MAY_WAIT", "PDKError", "json_exit", "failed", "header", "drive"]
 
 log = logging.getLogger("fastguard.kong")
 
@@ -15,6 +15,10 @@ PDKCall = tuple[str, list[Any]]
 Steps = Generator[PDKCall, Any, None]
 #: PDK calls after which Kong sends nothing more for the event.
 TERMINAL = frozenset(("kong.response.exit", "kong.response.error"))
+#: Not a PDK call: a plugin yields it just before work that may wait on the network (a Redis round trip, a JWKS
+#: fetch). `fastguard kong-server` runs the rest of that step on a worker thread, so its event loop keeps serving
+#: the other connections; it is answered with None and never reaches Kong.
+MAY_WAIT: PDKCall = ("fastguard.may_wait", [])
 
 
 class PDKError(Exception):
@@ -47,6 +51,9 @@ def drive(steps: Steps, kong: Any) -> None:
         call = next(steps)
         while True:
             method, args = call
+            if method == MAY_WAIT[0]:  # this driver runs in a thread of its own already
+                call = steps.send(None)
+                continue
             target = kong
             for part in method.split(".")[1:]:
                 target = getattr(target, part)

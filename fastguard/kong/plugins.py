@@ -25,7 +25,7 @@ import fastguard as fg
 from fastguard.kong import registry
 from fastguard.kong.fields import Field, check, kong_schema
 from fastguard.kong.limiting import Tiered, rate_limit_key
-from fastguard.kong.pdk import TERMINAL, PDKCall, PDKError, Steps, drive, failed, json_exit
+from fastguard.kong.pdk import MAY_WAIT, TERMINAL, PDKCall, PDKError, Steps, drive, failed, json_exit
 from fastguard.kong.registry import entity_of
 from fastguard.kong.schemas import (
     GUARD_CHECKS,
@@ -122,7 +122,10 @@ class RateLimitingPlugin(PluginBase):
                 if consumer is None and self.limit_by != "consumer":
                     consumer = yield ("kong.client.get_consumer", [])
                 tier = consumer.get(self.tier_by.removeprefix("consumer_")) if isinstance(consumer, dict) else None
-            answer = self.limiting.pick(tier).answer(key)
+            limiting = self.limiting.pick(tier)
+            if limiting.waits:
+                yield MAY_WAIT
+            answer = limiting.answer(key)
             if self.config["approval_mark"] and (answer is None or answer[0] not in TERMINAL):
                 yield approve(self.config["approval_mark"])
         except PDKError as exc:
@@ -253,7 +256,10 @@ class GuardPlugin(JWTPlugin):
         if who is None:
             return self.verifying.refusal(fg.MissingClaim(claim=self.config["limit_by_claim"]), True)
         tier = claims.get(self.config["tier_claim"]) if self.config["tier_claim"] else None
-        answer = self.limiting.pick(tier).answer(rate_limit_key("claim", who))
+        limiting = self.limiting.pick(tier)
+        if limiting.waits:
+            yield MAY_WAIT
+        answer = limiting.answer(rate_limit_key("claim", who))
         if answer is not None and answer[0] in TERMINAL:
             return answer
         if upstream:

@@ -13,6 +13,10 @@ What kong-pdk's own listener gets wrong, and this one does instead:
 * The socket is created with mode 0600 (only the server's user can speak to it), at most `max_connections`
   connections are served at once (the others wait in the listen backlog until one closes, so nothing is refused
   while Kong waits), and a connection that sends a message larger than `max_message_bytes` is closed.
+* One thread serves every connection (an epoll loop): a thread per connection spends most of a request's CPU
+  handing the GIL around. A dispatch that may wait (a Redis round trip, a JWKS fetch, a kong-pdk handler on its
+  own thread) comes back as a `Deferred` and runs on a small worker pool while the loop serves the others; its
+  connection's later messages wait their turn, so answers keep their order.
 * Each connection's first answer is preceded by Kong's `serverPid` notification: a Kong that sees a new pid on
   a socket forgets every instance id it holds for it.
 """
@@ -21,13 +25,17 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import socket
 import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import msgpack
 
-__all__ = ["METHODS", "RPCServer", "Dispatcher", "MAX_CONNECTIONS", "MAX_MESSAGE_BYTES"]
+__all__ = ["METHODS", "RPCServer", "Dispatcher", "Deferred", "MAX_CONNECTIONS", "MAX_MESSAGE_BYTES", "WORKERS"]
 
 log = logging.getLogger("fastguard.kong")
 
@@ -52,10 +60,23 @@ METHODS = {
 MAX_CONNECTIONS = 256
 #: The largest message accepted; a bigger one closes its connection (a Kong message is a few KiB).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: Threads that run Deferred dispatches (waits on Redis, an identity provider, kong-pdk handlers).
+WORKERS = 64
+
+
+class Deferred:
+    """A dispatch that may wait (a Redis round trip, a JWKS fetch, a kong-pdk handler on its own thread): the
+    server runs `run()` on its worker pool and answers with what it returns (or raises), serving every other
+    connection meanwhile."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: Callable[[], Any]) -> None:
+        self.run = run
 
 
 class Dispatcher(Protocol):
-    def dispatch(self, method: str, args: list[Any]) -> Any: ...
+    def dispatch(self, method: str, args: list[Any]) -> Any: ...  # the answer, or a Deferred that computes it
 
     def encode_failed(self, result: Any, exc: Exception) -> Any: ...
 
@@ -69,23 +90,47 @@ def _pack_error(msgid: int, text: str) -> bytes:
     return msgpack.packb([1, msgid, text, None], unicode_errors="backslashreplace")
 
 
+class _Conn:
+    __slots__ = ("sock", "fd", "unpacker", "out", "busy", "events", "noticed")
+
+    def __init__(self, sock: socket.socket, unpacker: msgpack.Unpacker) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.unpacker = unpacker
+        self.out = b""          # answers the socket has not taken yet
+        self.busy = False       # a Deferred of this connection runs: its later messages wait, in order
+        self.events = 0         # what the selector watches for it (0: not registered)
+        self.noticed = False    # the serverPid notice went out
+
+
 class RPCServer:
-    """A Unix-socket MessagePack-RPC server for one dispatcher (a thread per connection, bounded)."""
+    """A Unix-socket MessagePack-RPC server for one dispatcher: one thread and an epoll loop over every connection;
+    a dispatch that may wait (`Deferred`) runs on a worker pool of `workers` threads."""
 
     def __init__(self, dispatcher: Dispatcher, path: str, *, mode: int = 0o600,
                  max_connections: int = MAX_CONNECTIONS, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 backlog: int = 4096) -> None:
+                 backlog: int = 4096, workers: int = WORKERS) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.dispatcher = dispatcher
         self.path = path
         self.mode = mode
+        self.max_connections = max_connections
         self.max_message_bytes = max_message_bytes
         self.backlog = backlog
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self.workers = workers
         self._notice = msgpack.packb([2, "serverPid", os.getpid()])
         self._sock: socket.socket | None = None
+        self._sel = selectors.DefaultSelector()
         self._stopped = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._done: deque[tuple[_Conn, bytes | None]] = deque()   # finished Deferreds, for the loop to send
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._conns: dict[int, _Conn] = {}
         self.connections = 0
 
     def bind(self) -> None:
@@ -99,71 +144,209 @@ class RPCServer:
             os.umask(old)
         os.chmod(self.path, self.mode)
         sock.listen(self.backlog)
+        sock.setblocking(False)
         self._sock = sock
 
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full: the loop has wake-ups pending already
+            pass
+
+    # -- the loop -------------------------------------------------------------------------------------------------
     def serve_forever(self) -> None:
         if self._sock is None:
             self.bind()
         assert self._sock is not None
-        while not self._stopped.is_set():
-            self._slots.acquire()  # past max_connections, new connections wait in the backlog
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                self._slots.release()
-                if self._stopped.is_set():
-                    return
-                continue
-            try:
-                threading.Thread(target=self._serve, args=(conn,), daemon=True, name="kong-rpc").start()
-            except RuntimeError:  # no thread to be had: refuse this connection, keep the slot
-                log.error("fastguard kong-server: cannot start a thread for a new connection; closing it")
-                conn.close()
-                self._slots.release()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._sock.close()
-
-    def _serve(self, conn: socket.socket) -> None:
-        self.connections += 1
-        unpacker = msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", strict_map_key=False,
-                                    max_buffer_size=self.max_message_bytes)
-        notice: bytes | None = self._notice
+        listener, sel = self._sock, self._sel
+        sel.register(listener, selectors.EVENT_READ, None)
+        sel.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+        listening = True
         try:
-            while True:
-                data = conn.recv(65536)
-                if not data:
+            while not self._stopped.is_set():
+                for key, mask in sel.select():
+                    conn = key.data
+                    if conn is None:
+                        self._accept(listener)
+                    elif conn is self._wake_r:
+                        self._completions()
+                    elif mask & selectors.EVENT_WRITE:
+                        self._flush(conn)
+                    else:
+                        self._read(conn)
+                # Past max_connections new connections wait in the backlog: nothing is refused while Kong waits.
+                full = self.connections >= self.max_connections
+                if listening and full:
+                    sel.unregister(listener)
+                    listening = False
+                elif not listening and not full:
+                    sel.register(listener, selectors.EVENT_READ, None)
+                    listening = True
+        finally:
+            for conn in list(self._conns.values()):
+                self._close(conn)
+            sel.close()
+            listener.close()
+            self._wake_r.close()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self.connections < self.max_connections:
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. out of file descriptors: the backlog keeps it for the next round
+                log.error("fastguard kong-server: accept failed (%s)", exc)
+                return
+            sock.setblocking(False)
+            conn = _Conn(sock, msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", strict_map_key=False,
+                                                max_buffer_size=self.max_message_bytes))
+            self._conns[conn.fd] = conn
+            self.connections += 1
+            self._watch(conn)
+
+    def _close(self, conn: _Conn) -> None:
+        if self._conns.pop(conn.fd, None) is None:
+            return
+        self.connections -= 1
+        if conn.events:
+            self._sel.unregister(conn.sock)
+            conn.events = 0
+        conn.sock.close()
+
+    def _watch(self, conn: _Conn) -> None:
+        """Read while idle, write while answers wait for the socket, neither while a Deferred runs."""
+        want = selectors.EVENT_WRITE if conn.out else 0 if conn.busy else selectors.EVENT_READ
+        if want == conn.events:
+            return
+        if not want:
+            self._sel.unregister(conn.sock)
+        elif conn.events:
+            self._sel.modify(conn.sock, want, conn)
+        else:
+            self._sel.register(conn.sock, want, conn)
+        conn.events = want
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        try:
+            conn.unpacker.feed(data)
+        except msgpack.BufferFull:
+            log.error("fastguard kong-server: a message over %d bytes; closing its connection", self.max_message_bytes)
+            self._close(conn)
+            return
+        self._serve(conn)
+
+    def _serve(self, conn: _Conn) -> None:
+        """Answer the connection's complete messages in order, up to the first Deferred one."""
+        answers = []
+        try:
+            for message in conn.unpacker:
+                answer = self._answer(message)
+                if answer is None:
+                    self._close(conn)
                     return
-                try:
-                    unpacker.feed(data)
-                except msgpack.BufferFull:
-                    log.error("fastguard kong-server: a message over %d bytes; closing its connection",
-                              self.max_message_bytes)
-                    return
-                for message in unpacker:
-                    out = self._answer(message)
-                    if out is None:
-                        return
-                    if notice is not None:
-                        out, notice = notice + out, None
-                    conn.sendall(out)
-        except (OSError, ValueError, TypeError, msgpack.UnpackException) as exc:
+                if isinstance(answer, bytes):
+                    answers.append(answer)
+                    continue
+                conn.busy = True
+                self._defer(conn, answer)
+                break
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
             # Bytes that are not msgpack at all (or a map keyed by an array): the stream cannot be resynchronised,
             # and no msgid is known.
             log.error("fastguard kong-server: unreadable message (%s); closing its connection", exc)
-        finally:
-            self.connections -= 1
-            conn.close()
-            self._slots.release()
+            self._close(conn)
+            return
+        if answers:
+            self._send(conn, answers[0] if len(answers) == 1 else b"".join(answers))
+        if conn.fd in self._conns:
+            self._watch(conn)
 
-    def _answer(self, message: Any) -> bytes | None:
-        """The bytes answering one request, or None when the message is not a request (closes the connection)."""
+    def _send(self, conn: _Conn, data: bytes) -> None:
+        if not conn.noticed:
+            data, conn.noticed = self._notice + data, True
+        if conn.out:
+            conn.out += data
+            return
+        try:
+            sent = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = data[sent:]
+
+    def _flush(self, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = conn.out[sent:]
+        if not conn.out and not conn.busy:
+            self._serve(conn)  # what arrived while the answers waited
+        elif conn.fd in self._conns:
+            self._watch(conn)
+
+    # -- deferred dispatches ------------------------------------------------------------------------------------
+    def _defer(self, conn: _Conn, answer: tuple[int, str, Deferred]) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="kong-rpc")
+        msgid, method, deferred = answer
+        try:
+            self._pool.submit(self._run_deferred, conn, msgid, method, deferred)
+        except RuntimeError:  # no thread to be had, or shutting down
+            conn.busy = False
+            self._send(conn, _pack_error(msgid, f"{method}: the server is out of threads"))
+
+    def _run_deferred(self, conn: _Conn, msgid: int, method: str, deferred: Deferred) -> None:
+        try:
+            out: bytes = self._result(msgid, method, deferred.run)
+        except BaseException as exc:  # noqa: BLE001 - the connection always gets its answer
+            out = _pack_error(msgid, f"{method}: {exc}")
+        self._done.append((conn, out))
+        self._wake()
+
+    def _completions(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        while self._done:
+            conn, out = self._done.popleft()
+            if conn.fd not in self._conns or self._conns[conn.fd] is not conn:
+                continue
+            conn.busy = False
+            self._send(conn, out)
+            if conn.fd in self._conns:
+                if conn.out:
+                    self._watch(conn)
+                else:
+                    self._serve(conn)  # its messages that waited
+
+    # -- one request ----------------------------------------------------------------------------------------------
+    def _answer(self, message: Any) -> bytes | tuple[int, str, Deferred] | None:
+        """The bytes answering one request, a Deferred to run first, or None when the message is not a request
+        (closes the connection)."""
         if not (isinstance(message, (list, tuple)) and len(message) == 4 and message[0] == 0
                 and isinstance(message[1], int) and not isinstance(message[1], bool)):
             log.error("fastguard kong-server: not an RPC request: %.200r; closing its connection", message)
@@ -174,9 +357,21 @@ class RPCServer:
         if not isinstance(args, (list, tuple)):
             return _pack_error(msgid, f"{method}: arguments must be a list")
         try:
-            result = self.dispatcher.dispatch(method, list(args))
+            result = self.dispatcher.dispatch(method, args if isinstance(args, list) else list(args))
         except Exception as exc:  # noqa: BLE001 - answered as the RPC's error (kong-pdk's behaviour)
             return _pack_error(msgid, str(exc))
+        if isinstance(result, Deferred):
+            return msgid, method, result
+        return self._packed(msgid, method, result)
+
+    def _result(self, msgid: int, method: str, run: Callable[[], Any]) -> bytes:
+        try:
+            result = run()
+        except Exception as exc:  # noqa: BLE001 - answered as the RPC's error (kong-pdk's behaviour)
+            return _pack_error(msgid, str(exc))
+        return self._packed(msgid, method, result)
+
+    def _packed(self, msgid: int, method: str, result: Any) -> bytes:
         try:
             return _pack_answer(msgid, None, result)
         except (TypeError, ValueError, OverflowError) as exc:

@@ -39,14 +39,17 @@ from kong_pdk.pdk import Kong
 from kong_pdk.server import PluginServer
 
 import fastguard
+from fastguard.kong.pdk import MAY_WAIT
 from fastguard.kong.plugins import PLUGINS, PRIORITIES, TERMINAL, PDKError
-from fastguard.kong.rpc import MAX_CONNECTIONS, METHODS, RPCServer
+from fastguard.kong.rpc import MAX_CONNECTIONS, METHODS, Deferred, RPCServer
 
 __all__ = ["FastguardPluginServer", "main", "plugin_module", "check_kong_pdk", "KONG_PDK_TESTED"]
 
 log = logging.getLogger("fastguard.kong")
 
 MSG_RET = "ret"
+#: methods that always run on the RPC server's worker pool
+_OFF_LOOP = frozenset(("plugin.StartInstance", "plugin.CloseInstance"))
 _FAIL_CLOSED = {"Method": "kong.response.exit",
                 "Args": [500, {"message": "An unexpected error occurred"}, {}]}
 
@@ -171,7 +174,11 @@ class FastguardPluginServer(PluginServer):
 
     # -- the socket's entry points (fastguard.kong.rpc) -------------------------------------------------------------
     def dispatch(self, method: str, args: list[Any]) -> Any:
-        """Run one of the protocol's methods (rpc.METHODS is the allow-list)."""
+        """Run one of the protocol's methods (rpc.METHODS is the allow-list), or say how to (a Deferred: starting
+        or closing an instance, which may connect to Redis or stop threads, runs off the event loop)."""
+        if method in _OFF_LOOP:
+            handler = getattr(self, METHODS[method])
+            return Deferred(lambda: handler(*args))
         return getattr(self, METHODS[method])(*args)
 
     def encode_failed(self, result: Any, exc: Exception) -> Any:
@@ -251,38 +258,45 @@ class FastguardPluginServer(PluginServer):
             return self._advance(eid, _Event(plugin.steps(), plugin=plugin), "start", None)
         channel = _Channel(self.timeout)
         self._pool.submit(self._run_handler, getattr(plugin, phase), channel)
-        return self._relay(eid, _Event(channel=channel, plugin=plugin))
+        ev = _Event(channel=channel, plugin=plugin)
+        return Deferred(lambda: self._guarded(eid, ev, lambda: self._relay(eid, ev)))  # waits on the handler
 
-    def step(self, data: dict[str, Any]) -> dict[str, Any]:
+    def step(self, data: dict[str, Any]) -> dict[str, Any] | Deferred:
         return self._step(data, False)
 
-    def step_error(self, data: dict[str, Any]) -> dict[str, Any]:
+    def step_error(self, data: dict[str, Any]) -> dict[str, Any] | Deferred:
         return self._step(data, True)
 
     step_multi_map = step_credential = step_consumer = step_route = step_service = step_plugin = step
     step_memory_stats = step
 
-    def _step(self, data: dict[str, Any], is_error: bool) -> dict[str, Any]:
+    def _step(self, data: dict[str, Any], is_error: bool) -> dict[str, Any] | Deferred:
         eid = data.get("EventId") if isinstance(data, dict) else None
         with self._lock:
             ev = self.events.pop(eid, None) if isinstance(eid, int) else None
         if ev is None:
             raise PluginServerException(f"event id {eid!r} not found")
+        value = data.get("Data")  # no Data key: the PDK call returned nil
+        if ev.steps is not None:
+            return self._guarded(eid, ev, lambda: self._advance(eid, ev, "throw" if is_error else "send", value))
+        ev.channel.to_plugin.put((None, value) if is_error else (value, None))
+        return Deferred(lambda: self._guarded(eid, ev, lambda: self._relay(eid, ev)))
+
+    def _guarded(self, eid: int, ev: _Event, run: Any) -> Any:
+        """run(), or on any error the event's end with the plugin's fault answer: the pending event always gets an
+        answer (an RPC error would make Kong proxy the request unchecked)."""
         try:
-            value = data.get("Data")  # no Data key: the PDK call returned nil
-            if ev.steps is not None:
-                return self._advance(eid, ev, "throw" if is_error else "send", value)
-            ev.channel.to_plugin.put((None, value) if is_error else (value, None))
-            return self._relay(eid, ev)
-        except Exception as exc:  # noqa: BLE001 - the pending event always gets an answer
+            return run()
+        except Exception as exc:  # noqa: BLE001
             log.error("fastguard kong-server: step failed, ending the event: %r", exc, exc_info=exc)
             if ev.steps is not None:
                 ev.steps.close()
             self._finished(ev, 500)
             return {"Data": _fault(ev.plugin), "EventId": eid}
 
-    def _advance(self, eid: int, ev: _Event, how: str, value: Any) -> dict[str, Any]:
-        """One step of a fastguard plugin's generator, in this RPC's thread."""
+    def _advance(self, eid: int, ev: _Event, how: str, value: Any, waiting: bool = False) -> dict[str, Any] | Deferred:
+        """One step of a fastguard plugin's generator, on the event loop; from a MAY_WAIT on, on a worker thread
+        (`waiting`)."""
         try:
             if how == "start":
                 call = next(ev.steps)
@@ -290,6 +304,11 @@ class FastguardPluginServer(PluginServer):
                 call = ev.steps.send(value)
             else:
                 call = ev.steps.throw(PDKError(str(value)))
+            while call is MAY_WAIT:
+                if not waiting:
+                    return Deferred(lambda: self._guarded(eid, ev, lambda: self._advance(eid, ev, "send", None,
+                                                                                         True)))
+                call = ev.steps.send(None)
         except StopIteration:
             self._finished(ev, 200)
             return {"Data": MSG_RET, "EventId": eid}

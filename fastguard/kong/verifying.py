@@ -12,7 +12,7 @@ from typing import Any
 
 import fastguard as fg
 from fastguard.kong import registry
-from fastguard.kong.pdk import PDKCall, header, json_exit
+from fastguard.kong.pdk import MAY_WAIT, PDKCall, header, json_exit
 
 __all__ = ["Verifying", "JWT_MESSAGES", "CONSUMER_HEADERS", "EmptyKeyClaim", "cookie_value", "jws_header"]
 
@@ -124,6 +124,8 @@ class Verifying:
                                   required_claims=required, cache_size=cfg["cache_size"])
 
         self.verifier: fg.JWTVerifier | None = registry.REGISTRY.acquire(self._key, make)
+        #: keys fetched from jwks_uri: verifying a token not in the cache may wait on the identity provider
+        self.remote = self.verifier is not None and isinstance(self.verifier.keys, fg.RemoteKeySet)
         if registry.TRACK is not None and self.verifier is not None:
             registry.TRACK(self.verifier, entity)
 
@@ -250,6 +252,8 @@ class Verifying:
             return None, self.refusal(exc, True)
         if token is None:
             return None, self.refusal(None, False)
+        if self.remote and not self.verifier.cached(token):  # type: ignore[union-attr]
+            yield MAY_WAIT  # a token not verified yet may need the JWKS fetched (first use, an unknown kid)
         try:
             claims = self.check(token)
         except fg.InvalidToken as exc:
