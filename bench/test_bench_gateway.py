@@ -100,7 +100,7 @@ CASES = ["no plugin", "nginx limit_req", "Lua shared-dict limiter",
          *(f"{case} ({kind})" for case in PLUGIN_CASES for kind in ("fastguard kong-server", "stock kong-pdk"))]
 
 
-@pytest.mark.parametrize("connections", [8, 32])
+@pytest.mark.parametrize("connections", [8, 32, 64])
 @pytest.mark.parametrize("case", CASES)
 def test_gateway_http(benchmark, gateway, case, connections):
     path = {"no plugin": "/none", "nginx limit_req": "/limit_req", "Lua shared-dict limiter": "/lua"}.get(case)

@@ -5,6 +5,7 @@ Pure Python, importing neither core: both `_core` and `_pure` use it, so the rul
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -97,6 +98,7 @@ def limit_from_ns(count: int, period_ns: int) -> Limit:
     return limit
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of periods, asked on every decision's headers
 def window_name(period_seconds: float) -> str:
     """Kong-style name of a window: "Minute" for 60 s, "5Minutes" for 300 s, "1.5Seconds" otherwise."""
     for unit_seconds, name in _WINDOW_NAMES:

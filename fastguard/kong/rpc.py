@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
+import select
 import socket
 import threading
 from collections import deque
@@ -60,6 +60,7 @@ METHODS = {
 MAX_CONNECTIONS = 256
 #: The largest message accepted; a bigger one closes its connection (a Kong message is a few KiB).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_READ, _WRITE = select.POLLIN, select.POLLOUT  # equal to EPOLLIN, EPOLLOUT
 #: Threads that run Deferred dispatches (waits on Redis, an identity provider, kong-pdk handlers).
 WORKERS = 64
 
@@ -122,8 +123,10 @@ class RPCServer:
         self.backlog = backlog
         self.workers = workers
         self._notice = msgpack.packb([2, "serverPid", os.getpid()])
+        self._packer = msgpack.Packer()  # the loop thread's (a failed pack leaves it empty)
         self._sock: socket.socket | None = None
-        self._sel = selectors.DefaultSelector()
+        # epoll on Linux (poll elsewhere: the same interface); masks are the same numbers in both
+        self._poller: Any = select.epoll() if hasattr(select, "epoll") else select.poll()
         self._stopped = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._done: deque[tuple[_Conn, bytes | None]] = deque()   # finished Deferreds, for the loop to send
@@ -162,34 +165,36 @@ class RPCServer:
         if self._sock is None:
             self.bind()
         assert self._sock is not None
-        listener, sel = self._sock, self._sel
-        sel.register(listener, selectors.EVENT_READ, None)
-        sel.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+        listener, poller, conns = self._sock, self._poller, self._conns
+        lfd, wfd = listener.fileno(), self._wake_r.fileno()
+        poller.register(lfd, _READ)
+        poller.register(wfd, _READ)
         listening = True
         try:
             while not self._stopped.is_set():
-                for key, mask in sel.select():
-                    conn = key.data
+                for fd, mask in poller.poll():
+                    conn = conns.get(fd)
                     if conn is None:
-                        self._accept(listener)
-                    elif conn is self._wake_r:
-                        self._completions()
-                    elif mask & selectors.EVENT_WRITE:
+                        if fd == lfd:
+                            self._accept(listener)
+                        elif fd == wfd:
+                            self._completions()
+                    elif mask & _WRITE:
                         self._flush(conn)
-                    else:
+                    else:  # readable, or hung up / in error: recv says which
                         self._read(conn)
                 # Past max_connections new connections wait in the backlog: nothing is refused while Kong waits.
                 full = self.connections >= self.max_connections
                 if listening and full:
-                    sel.unregister(listener)
+                    poller.unregister(lfd)
                     listening = False
                 elif not listening and not full:
-                    sel.register(listener, selectors.EVENT_READ, None)
+                    poller.register(lfd, _READ)
                     listening = True
         finally:
-            for conn in list(self._conns.values()):
+            for conn in list(conns.values()):
                 self._close(conn)
-            sel.close()
+            poller.close()
             listener.close()
             self._wake_r.close()
             if self._pool is not None:
@@ -216,21 +221,21 @@ class RPCServer:
             return
         self.connections -= 1
         if conn.events:
-            self._sel.unregister(conn.sock)
+            self._poller.unregister(conn.fd)
             conn.events = 0
         conn.sock.close()
 
     def _watch(self, conn: _Conn) -> None:
         """Read while idle, write while answers wait for the socket, neither while a Deferred runs."""
-        want = selectors.EVENT_WRITE if conn.out else 0 if conn.busy else selectors.EVENT_READ
+        want = _WRITE if conn.out else 0 if conn.busy else _READ
         if want == conn.events:
             return
         if not want:
-            self._sel.unregister(conn.sock)
+            self._poller.unregister(conn.fd)
         elif conn.events:
-            self._sel.modify(conn.sock, want, conn)
+            self._poller.modify(conn.fd, want)
         else:
-            self._sel.register(conn.sock, want, conn)
+            self._poller.register(conn.fd, want)
         conn.events = want
 
     def _read(self, conn: _Conn) -> None:
@@ -257,12 +262,12 @@ class RPCServer:
         try:
             for message in conn.unpacker:
                 answer = self._answer(message)
+                if type(answer) is bytes:
+                    answers.append(answer)
+                    continue
                 if answer is None:
                     self._close(conn)
                     return
-                if isinstance(answer, bytes):
-                    answers.append(answer)
-                    continue
                 conn.busy = True
                 self._defer(conn, answer)
                 break
@@ -347,33 +352,34 @@ class RPCServer:
     def _answer(self, message: Any) -> bytes | tuple[int, str, Deferred] | None:
         """The bytes answering one request, a Deferred to run first, or None when the message is not a request
         (closes the connection)."""
-        if not (isinstance(message, (list, tuple)) and len(message) == 4 and message[0] == 0
-                and isinstance(message[1], int) and not isinstance(message[1], bool)):
+        # msgpack arrays decode as lists; the msgid is an int, not a bool
+        if not (type(message) is list and len(message) == 4 and message[0] == 0 and type(message[1]) is int):
             log.error("fastguard kong-server: not an RPC request: %.200r; closing its connection", message)
             return None
         _, msgid, method, args = message
-        if not isinstance(method, str) or method not in METHODS:
+        if type(method) is not str or method not in METHODS:
             return _pack_error(msgid, f"RPC method {method!r} is not supported")
-        if not isinstance(args, (list, tuple)):
+        if type(args) is not list:
             return _pack_error(msgid, f"{method}: arguments must be a list")
         try:
-            result = self.dispatcher.dispatch(method, args if isinstance(args, list) else list(args))
+            result = self.dispatcher.dispatch(method, args)
         except Exception as exc:  # noqa: BLE001 - answered as the RPC's error (kong-pdk's behaviour)
             return _pack_error(msgid, str(exc))
-        if isinstance(result, Deferred):
+        if type(result) is Deferred:
             return msgid, method, result
-        return self._packed(msgid, method, result)
+        return self._packed(msgid, method, result, self._packer.pack)
 
     def _result(self, msgid: int, method: str, run: Callable[[], Any]) -> bytes:
+        """A Deferred's answer, on a worker thread (msgpack.packb: the loop's Packer is the loop's alone)."""
         try:
             result = run()
         except Exception as exc:  # noqa: BLE001 - answered as the RPC's error (kong-pdk's behaviour)
             return _pack_error(msgid, str(exc))
-        return self._packed(msgid, method, result)
+        return self._packed(msgid, method, result, msgpack.packb)
 
-    def _packed(self, msgid: int, method: str, result: Any) -> bytes:
+    def _packed(self, msgid: int, method: str, result: Any, pack: Callable[[Any], bytes]) -> bytes:
         try:
-            return _pack_answer(msgid, None, result)
+            return pack([1, msgid, None, result])
         except (TypeError, ValueError, OverflowError) as exc:
             # e.g. UnicodeEncodeError: a str with a lone surrogate in a PDK call's arguments
             try:

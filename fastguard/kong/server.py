@@ -162,6 +162,8 @@ class FastguardPluginServer(PluginServer):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kong-handler")
         self._sweep_at = time.monotonic() + timeout
         self.instance_id = self.event_id = _first_id()
+        self._handlers: dict[str, Any] = {}
+        self._phases: dict[tuple[type, Any], bool] = {}   # (plugin class, EventName) -> has that handler
 
     def get_plugin_info(self, name: str) -> dict[str, Any]:
         """kong-pdk's plugin info, with the plugin's entity checks in its schema (Kong's cross-field rules: Kong's
@@ -176,10 +178,12 @@ class FastguardPluginServer(PluginServer):
     def dispatch(self, method: str, args: list[Any]) -> Any:
         """Run one of the protocol's methods (rpc.METHODS is the allow-list), or say how to (a Deferred: starting
         or closing an instance, which may connect to Redis or stop threads, runs off the event loop)."""
+        handler = self._handlers.get(method)
+        if handler is None:  # one bound method per protocol method, built once (this runs for every message)
+            handler = self._handlers[method] = getattr(self, METHODS[method])
         if method in _OFF_LOOP:
-            handler = getattr(self, METHODS[method])
             return Deferred(lambda: handler(*args))
-        return getattr(self, METHODS[method])(*args)
+        return handler(*args)
 
     def encode_failed(self, result: Any, exc: Exception) -> Any:
         """An event's answer that msgpack cannot encode ends that event with the plugin's fault answer."""
@@ -238,17 +242,20 @@ class FastguardPluginServer(PluginServer):
                     "Threads": threading.active_count()}
 
     # -- events ---------------------------------------------------------------------------------------------------
-    def handle_event(self, event: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(event, dict):
+    def handle_event(self, event: dict[str, Any]) -> dict[str, Any] | Deferred:
+        if type(event) is not dict:
             raise PluginServerException("HandleEvent expects a map")
         iid = event.get("InstanceId")
-        instance = self.instances.get(iid) if isinstance(iid, int) else None
+        instance = self.instances.get(iid) if type(iid) is int else None
         if instance is None:
             raise PluginServerException(f"no plugin instance #{iid}")  # Kong restarts the instance on this text
-        instance.reset_expire_ts()
+        instance.last_used_time = time.time()  # kong-pdk's reset_expire_ts
         plugin = instance.cls
         phase = event.get("EventName")
-        if not isinstance(phase, str) or phase.startswith("_") or not hasattr(plugin, phase):
+        known = self._phases.get((type(plugin), phase)) if type(phase) is str else False
+        if known is None:
+            known = self._phases[type(plugin), phase] = not phase.startswith("_") and hasattr(plugin, phase)
+        if not known:
             raise PluginServerException(f"{instance.name} has no {phase} handler")
         with self._lock:
             eid = self.event_id
@@ -278,7 +285,10 @@ class FastguardPluginServer(PluginServer):
             raise PluginServerException(f"event id {eid!r} not found")
         value = data.get("Data")  # no Data key: the PDK call returned nil
         if ev.steps is not None:
-            return self._guarded(eid, ev, lambda: self._advance(eid, ev, "throw" if is_error else "send", value))
+            try:
+                return self._advance(eid, ev, "throw" if is_error else "send", value)
+            except Exception as exc:  # noqa: BLE001 - the pending event always gets an answer
+                return self._failed(eid, ev, exc)
         ev.channel.to_plugin.put((None, value) if is_error else (value, None))
         return Deferred(lambda: self._guarded(eid, ev, lambda: self._relay(eid, ev)))
 
@@ -288,11 +298,14 @@ class FastguardPluginServer(PluginServer):
         try:
             return run()
         except Exception as exc:  # noqa: BLE001
-            log.error("fastguard kong-server: step failed, ending the event: %r", exc, exc_info=exc)
-            if ev.steps is not None:
-                ev.steps.close()
-            self._finished(ev, 500)
-            return {"Data": _fault(ev.plugin), "EventId": eid}
+            return self._failed(eid, ev, exc)
+
+    def _failed(self, eid: int, ev: _Event, exc: Exception) -> dict[str, Any]:
+        log.error("fastguard kong-server: step failed, ending the event: %r", exc, exc_info=exc)
+        if ev.steps is not None:
+            ev.steps.close()
+        self._finished(ev, 500)
+        return {"Data": _fault(ev.plugin), "EventId": eid}
 
     def _advance(self, eid: int, ev: _Event, how: str, value: Any, waiting: bool = False) -> dict[str, Any] | Deferred:
         """One step of a fastguard plugin's generator, on the event loop; from a MAY_WAIT on, on a worker thread

@@ -276,6 +276,21 @@ def test_cached_token_stops_verifying_at_exp(core):
     assert code_of(v, token, now=NOW + 11) == "expired"
 
 
+def test_cached_says_whether_verify_would_answer_from_the_cache_and_counts_nothing(core):
+    v = hs_verifier()
+    token = sign({"sub": "a", "exp": NOW + 10, "nbf": NOW})
+    assert not v.cached(token, now=NOW)
+    v.verify(token, now=NOW)
+    hits, misses = v._cache.hits, v._cache.misses
+    assert v.cached(token, now=NOW + 5) and v.cached(token.encode(), now=NOW + 5)
+    assert not v.cached(token, now=NOW + 10)          # expired: verify would not answer from the cache
+    assert not v.cached(token, now=NOW - 1)           # before its nbf
+    assert not v.cached(sign({"sub": "b", "exp": NOW + 10}), now=NOW)
+    assert not v.cached("tö", now=NOW)
+    assert (v._cache.hits, v._cache.misses) == (hits, misses) and len(v._cache) == 1
+    assert v.cached(token, now=NOW + 5)               # probing left the entry in place
+
+
 def test_cache_rechecks_nbf_when_time_goes_back(core):
     v = hs_verifier()
     token = sign({"sub": "a", "exp": NOW + 100, "nbf": NOW})
