@@ -288,6 +288,11 @@ def render(data: dict) -> str:
                 ratio = ours["requests_per_s"] / native["requests_per_s"]
                 check(f"gateway: {plugin} ≥ 0.3× the native Lua limiter's requests/s ({c} conn.)", ratio,
                       ratio >= 0.3, f"{ratio:.2f}×")
+            few, many = gw_by.get((f"{plugin} (fastguard kong-server)", conns[0])), ours
+            if c == conns[-1] and c != conns[0] and few and many:
+                ratio = many["requests_per_s"] / few["requests_per_s"]
+                check(f"gateway: no loss from {conns[0]} to {c} connections ({plugin}; ≥ 0.95×, the run's noise)",
+                      ratio, ratio >= 0.95, f"{ratio:.2f}×")
             if ours and "server_cpu_us_per_request" in ours and plugin != "fastguard":
                 cpu, bound = ours["server_cpu_us_per_request"], 60 if plugin == "fastguard-rate-limiting" else 40
                 check(f"gateway: plugin server CPU per request ≤ {bound} µs ({plugin}, {c} conn.)", cpu,
