@@ -10,14 +10,16 @@ The modules in PLUGIN_DIR load unchanged in the stock `kong-python-pluginserver 
 Your own plugin (docs/kong.md, "Your own plugins"): a module with `Plugin` (a PluginBase subclass whose `steps()` is
 a generator of PDK calls: it yields `(method, args)` and receives what Kong answered), `Schema = Plugin.schema()`,
 `version` and `priority`. `fastguard kong-server NAME --module FILE` runs it like the bundled plugins, one step per
-RPC with no thread per event; plain kong-pdk plugins (`access(self, kong)`) are served too, on a thread pool.
+RPC on the server's event loop with no thread per event (yield MAY_WAIT before anything that waits on the network:
+the rest of that step then runs on a worker thread); plain kong-pdk plugins (`access(self, kong)`) are served too,
+on a thread pool.
 """
 
 from importlib import resources
 
 from fastguard.kong.fields import ConfigError, Field
 from fastguard.kong.limiting import rate_limit_key
-from fastguard.kong.pdk import TERMINAL, PDKCall, PDKError, Steps, header, json_exit
+from fastguard.kong.pdk import MAY_WAIT, TERMINAL, PDKCall, PDKError, Steps, header, json_exit
 from fastguard.kong.plugins import PLUGINS, GuardPlugin, JWTPlugin, PluginBase, RateLimitingPlugin
 
 #: A folder of kong-pdk plugin modules named after the plugins (for kong-python-pluginserver -d): bindings/kong/plugins
@@ -25,5 +27,5 @@ from fastguard.kong.plugins import PLUGINS, GuardPlugin, JWTPlugin, PluginBase, 
 PLUGIN_DIR = str(resources.files("fastguard._bindings").joinpath("kong", "plugins"))
 
 __all__ = ["PLUGINS", "PLUGIN_DIR", "RateLimitingPlugin", "JWTPlugin", "GuardPlugin", "ConfigError",
-           "PluginBase", "Field", "PDKCall", "Steps", "PDKError", "TERMINAL", "json_exit", "header",
+           "PluginBase", "Field", "PDKCall", "Steps", "PDKError", "TERMINAL", "MAY_WAIT", "json_exit", "header",
            "rate_limit_key"]

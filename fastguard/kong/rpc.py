@@ -28,6 +28,7 @@ import os
 import select
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,8 @@ MAX_CONNECTIONS = 256
 #: The largest message accepted; a bigger one closes its connection (a Kong message is a few KiB).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _READ, _WRITE = select.POLLIN, select.POLLOUT  # equal to EPOLLIN, EPOLLOUT
+#: A dispatch on the loop longer than this (seconds) is logged: every other connection waited for it.
+SLOW_ON_LOOP = 0.05
 #: Threads that run Deferred dispatches (waits on Redis, an identity provider, kong-pdk handlers).
 WORKERS = 64
 
@@ -124,6 +127,7 @@ class RPCServer:
         self.workers = workers
         self._notice = msgpack.packb([2, "serverPid", os.getpid()])
         self._packer = msgpack.Packer()  # the loop thread's (a failed pack leaves it empty)
+        self._slow_said = 0.0
         self._sock: socket.socket | None = None
         # epoll on Linux (poll elsewhere: the same interface); masks are the same numbers in both
         self._poller: Any = select.epoll() if hasattr(select, "epoll") else select.poll()
@@ -361,10 +365,18 @@ class RPCServer:
             return _pack_error(msgid, f"RPC method {method!r} is not supported")
         if type(args) is not list:
             return _pack_error(msgid, f"{method}: arguments must be a list")
+        started = time.monotonic()
         try:
             result = self.dispatcher.dispatch(method, args)
         except Exception as exc:  # noqa: BLE001 - answered as the RPC's error (kong-pdk's behaviour)
             return _pack_error(msgid, str(exc))
+        held = time.monotonic() - started
+        if held > SLOW_ON_LOOP and started >= self._slow_said:
+            # every connection waited that long: a plugin that waits on the network without yielding MAY_WAIT
+            self._slow_said = started + 60
+            log.warning("fastguard kong-server: %s held the event loop for %.0f ms; a plugin that waits (network, "
+                        "locks) must yield fastguard.kong.MAY_WAIT first (said at most once a minute)", method,
+                        held * 1000)
         if type(result) is Deferred:
             return msgid, method, result
         return self._packed(msgid, method, result, self._packer.pack)

@@ -7,7 +7,8 @@ This is kong-pdk's `PluginServer` (same MessagePack-RPC protocol, same plugin AP
   before that call never releases it: the whole server deadlocks. Here no lock is held while a handler works,
   and every way a handler can end (a PDK call, a return, an exception) answers the RPC.
 * kong-pdk starts a thread (or greenlet) per event, and in gevent mode leaks one per `kong.response.exit`. Here
-  fastguard's plugins run as generators of PDK calls, one step per RPC, in the RPC's own thread: no thread at all.
+  fastguard's plugins run as generators of PDK calls, one step per RPC, on the socket's event loop (a step after
+  `MAY_WAIT` on a worker thread: fastguard.kong.rpc.Deferred): no thread per event.
   Other kong-pdk plugins run on a bounded thread pool; a handler that outlives its event (after an exit, or when
   Kong stops stepping it) is woken by a timeout and returns its thread.
 * every wait has a timeout (`--timeout`, 10 s): a plugin that does not answer is answered 500 for it.

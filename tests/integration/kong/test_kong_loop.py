@@ -182,3 +182,42 @@ def test_answers_keep_their_order_when_a_message_before_them_waits(rl):
     assert [a[1] for a in answers] == [1, 2]
     assert answers[0][2] is None and answers[0][3]["Name"] == "fastguard-rate-limiting"
     assert answers[1][2] is None and answers[1][3]["Instances"] >= 1
+
+
+PLUGIN_THAT_WAITS = '''
+import time
+
+from fastguard.kong import MAY_WAIT, Field, PluginBase, json_exit
+
+
+class Plugin(PluginBase):
+    fields = (Field("announce", "boolean", False), Field("wait_ms", "integer", 300))
+
+    def __init__(self, config):
+        self.config = self.checked(config)
+
+    def steps(self):
+        if self.config["announce"]:
+            yield MAY_WAIT
+        time.sleep(self.config["wait_ms"] / 1000)   # stands for a call to some service
+        yield json_exit(200, "done")
+
+
+Schema = Plugin.schema()
+version = "1.0.0"
+priority = 1000
+'''
+
+
+@pytest.mark.parametrize("announce", [True, False])
+def test_a_plugin_that_waits_without_may_wait_is_named_in_the_log(tmp_path, announce):
+    module = tmp_path / "waits.py"
+    module.write_text(PLUGIN_THAT_WAITS)
+    server = fastguard_server("waits", str(tmp_path), "--module", str(module))
+    try:
+        client = server.client(1)
+        iid = client.start("waits", {"announce": announce})
+        assert client.event(iid, {}).exit[1] == {"message": "done"}
+    finally:
+        log = server.stop()
+    assert ("held the event loop" in log) is not announce, log
