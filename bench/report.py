@@ -161,13 +161,17 @@ def render(data: dict) -> str:
         lines += ["## HTTP through a real gateway (nginx + Lua playing Kong; wrk, 1 nginx worker, the upstream an "
                   "nginx location)", "",
                   "| case | " + " | ".join(f"{c} connections: requests/s, p50 / p99 ms" for c in conns) +
-                  " | plugin server CPU per request |", "|---|" + "---:|" * (len(conns) + 1)]
+                  " | plugin server CPU per request | nginx worker CPU per request |",
+                  "|---|" + "---:|" * (len(conns) + 2)]
+
+        def cpu(case: str, what: str) -> str:
+            return " / ".join(f"{g[what]:.0f} µs" for c in conns if (g := gw_by.get((case, c))) and what in g)
+
         for case in dict.fromkeys(g["case"] for g in gw):
             cells = [(f"{g['requests_per_s']:,.0f}, {g['p50_ms']:.2f} / {g['p99_ms']:.2f}" if g else "")
                      for g in (gw_by.get((case, c)) for c in conns)]
-            cpu = [g["server_cpu_us_per_request"] for c in conns
-                   if (g := gw_by.get((case, c))) and "server_cpu_us_per_request" in g]
-            lines.append(f"| {case} | " + " | ".join(cells) + f" | {' / '.join(f'{x:.0f} µs' for x in cpu)} |")
+            lines.append(f"| {case} | " + " | ".join(cells) +
+                         f" | {cpu(case, 'server_cpu_us_per_request')} | {cpu(case, 'gateway_cpu_us_per_request')} |")
         lines.append("")
 
     # Budgets (docs/design.md), judged on this run only.

@@ -1,8 +1,9 @@
 """HTTP through a real gateway (nginx + lua-nginx-module playing Kong's side: fastguard.testing.gateway), with wrk:
 no plugin, nginx's own `limit_req`, a rate limiter in Lua on an nginx shared dict (what Kong's bundled
 rate-limiting does with the local policy), and fastguard's three plugins on `fastguard kong-server` and on the stock
-kong-pdk server. Per case and connection count: requests/s, p50/p99 latency, and the plugin server's CPU per
-request (its process CPU time over the run). Skipped with a reason when nginx-lua or wrk is absent.
+kong-pdk server. Per case and connection count: requests/s, p50/p99 latency, and the CPU per request of the plugin
+server and of the nginx worker (process CPU time over the run): where a request's time goes. Skipped with a reason
+when nginx-lua or wrk is absent.
 """
 
 from __future__ import annotations
@@ -74,10 +75,14 @@ def gateway():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_seconds(*pids: int) -> float:
+    """User + system CPU time of these processes (seconds)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(text: str) -> float:
@@ -119,9 +124,14 @@ def test_gateway_http(benchmark, gateway, case, connections):
     _wrk(gateway.url + path, connections, headers, WARM_UP)  # connections, instances, token caches (not counted)
     result: dict = {}
 
+    workers = gateway.worker_pids()
+
     def run() -> None:
         cpu = _cpu_seconds(server.proc.pid) if server else 0.0
+        nginx = _cpu_seconds(*workers)
         result.update(_wrk(gateway.url + path, connections, headers))
+        # nginx's side (HTTP, the Lua runloop: msgpack packing, cosockets) next to the plugin server's
+        result["gateway_cpu_us_per_request"] = (_cpu_seconds(*workers) - nginx) / result["requests"] * 1e6
         if server:
             result["server_cpu_us_per_request"] = (_cpu_seconds(server.proc.pid) - cpu) / result["requests"] * 1e6
 

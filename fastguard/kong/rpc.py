@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-__all__ = ["METHODS", "RPCServer", "Dispatcher", "Deferred", "MAX_CONNECTIONS", "MAX_MESSAGE_BYTES", "WORKERS"]
+__all__ = ["METHODS", "RPCServer", "Dispatcher", "Deferred", "MAX_CONNECTIONS", "MAX_MESSAGE_BYTES"]
 
 log = logging.getLogger("fastguard.kong")
 
@@ -64,8 +64,8 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _READ, _WRITE = select.POLLIN, select.POLLOUT  # equal to EPOLLIN, EPOLLOUT
 #: A dispatch on the loop longer than this (seconds) is logged: every other connection waited for it.
 SLOW_ON_LOOP = 0.05
-#: Threads that run Deferred dispatches (waits on Redis, an identity provider, kong-pdk handlers).
-WORKERS = 64
+#: Answers buffered for one connection past which its further messages wait until the socket takes them.
+OUT_HIGH_WATER = 1 << 20
 
 
 class Deferred:
@@ -109,13 +109,15 @@ class _Conn:
 
 class RPCServer:
     """A Unix-socket MessagePack-RPC server for one dispatcher: one thread and an epoll loop over every connection;
-    a dispatch that may wait (`Deferred`) runs on a worker pool of `workers` threads."""
+    a dispatch that may wait (`Deferred`) runs on a pool of `workers` threads (default: one per connection, started
+    as needed — a connection has at most one Deferred running, so none ever waits for a thread)."""
 
     def __init__(self, dispatcher: Dispatcher, path: str, *, mode: int = 0o600,
                  max_connections: int = MAX_CONNECTIONS, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 backlog: int = 4096, workers: int = WORKERS) -> None:
+                 backlog: int = 4096, workers: int | None = None) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        workers = max_connections if workers is None else workers
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.dispatcher = dispatcher
@@ -201,6 +203,7 @@ class RPCServer:
             poller.close()
             listener.close()
             self._wake_r.close()
+            self._wake_w.close()
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -261,30 +264,40 @@ class RPCServer:
         self._serve(conn)
 
     def _serve(self, conn: _Conn) -> None:
-        """Answer the connection's complete messages in order, up to the first Deferred one."""
-        answers = []
-        try:
-            for message in conn.unpacker:
-                answer = self._answer(message)
-                if type(answer) is bytes:
-                    answers.append(answer)
-                    continue
-                if answer is None:
-                    self._close(conn)
-                    return
-                conn.busy = True
-                self._defer(conn, answer)
-                break
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            # Bytes that are not msgpack at all (or a map keyed by an array): the stream cannot be resynchronised,
-            # and no msgid is known.
-            log.error("fastguard kong-server: unreadable message (%s); closing its connection", exc)
-            self._close(conn)
-            return
-        if answers:
-            self._send(conn, answers[0] if len(answers) == 1 else b"".join(answers))
-        if conn.fd in self._conns:
-            self._watch(conn)
+        """Answer the connection's complete messages in order, up to the first Deferred one. Answers the socket
+        has not taken stop the reading (and, past OUT_HIGH_WATER, the answering): a client that sends without
+        reading cannot make the server buffer without bound."""
+        while True:
+            answers, size, more = [], 0, False
+            try:
+                for message in conn.unpacker:
+                    answer = self._answer(message)
+                    if type(answer) is bytes:
+                        answers.append(answer)
+                        size += len(answer)
+                        if size > OUT_HIGH_WATER:
+                            more = True
+                            break
+                        continue
+                    if answer is None:
+                        self._close(conn)
+                        return
+                    conn.busy = True
+                    self._defer(conn, answer)
+                    break
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                # Bytes that are not msgpack at all (or a map keyed by an array): the stream cannot be
+                # resynchronised, and no msgid is known.
+                log.error("fastguard kong-server: unreadable message (%s); closing its connection", exc)
+                self._close(conn)
+                return
+            if answers:
+                self._send(conn, answers[0] if len(answers) == 1 else b"".join(answers))
+            if conn.fd not in self._conns:
+                return
+            if not (more and not conn.out and not conn.busy):
+                break  # else the socket took it all: answer the messages still buffered
+        self._watch(conn)
 
     def _send(self, conn: _Conn, data: bytes) -> None:
         if not conn.noticed:

@@ -159,6 +159,19 @@ http {{
         except OSError:
             return ""
 
+    def worker_pids(self) -> list[int]:
+        """The nginx worker processes (the master's children)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        if int(fh.read().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                            pids.append(int(entry))
+                except (OSError, ValueError, IndexError):  # the process ended meanwhile
+                    pass
+        return pids
+
     def stop(self) -> None:
         """Stop nginx (by its pid) and remove its folder (configuration, logs)."""
         if self.proc.poll() is None:

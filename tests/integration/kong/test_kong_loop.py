@@ -221,3 +221,30 @@ def test_a_plugin_that_waits_without_may_wait_is_named_in_the_log(tmp_path, anno
     finally:
         log = server.stop()
     assert ("held the event loop" in log) is not announce, log
+
+
+def test_a_client_that_pipelines_without_reading_gets_every_answer_in_order(rl):
+    """Thousands of requests with large answers (the plugin info, several KB each) sent before reading any: the
+    server stops answering a connection whose answers the socket has not taken (past 1 MiB) and goes on as they
+    are read — nothing lost, nothing reordered."""
+    n = 3000
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(rl.socket)
+    requests = b"".join(msgpack.packb([0, i, "plugin.GetPluginInfo" if i % 2 else "plugin.GetStatus",
+                                       ["fastguard-rate-limiting" if i % 2 else None]]) for i in range(1, n + 1))
+    sender = threading.Thread(target=sock.sendall, args=(requests,), daemon=True)
+    sender.start()
+    time.sleep(0.5)  # the server meets a socket that takes nothing
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    ids, size = [], 0
+    while len(ids) < n:
+        data = sock.recv(1 << 20)
+        assert data, "connection closed"
+        size += len(data)
+        unpacker.feed(data)
+        ids += [m[1] for m in unpacker if m[0] == 1 and m[2] is None]
+    sender.join(10)
+    sock.close()
+    assert ids == list(range(1, n + 1))
+    assert size > 4 * (1 << 20)  # the answers were larger than the server's high-water mark, several times over
