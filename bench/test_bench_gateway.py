@@ -18,12 +18,13 @@ import time
 
 import pytest
 
-from bench.conftest import QUICK
 from fastguard.kong import PLUGIN_DIR
 from fastguard.kong.client import fastguard_server
 from fastguard.testing.gateway import GatewayPlugin, NginxGateway, missing
 from fastguard.testing.servers import stock_server
 from fastguard.testing.tokens import jwk, sign
+
+from .conftest import QUICK
 
 pytestmark = pytest.mark.skipif(missing() is not None or shutil.which("wrk") is None,
                                 reason=missing() or "wrk is not installed (apt-get install wrk)")

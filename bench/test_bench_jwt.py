@@ -15,8 +15,9 @@ from joserfc import jwk as jose_jwk
 from joserfc import jwt as jose_jwt
 
 import fastguard as fg
-from bench.conftest import rounds
 from fastguard.testing.tokens import KEY_FOR_ALG, SECRET, jwk, private_key, raw_signature, sign
+
+from .conftest import rounds
 
 OPS = 1000
 FAMILIES = ["HS256", "RS256", "PS256", "ES256", "EdDSA"]

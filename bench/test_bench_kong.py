@@ -15,19 +15,22 @@ import statistics
 import tempfile
 import threading
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from bench.conftest import QUICK
 from fastguard.kong import PLUGIN_DIR
 from fastguard.kong.client import KongClient, fastguard_server
 from fastguard.testing.servers import stock_server
 from fastguard.testing.tokens import jwk, sign
 
+from .conftest import QUICK
+
 FLOOR = str(Path(__file__).with_name("kong_floor.py"))
 #: docs/kong.md's worked example of your own plugin (a generator of PDK calls), served with --module
-EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "kong" / "api_key_guard.py")
+#: examples/kong/api_key_guard.py (installed as fastguard._examples, so the benchmark runs where fastguard is installed)
+EXAMPLE = str(resources.files("fastguard._examples").joinpath("kong", "api_key_guard.py"))
 EVENTS = 300 if QUICK else 1500
 JWKS = json.dumps({"keys": [jwk("RSA", kid="rsa1", alg="RS256")]})
 TOKEN = sign({"iss": "https://idp.example", "sub": "alice", "exp": int(time.time()) + 3600}, "RS256",

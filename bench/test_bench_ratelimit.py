@@ -17,8 +17,9 @@ from limits import storage as limits_storage
 from limits import strategies as limits_strategies
 
 import fastguard as fg
-from bench.competitors import DictTokenBucket
-from bench.conftest import rounds
+
+from .competitors import DictTokenBucket
+from .conftest import rounds
 
 OPS = 10_000
 N_KEYS = 1_000_000

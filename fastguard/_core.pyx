@@ -23,14 +23,13 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
-import numpy as np
-
 from fastguard import errors as _errors
 from fastguard._secret import MIX_SEED, SIP_K0, SIP_K1
 
 from fastguard.arguments import ALGORITHMS as _ALGORITHMS
 from fastguard.arguments import NO_BANS, as_integer, ban_seconds, ban_settings, check_algorithm, check_max_keys
 from fastguard.decision import decision_headers
+from fastguard.decision import numpy as _numpy
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL

@@ -1,15 +1,16 @@
 """The `fastguard` command.
 
-    fastguard simulate             the main job: real plugin servers guarding a simulated Kong route (fastguard[kong])
-    fastguard bench [--quick]      the comparison benchmarks, as a Markdown report and a PNG chart (source checkout)
-    fastguard verify TOKEN         verify a JWT against a JWKS, a secret or a PEM key; print its claims
+    fastguard simulate             the main job: plugin servers guarding a simulated Kong route (extra: kong)
+    fastguard bench [--quick]      the comparison benchmarks and their budgets (--check), a report and a PNG chart
+    fastguard verify TOKEN|-       verify a JWT (- reads it from stdin) against a JWKS, a secret or a PEM key
     fastguard demo                 the limiter deciding a scripted burst of traffic, then a million-key batch
-    fastguard kong-server NAME     serve one fastguard plugin to Kong (see docs/kong.md; needs fastguard[kong])
+    fastguard kong-server NAME     serve one fastguard plugin to Kong (see docs/kong.md; extra: kong)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -39,7 +40,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     n = args.keys
     out.write(f"\nBatch: {n:,} hits over {n // 2:,} distinct numeric ids with hit_many (wall clock):\n")
-    import numpy as np
+    from fastguard.decision import numpy
+
+    try:
+        np = numpy()
+    except ImportError as exc:
+        out.write(f"  skipped: {exc}\n")
+        return 0
 
     batch_lim = fg.RateLimiter("1/minute", algorithm=args.algorithm, max_keys=max(n, 1))
     ids = np.random.default_rng(1).integers(0, max(n // 2, 1), n, dtype=np.uint64)
@@ -81,14 +88,13 @@ def _simulate(args: argparse.Namespace) -> int:
         sys.stderr.write(f"fastguard simulate {exc}\n")
         return 2
     except ImportError as exc:
-        sys.stderr.write(f"fastguard simulate needs the Kong extra: pip install 'fastguard[kong]' ({exc})\n")
+        sys.stderr.write(f"fastguard simulate needs the Kong extra: pip install 'fastguard-gateway[kong]' ({exc})\n")
         return 2
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
     import json
-    import os
 
     sources = [x for x in (args.jwks, args.secret, args.secret_file, args.pem) if x is not None]
     if len(sources) != 1:
@@ -116,8 +122,11 @@ def _verify(args: argparse.Namespace) -> int:
         raise _Usage(f"cannot read the key: {exc}") from None
     except (ValueError, TypeError) as exc:
         raise _Usage(f"unusable key: {exc}") from None
+    token = args.token
+    if token == "-":  # from standard input: a token on the command line ends up in shell history and `ps`
+        token = sys.stdin.read()
     try:
-        claims = verifier.verify(args.token.strip())
+        claims = verifier.verify(token.strip())
     except fg.InvalidToken as exc:
         sys.stdout.write(json.dumps({"valid": False, "code": exc.code, "message": str(exc)}) + "\n")
         return 1
@@ -132,7 +141,7 @@ class _Usage(Exception):
 def _bench(args: argparse.Namespace) -> int:
     from fastguard.benchrun import run_bench
 
-    return run_bench(out=args.out, quick=args.quick, keyword=args.keyword)
+    return run_bench(out=args.out, quick=args.quick, keyword=args.keyword, check=args.check)
 
 
 def _bans(args: argparse.Namespace) -> int:
@@ -142,7 +151,7 @@ def _bans(args: argparse.Namespace) -> int:
         from fastguard.redis import RedisStore
         from fastguard.redis.bans import lift_ban, list_bans, set_ban
     except ImportError as exc:
-        sys.stderr.write(f"fastguard bans needs the Redis extra: pip install 'fastguard[redis]' ({exc})\n")
+        sys.stderr.write(f"fastguard bans needs the Redis extra: pip install 'fastguard-gateway[redis]' ({exc})\n")
         return 2
     if args.action != "list" and not args.key:
         raise _Usage(f"{args.action} needs a key")
@@ -182,7 +191,10 @@ def _bans(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastguard", description="Rate limiting for API gateways.")
+    parser = argparse.ArgumentParser(
+        prog="fastguard",
+        description="Rate limiting and JWT verification for API gateways, and Kong plugins that use them "
+                    "(fastguard kong-server). Start with: fastguard simulate")
     parser.add_argument("--version", action="version", version=f"fastguard {fg.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="show the limiter deciding a burst of traffic")
@@ -214,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulate)
 
     ver = sub.add_parser("verify", help="verify a JWT and print its claims (exit 0 valid, 1 invalid, 2 usage)")
-    ver.add_argument("token")
+    ver.add_argument("token", help="the token, or - to read it from standard input (keeps it out of shell "
+                                   "history and ps)")
     ver.add_argument("--jwks", metavar="FILE|URL", help="a JWKS file, or an http(s) URL")
     ver.add_argument("--secret", metavar="TEXT", help="HMAC key: the UTF-8 bytes of TEXT")
     ver.add_argument("--secret-file", metavar="FILE", help="HMAC key: the bytes of FILE")
@@ -225,10 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--leeway", type=float, default=0.0, help="seconds of clock skew allowed (default 0)")
     ver.set_defaults(func=_verify)
 
-    ben = sub.add_parser("bench", help="run bench/ and write report.md and chart.png (from a source checkout)")
+    ben = sub.add_parser("bench", help="run the benchmarks and write report.md and chart.png (the bench extra); "
+                                       "--check judges the budgets")
     ben.add_argument("--out", default="bench/results", help="folder for the report (default: %(default)s)")
     ben.add_argument("--quick", action="store_true", help="fewer rounds and a subset: under 2 minutes")
     ben.add_argument("-k", dest="keyword", help="only benchmarks matching this pytest -k expression")
+    ben.add_argument("--check", action="store_true", help="exit 1 when a budget judged in this run is missed "
+                                                          "(each a ratio or figure measured in the same run)")
     ben.set_defaults(func=_bench)
     bans = sub.add_parser("bans", help="list, set and lift bans in a shared Redis (every node honours them)")
     bans.add_argument("action", choices=("list", "ban", "unban"))
@@ -249,13 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # The reader went away (`fastguard kong-server NAME --dump | head`): stop quietly, as `cat` does. Python
+        # would report the failed flush at exit, so stdout points at /dev/null from here on.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a writer whose pipe closed
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["kong-server"]:
         # Its own parser (fastguard.kong.server): the entry point Kong's start_cmd / query_cmd run.
         try:
             from fastguard.kong.server import main as kong_server
         except ImportError as exc:
-            sys.stderr.write(f"fastguard kong-server needs kong-pdk: pip install 'fastguard[kong]' ({exc})\n")
+            sys.stderr.write(f"fastguard kong-server needs kong-pdk: pip install 'fastguard-gateway[kong]' ({exc})\n")
             return 2
         return kong_server(argv[1:])
     parser = build_parser()

@@ -10,7 +10,20 @@ from typing import Any
 
 from fastguard.limits import window_name
 
-__all__ = ["decision_headers", "BatchDecision"]
+__all__ = ["decision_headers", "BatchDecision", "numpy"]
+
+#: What to install for hit_many (the only part of fastguard that needs numpy).
+NUMPY_EXTRA = "pip install 'fastguard-gateway[batch]'"
+
+
+def numpy() -> Any:
+    """The numpy module, imported on first use: only hit_many needs it (its results are numpy arrays), so a plugin
+    server or a `hit`-only service neither installs nor loads it."""
+    try:
+        import numpy as np
+    except ImportError as exc:
+        raise ImportError(f"hit_many works on numpy arrays, and numpy is not installed: {NUMPY_EXTRA}") from exc
+    return np
 
 
 def _ceil_seconds(seconds: float) -> int:

@@ -1,6 +1,6 @@
 """fastguard.metrics: what the limiters and verifiers decided, in the Prometheus text format.
 
-    pip install 'fastguard[metrics]'            # prometheus_client
+    pip install 'fastguard-gateway[metrics]'            # prometheus_client
     import fastguard.metrics as fm
     fm.track(limiter, "api")                    # a RateLimiter (in process, strict Redis or local-first)
     fm.track(verifier, "idp")                   # a JWTVerifier
@@ -38,7 +38,7 @@ try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("fastguard.metrics needs prometheus_client: pip install 'fastguard[metrics]'") from exc
+    raise ImportError("fastguard.metrics needs prometheus_client: pip install 'fastguard-gateway[metrics]'") from exc
 
 import fastguard as fg
 from fastguard.tables import StoreStats

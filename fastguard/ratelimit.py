@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from fastguard.arguments import ALGORITHMS, ban_settings, check_algorithm, check_max_keys, check_on_error
-from fastguard.decision import BatchDecision
+from fastguard.decision import BatchDecision, numpy
 from fastguard.limits import Limit, parse_limits
 from fastguard.tables import SharedTable, Store, StoreStats, Table
 
@@ -93,7 +91,9 @@ class RateLimiter:
         keys: a 1-D numpy array of unsigned (or non-negative signed) integer ids, used as they are, or a sequence
         of str/bytes keys (hashed like `hit`'s). An id and a key never share state except by a 2**-64 chance.
         costs: None (all 1) or integers >= 0, one per key.
+        Needs numpy (ImportError saying what to install otherwise).
         """
+        np = numpy()
         if isinstance(keys, np.ndarray):
             if keys.ndim != 1:
                 raise ValueError(f"keys must be 1-D, got an array of shape {keys.shape}")

@@ -117,6 +117,21 @@ def _redis_config(url: str) -> dict[str, Any]:
     return cfg
 
 
+def _redis_problem(url: str) -> str | None:
+    """Why Redis at `url` cannot be used, or None when it answers a PING (within a second)."""
+    try:
+        from fastguard.redis import RedisStore
+
+        store = RedisStore.from_url(url, timeout=1.0, connect_timeout=1.0)
+        try:
+            store.client.ping()
+        finally:
+            store.close()
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer: redis-py's, a bad URL, a missing extra
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 class _Progress:
     def __init__(self, total: int, out: TextIO, enabled: bool) -> None:
         self.total, self.out, self.enabled = total, out, enabled
@@ -180,6 +195,12 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
     say(f"fastguard simulate: {opts.requests:,} requests from {opts.consumers} consumers, concurrency "
         f"{opts.concurrency}, limits {opts.limits} per consumer on /api and {opts.login_limits} per IP on /login "
         f"({opts.algorithm}, {'Redis ' + opts.redis if opts.redis else 'in process'})")
+    if opts.redis:
+        problem = _redis_problem(opts.redis)
+        if problem:  # said even with --json (on stderr): otherwise the summary is a wall of 500s with no reason
+            err.write(f"fastguard simulate: Redis at {opts.redis} cannot be reached ({problem}). The plugins run "
+                      "with fault_tolerant=false, so every request they cannot decide is answered 500 until it "
+                      "answers: start Redis, or leave out --redis.\n")
     if opts.gateway not in (None, "nginx"):
         raise ValueError(f"--gateway takes nginx, not {opts.gateway!r}")
     if opts.gateway:

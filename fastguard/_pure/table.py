@@ -23,7 +23,7 @@ from fastguard._pure.arguments import (
 )
 from fastguard._pure.keytable import Shard, table_hash
 from fastguard.arguments import NO_BANS, ban_seconds, ban_settings, check_algorithm, check_max_keys
-from fastguard.decision import decision_headers
+from fastguard.decision import decision_headers, numpy
 from fastguard.limits import MAX_LIMITS, Limit
 
 
@@ -335,7 +335,7 @@ class Table:
 
         Returns numpy arrays (allowed bool, remaining int64, retry_after float64 s, reset_after float64 s).
         """
-        import numpy as np
+        np = numpy()
 
         t = now_ns_from(now)
         n = len(keys)

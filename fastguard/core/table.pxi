@@ -458,6 +458,7 @@ cdef class Table:
         cdef uint64_t[::1] hashed
         cdef const int64_t[::1] cost_view
         cdef bint has_costs = costs is not None
+        np = _numpy()
         if isinstance(keys, np.ndarray):
             ids = keys
         else:

@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dump", action="store_true", help="print the plugin info Kong's query_cmd expects")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds any wait may take (default 10)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (needs "
-                                                         "fastguard[metrics])")
+                                                         "fastguard-gateway[metrics])")
     parser.add_argument("--metrics-addr", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
     parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
                         help=f"connections served at once (default {MAX_CONNECTIONS}); more wait until one closes")
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             import fastguard.metrics as fm
             from fastguard.kong import registry
         except ImportError as exc:
-            parser.error(f"--metrics-port needs prometheus_client: pip install 'fastguard[metrics]' ({exc})")
+            parser.error(f"--metrics-port needs prometheus_client: pip install 'fastguard-gateway[metrics]' ({exc})")
         from prometheus_client import REGISTRY
 
         server.metrics = _EventMetrics(REGISTRY)

@@ -8,7 +8,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import redis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -17,6 +16,7 @@ from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, Resp
 import fastguard
 from fastguard import Decision
 from fastguard.arguments import NO_BANS, ban_seconds, ban_settings, check_on_error, checked_cost, epoch_ns
+from fastguard.decision import numpy
 from fastguard.limits import Limit
 from fastguard.redis.health import FAULTS, Health, key_fault, store_errors
 from fastguard.redis.store import ALG_CODES, LIFTED, LIFTED_MS, REDIRECTIONS, RedisStore, tagged
@@ -336,6 +336,7 @@ class StrictTable:
         """Decide keys in order: BATCH_KEYS keys per script call on a standalone server, streamed so that the
         server decides one batch while this thread packs the next and reads the one before; one call per hash
         slot on a Cluster, in one pipeline. With now=None each script call reads Redis TIME once."""
+        np = numpy()
         n = len(keys)
         ids = isinstance(keys, np.ndarray)
         name = self.id_name if ids else self.name

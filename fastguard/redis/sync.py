@@ -9,13 +9,13 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from redis.crc import key_slot
 from redis.exceptions import InvalidResponse
 
 import fastguard
 from fastguard import Decision, Limit
 from fastguard.arguments import check_on_error, key_bytes
+from fastguard.decision import numpy
 from fastguard.redis.health import FAULTS, Health, key_fault, store_errors
 from fastguard.redis.store import LIFTED, LIFTED_MS, STATE_VERSION, RedisStore, sha1, tagged
 from fastguard.redis.strict import DENY_RETRY_AFTER
@@ -170,6 +170,7 @@ class SyncTable:
         return self._local.hit(key, cost, now)
 
     def hit_many(self, keys: Any, costs: Any, now: float | None) -> tuple[Any, Any, Any, Any]:
+        np = numpy()
         if isinstance(keys, np.ndarray):
             raise TypeError("in sync mode hit_many takes str/bytes keys (counts are shared by key name), "
                             "not an array of integer ids")

@@ -41,3 +41,33 @@ def test_type_stub_names_match_the_compiled_module():
     assert {"Table", "Decision"} <= names
     for name in names:
         assert hasattr(fg._impl, name)
+
+
+NO_NUMPY = "import sys; sys.modules['numpy'] = None\n"  # `import numpy` now raises ImportError, as when absent
+
+
+def test_nothing_but_hit_many_needs_numpy():
+    """numpy is the `batch` extra: the limiter, the verifier and the Kong plugin server import and work without it,
+    and hit_many says what to install."""
+    code = NO_NUMPY + """
+import fastguard as fg
+lim = fg.RateLimiter("2/second")
+assert lim.hit("a").allowed
+import fastguard.kong.server, fastguard.kong.plugins, fastguard.redis, fastguard.metrics, fastguard.simulate
+try:
+    lim.hit_many(["a", "b"])
+except ImportError as exc:
+    print(exc)
+else:
+    raise SystemExit("hit_many worked without numpy")
+"""
+    for pure in ("0", "1"):
+        env = dict(os.environ, FASTGUARD_NO_EXTENSIONS=pure) if pure == "1" else dict(os.environ)
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert run.returncode == 0, run.stderr
+        assert "pip install 'fastguard-gateway[batch]'" in run.stdout
+
+
+def test_python_dash_m_fastguard_is_the_command():
+    run = subprocess.run([sys.executable, "-m", "fastguard", "--version"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("fastguard "), run.stderr

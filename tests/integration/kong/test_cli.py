@@ -161,3 +161,38 @@ def test_simulate_works_from_a_folder_holding_another_fastguard_package(tmp_path
                          timeout=180, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-1500:]
     assert json.loads(run.stdout)["requests"] == 50
+
+
+def test_verify_reads_the_token_from_stdin_with_a_dash():
+    token = sign({"sub": "alice", "exp": int(time.time()) + 60})
+    run = subprocess.run([EXE, "verify", "-", "--secret", SECRET.decode()], input=token + "\n",
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["sub"] == "alice"
+
+
+def test_a_dump_into_a_closed_pipe_ends_quietly():
+    """`fastguard kong-server NAME --dump | head`: the reader is gone; no traceback, no "Exception ignored"."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE, as when `head` has exited
+    try:
+        run = subprocess.run([EXE, "kong-server", "fastguard-jwt", "--dump"], stdout=write_end,
+                             stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert run.returncode == 141 and run.stderr == "", run.stderr
+
+
+def test_simulate_says_at_once_that_redis_cannot_be_reached():
+    run = fastguard("simulate", "--requests", "200", "--json", "--redis", "redis://127.0.0.1:1/0")
+    assert "Redis at redis://127.0.0.1:1/0 cannot be reached" in run.stderr, run.stderr
+    assert "answered 500" in run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["requests"] == 200
+
+
+def test_the_top_level_help_names_jwt_and_kong():
+    run = fastguard("--help")
+    assert run.returncode == 0 and "JWT" in run.stdout and "Kong" in run.stdout
