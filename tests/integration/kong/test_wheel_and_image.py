@@ -89,6 +89,7 @@ def test_the_wheel_carries_the_license_and_our_metadata(wheel):
     assert [n for n in names if n.endswith(".so")] == [n for n in names if n.startswith("fastguard/_core.")
                                                        and n.endswith(".so")] != []  # the core, and only it
     assert "fastguard/_bench/report.py" in names  # the budgets travel with the package
+    assert "fastguard/_core.c" not in names       # generated, 2.6 MB: rebuilt from the .pyx by a source build
 
 
 def test_auditwheel_finds_a_manylinux_platform_tag(wheel):
