@@ -69,7 +69,7 @@ def chart(raw: pathlib.Path, png: pathlib.Path) -> pathlib.Path:
             value = info["p50_us"] * 1e3
         else:
             label = f"{info['contender']} ({info.get('algorithm', '-')})"
-            value = b["stats"]["mean"] / info.get("ops", 1) * 1e9
+            value = b["stats"]["median"] / info.get("ops", 1) * 1e9
         groups.setdefault(b["group"] or b["name"], []).append((label, value))
     groups = {g: sorted(rows, key=lambda r: r[1]) for g, rows in groups.items() if len(rows) > 1}
     if not groups:
