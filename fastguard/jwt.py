@@ -84,7 +84,12 @@ def _frozen(value: Any) -> Any:
 
 
 def _read_only(obj: dict[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType({k: _frozen(v) for k, v in obj.items()})
+    """A read-only view of a freshly parsed claims object (nobody else holds `obj`): rebuilt only when a claim is
+    an object or an array, the common flat claims are wrapped as they are."""
+    for value in obj.values():
+        if type(value) is dict or type(value) is list:
+            return MappingProxyType({k: _frozen(v) for k, v in obj.items()})
+    return MappingProxyType(obj)
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
