@@ -20,3 +20,28 @@ def rounds(n: int) -> int:
 def pytest_collection_modifyitems(items):
     for item in items:
         item.add_marker(pytest.mark.benchmark)
+
+
+def alternate(benchmark, pair: str, loops: dict, ops: int, n_rounds: int) -> None:
+    """Time the contenders of a ratio budget in alternation — each round runs every contender's loop of `ops` calls
+    once, in an order that flips every round — and record each one's median ns per call in extra_info
+    (`<contender>_ns`). Measured one after the other, two figures can straddle a change in the machine's speed (a
+    shared machine drifts by 10-20 % within minutes); measured side by side, their ratio does not."""
+    import statistics
+    import time
+
+    times: dict = {name: [] for name in loops}
+    order = list(loops.items())
+
+    def one_round() -> None:
+        for name, fn in order:
+            started = time.perf_counter_ns()
+            fn()
+            times[name].append(time.perf_counter_ns() - started)
+        order.reverse()
+
+    benchmark.group = "paired (ratio budgets)"
+    benchmark.pedantic(one_round, rounds=n_rounds, iterations=1, warmup_rounds=1)
+    for name, spent in times.items():
+        benchmark.extra_info[f"{name}_ns"] = statistics.median(spent[1:]) / ops  # the warm-up round left out
+    benchmark.extra_info.update(pair=pair, ops=ops)

@@ -17,7 +17,7 @@ from joserfc import jwt as jose_jwt
 import fastguard as fg
 from fastguard.testing.tokens import KEY_FOR_ALG, SECRET, jwk, private_key, raw_signature, sign
 
-from .conftest import rounds
+from .conftest import alternate, rounds
 
 OPS = 1000
 FAMILIES = ["HS256", "RS256", "PS256", "ES256", "EdDSA"]
@@ -70,6 +70,36 @@ def test_cached_vs_pyjwt_rs256(benchmark):
     _run(benchmark, partial(pyjwt.decode, token, key, algorithms=["RS256"], audience="api",
                             issuer="https://idp.example"),
          "verify: cache hit", "PyJWT", "RS256")
+
+
+def _loop(fn, ops):
+    def run():
+        for _ in range(ops):
+            fn()
+    return run
+
+
+def test_pair_cached_vs_pyjwt_rs256(benchmark):
+    """The cache-hit ratio budget (≥ 250× PyJWT RS256), both measured in alternation."""
+    token, keys, key, _ = _setup("RS256")
+    v = fg.JWTVerifier(keys, issuer="https://idp.example", audience="api")
+    v.verify(token)
+    pyjwt_call = partial(pyjwt.decode, token, key, algorithms=["RS256"], audience="api", issuer="https://idp.example")
+    # per call: fastguard over 10,000 calls, PyJWT over OPS; the medians are per call either way
+    times = {"fastguard": (_loop(partial(v.verify, token), 10_000), 10_000), "pyjwt": (_loop(pyjwt_call, OPS), OPS)}
+    alternate(benchmark, "verify cached RS256", {n: f for n, (f, _) in times.items()}, 1, rounds(15))
+    for name, (_, ops) in times.items():
+        benchmark.extra_info[f"{name}_ns"] /= ops
+
+
+def test_pair_uncached_hs256_vs_pyjwt(benchmark):
+    """The uncached HS256 ratio budget (≥ 10× PyJWT), both measured in alternation."""
+    token, keys, key, _ = _setup("HS256")
+    v = fg.JWTVerifier(keys, issuer="https://idp.example", audience="api", cache_size=0)
+    v.verify(token)
+    pyjwt_call = partial(pyjwt.decode, token, key, algorithms=["HS256"], audience="api", issuer="https://idp.example")
+    alternate(benchmark, "verify uncached HS256", {"fastguard": _loop(partial(v.verify, token), OPS),
+                                                   "pyjwt": _loop(pyjwt_call, OPS)}, OPS, rounds(15))
 
 
 # -- uncached ----------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from limits import strategies as limits_strategies
 import fastguard as fg
 
 from .competitors import DictTokenBucket
-from .conftest import rounds
+from .conftest import alternate, rounds
 
 OPS = 10_000
 N_KEYS = 1_000_000
@@ -97,6 +97,48 @@ def test_hot_fastguard_tracked(benchmark):
         stop.set()
         scraper.join()
         fm.untrack("bench")
+
+
+def _hot(hit):
+    """A loop of OPS hits on one key."""
+    def run():
+        for _ in range(OPS):
+            hit("consumer-42")
+    return run
+
+
+@pytest.mark.parametrize("alg", ["fixed_window", "sliding_window"])
+def test_pair_hot_vs_limits(benchmark, alg):
+    """The hot-key ratio budget (≥ 25× `limits`), both measured in alternation."""
+    ours, theirs = fg.RateLimiter(HUGE, algorithm=alg).hit, _limits(alg)
+
+    alternate(benchmark, f"hot {alg}", {"fastguard": _hot(ours), "limits": _hot(theirs)}, OPS, rounds(30))
+
+
+def test_pair_hot_metrics(benchmark):
+    """The metrics budget (on ≤ 1.05× off): a tracked limiter, scraped every 0.1 s, next to an untracked one."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    import fastguard.metrics as fm
+
+    registry = CollectorRegistry()
+    plain = fg.RateLimiter(HUGE, algorithm="fixed_window").hit
+    tracked = fm.track(fg.RateLimiter(HUGE, algorithm="fixed_window"), "bench-pair", registry=registry).hit
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(0.1):
+            generate_latest(registry)
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+
+    try:
+        alternate(benchmark, "hot metrics", {"off": _hot(plain), "on": _hot(tracked)}, OPS, rounds(30))
+    finally:
+        stop.set()
+        scraper.join()
+        fm.untrack("bench-pair")
 
 
 def test_hot_pyrate(benchmark):

@@ -20,7 +20,7 @@ from fastguard.redis import RedisStore
 from fastguard.redis.store import SCRIPT
 from fastguard.testing.servers import RedisProcess
 
-from .conftest import rounds
+from .conftest import alternate, rounds
 
 # Redis is started by the benchmark on a free port: where there is no redis-server (a Kong image), these are skipped
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
@@ -124,6 +124,31 @@ def test_raw_evalsha_same_script(benchmark, server):
 
     benchmark.group = "redis hit"
     _per_op(benchmark, run, contender="raw EVALSHA, same script", algorithm="sliding_window")
+
+
+def _floor_loop(client):
+    sha = client.script_load("return 1")
+
+    def run():
+        for i in range(OPS):
+            client.evalsha(sha, 1, KEYS[i % 1000])
+
+    return run
+
+
+def test_pair_strict_vs_evalsha(benchmark, server):
+    """The strict-mode ratio budget (≤ 1.1× a raw EVALSHA), both measured in alternation."""
+    lim = fg.RateLimiter(FAST, algorithm="sliding_window", store=RedisStore.from_url(server.url, prefix="bench"))
+    floor = _floor_loop(redis.Redis(port=server.port))
+    alternate(benchmark, "redis strict", {"fastguard": _loop(lim.hit), "floor": floor}, OPS, rounds(15))
+
+
+def test_pair_strict_vs_evalsha_tls(benchmark, tls_server):
+    lim = fg.RateLimiter(FAST, algorithm="sliding_window", store=RedisStore.from_url(tls_server.tls_url,
+                                                                                       prefix="bench"))
+    alternate(benchmark, "redis strict tls", {"fastguard": _loop(lim.hit),
+                                              "floor": _floor_loop(redis.Redis.from_url(tls_server.tls_url))},
+              OPS, rounds(15))
 
 
 def _evalsha_floor(benchmark, client, contender):

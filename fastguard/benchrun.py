@@ -18,7 +18,7 @@ __all__ = ["run_bench", "chart", "QUICK_SELECTION", "BENCH_EXTRA"]
 
 #: The comparisons `--quick` keeps: hot-key limiting, JWT cached / HS256 / RS256, Redis strict, Kong at concurrency 1.
 QUICK_SELECTION = ("test_hot or test_cached or (uncached and (HS256 or RS256)) or raw_crypto or strict_fastguard "
-                   "or raw_evalsha or limits_redis or (kong_events and -1])")
+                   "or raw_evalsha or limits_redis or (kong_events and -1]) or test_pair")
 BENCH_EXTRA = "pip install 'fastguard-gateway[bench]'"
 #: What the suites import (the competitors included), by import name.
 _NEEDED = ("pytest", "pytest_benchmark", "numpy", "limits", "jwt", "joserfc", "pyrate_limiter", "redis", "kong_pdk",
