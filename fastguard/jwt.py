@@ -41,6 +41,10 @@ MAX_CACHED_TOKEN_BYTES = 4096
 # NotYetValid and InvalidClaim (an iat slightly ahead heals with time), UnknownKey (a refetch may bring the kid).
 _CACHEABLE_FAILURES = (MalformedToken, TokenTooLarge, DisallowedAlgorithm, InvalidSignature, InvalidIssuer,
                        InvalidAudience, MissingClaim)
+# ...and ExpiredToken, remembered from its exp on (an expired token stays expired as the clock moves on).
+_REMEMBERED = (*_CACHEABLE_FAILURES, ExpiredToken)
+_CACHE_TTL_NS = int(CACHE_TTL * 1e9)
+_NEGATIVE_TTL_NS = int(NEGATIVE_TTL * 1e9)
 
 
 _HEADER_CACHE_SIZE = 256
@@ -170,16 +174,6 @@ class JWTVerifier:
         """The token's claims (read-only), or raises an InvalidToken subclass. now: epoch seconds (default: clock)."""
         return self._fast(token, now)
 
-    def _verify_uncached(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
-        # Outcomes are counted here, off the hot path: a cache hit is counted by the cache itself (stats()).
-        try:
-            claims = self._verify_and_cache(token, now)
-        except InvalidToken as exc:
-            self._outcomes[exc.code] = self._outcomes.get(exc.code, 0) + 1
-            raise
-        self._outcomes["valid"] = self._outcomes.get("valid", 0) + 1
-        return claims
-
     def stats(self) -> dict[str, Any]:
         """Counts since the verifier was made: `verified` (valid tokens, cached or not), `outcomes` (uncached
         verifications by result: "valid" or an error code), `cache_hits` / `cache_misses` / `cache_evictions` /
@@ -191,15 +185,18 @@ class JWTVerifier:
                 "cache_evictions": self._cache.evictions, "cache_entries": len(self._cache),
                 "negative_hits": self._failures.hits, "negative_entries": len(self._failures)}
 
-    def _verify_and_cache(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
+    def _verify_uncached(self, token: str | bytes, now: float | None = None) -> Mapping[str, Any]:
+        """A verification the cache could not answer: the signature, the claims, then the verdict remembered.
+        Outcomes are counted here, off the hot path (a cache hit is counted by the cache itself: stats())."""
         t = time.time_ns() if now is None else epoch_ns(now)   # the rules of the cached path (TypeError/ValueError)
         version = self.keys.version
         if version != self._keys_version:
             self._reset()
+        outcomes = self._outcomes
         failure = self._failures.get(token, now)
         if failure is not None:
+            outcomes[failure.code] = outcomes.get(failure.code, 0) + 1
             raise failure.again()
-        cacheable = isinstance(token, (str, bytes)) and len(token) <= self._cache.max_token_bytes
         try:
             payload = self.verify_jws(token)[1]
             try:
@@ -209,17 +206,22 @@ class JWTVerifier:
             valid_from, valid_until = _impl.check_claims(claims, t, self._leeway_ns, self.required_claims,
                                                          self.issuers, self.audiences, self._max_lifetime_ns)
             claims = _read_only(claims)
-        except (*_CACHEABLE_FAILURES, ExpiredToken) as exc:
+        except InvalidToken as exc:
+            outcomes[exc.code] = outcomes.get(exc.code, 0) + 1
             # Expired stays expired as time moves on (a clock set back gets a fresh verification). A verdict
             # reached while the key set changed is not remembered: it may come from keys no longer in use.
-            if cacheable and self.keys.version == version:
+            if isinstance(exc, _REMEMBERED) and self._cacheable(token) and self.keys.version == version:
                 self._failures.put(token, exc.with_traceback(None), t if isinstance(exc, ExpiredToken) else 0,
-                                   t + int(NEGATIVE_TTL * 1e9))
+                                   t + _NEGATIVE_TTL_NS)
             raise
-        if cacheable and self.keys.version == version:
-            self._cache.put(token, claims, valid_from, min(valid_until, t + int(CACHE_TTL * 1e9)))
+        outcomes["valid"] = outcomes.get("valid", 0) + 1
+        cache = self._cache
+        if cache.capacity and self.keys.version == version and self._cacheable(token):
+            cache.put(token, claims, valid_from, min(valid_until, t + _CACHE_TTL_NS))
         return claims
 
+    def _cacheable(self, token: Any) -> bool:
+        return isinstance(token, (str, bytes)) and len(token) <= self._cache.max_token_bytes
 
     def close(self) -> None:
         """Stop what the key set runs in the background (a RemoteKeySet's refresh timer)."""
