@@ -22,11 +22,12 @@ def pytest_collection_modifyitems(items):
         item.add_marker(pytest.mark.benchmark)
 
 
-def alternate(benchmark, pair: str, loops: dict, ops: int, n_rounds: int) -> None:
-    """Time the contenders of a ratio budget in alternation — each round runs every contender's loop of `ops` calls
-    once, in an order that flips every round — and record each one's median ns per call in extra_info
-    (`<contender>_ns`). Measured one after the other, two figures can straddle a change in the machine's speed (a
-    shared machine drifts by 10-20 % within minutes); measured side by side, their ratio does not."""
+def alternate(benchmark, pair: str, loops: dict, ops, n_rounds: int) -> None:
+    """Time the contenders of a ratio budget in alternation — each round runs every contender's loop of `ops`
+    calls (one count for all, or a count per contender name) once, in an order that flips every round — and record
+    each one's median ns per call in extra_info (`<contender>_ns`). Measured one after the other, two figures can
+    straddle a change in the machine's speed (a shared machine drifts by 10-20 % within minutes); measured side by
+    side, their ratio does not."""
     import statistics
     import time
 
@@ -42,6 +43,7 @@ def alternate(benchmark, pair: str, loops: dict, ops: int, n_rounds: int) -> Non
 
     benchmark.group = "paired (ratio budgets)"
     benchmark.pedantic(one_round, rounds=n_rounds, iterations=1, warmup_rounds=1)
+    per_name = ops if isinstance(ops, dict) else dict.fromkeys(loops, ops)
     for name, spent in times.items():
-        benchmark.extra_info[f"{name}_ns"] = statistics.median(spent[1:]) / ops  # the warm-up round left out
-    benchmark.extra_info.update(pair=pair, ops=ops)
+        benchmark.extra_info[f"{name}_ns"] = statistics.median(spent[1:]) / per_name[name]  # warm-up round left out
+    benchmark.extra_info.update(pair=pair, ops=per_name)

@@ -6,6 +6,7 @@ contenders alike). Smaller is better. Budgets (docs/design.md) are checked by be
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import tracemalloc
@@ -42,69 +43,24 @@ def _limits(strategy: str):
 
 # -- hot key -----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("alg", fg.ALGORITHMS)
-def test_hot_fastguard(benchmark, alg):
-    hit = fg.RateLimiter(HUGE, algorithm=alg).hit
-
-    def run():
-        for _ in range(OPS):
-            hit("consumer-42")
-
-    benchmark.group = "hot key"
-    _per_op(benchmark, run, contender="fastguard", algorithm=alg)
-
-
-@pytest.mark.parametrize("alg", ["fixed_window", "sliding_window"])
-def test_hot_limits(benchmark, alg):
-    hit = _limits(alg)
-
-    def run():
-        for _ in range(OPS):
-            hit("consumer-42")
-
-    benchmark.group = "hot key"
-    _per_op(benchmark, run, contender="limits", algorithm=alg)
-
-
-def test_hot_fastguard_tracked(benchmark):
-    """The same hot hit with the limiter exported by fastguard.metrics and scraped every 0.1 s meanwhile."""
-    import threading
-
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    import fastguard.metrics as fm
-
-    registry = CollectorRegistry()
-    lim = fm.track(fg.RateLimiter(HUGE, algorithm="fixed_window"), "bench", registry=registry)
-    hit = lim.hit
-    stop = threading.Event()
-
-    def scrape() -> None:
-        while not stop.wait(0.1):
-            generate_latest(registry)
-
-    scraper = threading.Thread(target=scrape, daemon=True)
-    scraper.start()
-
-    def run():
-        for _ in range(OPS):
-            hit("consumer-42")
-
-    benchmark.group = "hot key"
-    try:
-        _per_op(benchmark, run, contender="fastguard, metrics on", algorithm="fixed_window")
-    finally:
-        stop.set()
-        scraper.join()
-        fm.untrack("bench")
-
-
 def _hot(hit):
     """A loop of OPS hits on one key."""
     def run():
         for _ in range(OPS):
             hit("consumer-42")
     return run
+
+
+@pytest.mark.parametrize("alg", fg.ALGORITHMS)
+def test_hot_fastguard(benchmark, alg):
+    benchmark.group = "hot key"
+    _per_op(benchmark, _hot(fg.RateLimiter(HUGE, algorithm=alg).hit), contender="fastguard", algorithm=alg)
+
+
+@pytest.mark.parametrize("alg", ["fixed_window", "sliding_window"])
+def test_hot_limits(benchmark, alg):
+    benchmark.group = "hot key"
+    _per_op(benchmark, _hot(_limits(alg)), contender="limits", algorithm=alg)
 
 
 @pytest.mark.parametrize("alg", ["fixed_window", "sliding_window"])
@@ -115,15 +71,15 @@ def test_pair_hot_vs_limits(benchmark, alg):
     alternate(benchmark, f"hot {alg}", {"fastguard": _hot(ours), "limits": _hot(theirs)}, OPS, rounds(30))
 
 
-def test_pair_hot_metrics(benchmark):
-    """The metrics budget (on ≤ 1.05× off): a tracked limiter, scraped every 0.1 s, next to an untracked one."""
+@contextlib.contextmanager
+def _tracked(name: str):
+    """A fixed-window limiter's hit, exported by fastguard.metrics and scraped every 0.1 s while in use."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     import fastguard.metrics as fm
 
     registry = CollectorRegistry()
-    plain = fg.RateLimiter(HUGE, algorithm="fixed_window").hit
-    tracked = fm.track(fg.RateLimiter(HUGE, algorithm="fixed_window"), "bench-pair", registry=registry).hit
+    lim = fm.track(fg.RateLimiter(HUGE, algorithm="fixed_window"), name, registry=registry)
     stop = threading.Event()
 
     def scrape() -> None:
@@ -132,13 +88,26 @@ def test_pair_hot_metrics(benchmark):
 
     scraper = threading.Thread(target=scrape, daemon=True)
     scraper.start()
-
     try:
-        alternate(benchmark, "hot metrics", {"off": _hot(plain), "on": _hot(tracked)}, OPS, rounds(30))
+        yield lim.hit
     finally:
         stop.set()
         scraper.join()
-        fm.untrack("bench-pair")
+        fm.untrack(name)
+
+
+def test_hot_fastguard_tracked(benchmark):
+    """The same hot hit with the limiter exported by fastguard.metrics and scraped every 0.1 s meanwhile."""
+    benchmark.group = "hot key"
+    with _tracked("bench") as hit:
+        _per_op(benchmark, _hot(hit), contender="fastguard, metrics on", algorithm="fixed_window")
+
+
+def test_pair_hot_metrics(benchmark):
+    """The metrics budget (on ≤ 1.05× off): a tracked limiter, scraped every 0.1 s, next to an untracked one."""
+    plain = fg.RateLimiter(HUGE, algorithm="fixed_window").hit
+    with _tracked("bench-pair") as tracked:
+        alternate(benchmark, "hot metrics", {"off": _hot(plain), "on": _hot(tracked)}, OPS, rounds(30))
 
 
 def test_hot_pyrate(benchmark):

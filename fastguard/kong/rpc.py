@@ -140,7 +140,11 @@ class RPCServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._conns: dict[int, _Conn] = {}
-        self.connections = 0
+
+    @property
+    def connections(self) -> int:
+        """Connections being served now."""
+        return len(self._conns)
 
     def bind(self) -> None:
         if os.path.exists(self.path):
@@ -220,13 +224,11 @@ class RPCServer:
             conn = _Conn(sock, msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", strict_map_key=False,
                                                 max_buffer_size=self.max_message_bytes))
             self._conns[conn.fd] = conn
-            self.connections += 1
             self._watch(conn)
 
     def _close(self, conn: _Conn) -> None:
         if self._conns.pop(conn.fd, None) is None:
             return
-        self.connections -= 1
         if conn.events:
             self._poller.unregister(conn.fd)
             conn.events = 0
