@@ -210,11 +210,12 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
             raise GatewayMissing(f"--gateway nginx: {missing()}")
     servers = []
     gateway = None
-    ports = _metrics_ports(2)
+    ports: list[int] = []
     try:
-        servers = [fastguard_server("fastguard", folder, *(["--metrics-port", str(ports[0])] if ports else [])),
-                   fastguard_server("fastguard-rate-limiting", folder,
-                                    *(["--metrics-port", str(ports[1])] if ports else []))]
+        for name in ("fastguard", "fastguard-rate-limiting"):
+            server, port = _metered_server(fastguard_server, name, folder)
+            servers.append(server)
+            ports += [port] if port else []
         bans = {"ban_after": opts.ban_after, "ban_for": opts.ban_for, "ban_status": 403} if opts.ban_after else {}
         api_cfg = {"jwks": signer.jwks, "issuers": ["https://idp.simulated"], "audiences": ["api"],
                    "claims_to_verify": ["exp"], "algorithm": opts.algorithm, **api_limits, **policy, **bans}
@@ -358,20 +359,28 @@ class GatewayMissing(RuntimeError):
     """--gateway nginx on a machine without nginx-lua (the message says what to install)."""
 
 
-def _metrics_ports(n: int) -> list[int]:
-    """Free loopback ports for the servers' /metrics, or [] when prometheus_client is not installed."""
+def _metered_server(start: Any, name: str, folder: str) -> tuple[Any, int | None]:
+    """`fastguard kong-server NAME` with /metrics on a free loopback port (and the port), or without metrics when
+    prometheus_client is not installed. A port found free can be taken by another process before the server binds
+    it: the server then exits with "Address already in use", and another port is tried."""
     try:
         import prometheus_client  # noqa: F401
     except ImportError:
-        return []
+        return start(name, folder), None
     import socket
 
-    ports = []
-    for _ in range(n):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    return ports
+    taken: RuntimeError | None = None
+    for _ in range(5):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        try:
+            return start(name, folder, "--metrics-port", str(port)), port
+        except RuntimeError as exc:
+            if "Address already in use" not in str(exc):
+                raise
+            taken = exc
+    raise taken  # type: ignore[misc]
 
 
 def _scrape(ports: list[int]) -> dict[str, Any]:

@@ -196,3 +196,33 @@ def test_simulate_says_at_once_that_redis_cannot_be_reached():
 def test_the_top_level_help_names_jwt_and_kong():
     run = fastguard("--help")
     assert run.returncode == 0 and "JWT" in run.stdout and "Kong" in run.stdout
+
+
+def test_simulate_tries_another_metrics_port_when_its_free_one_is_taken_meanwhile(tmp_path):
+    """Regression (a CI run failed so): a port found free was taken before the plugin server bound it, the server
+    exited with "Address already in use" and the whole simulate failed. The first port offered is taken here by
+    the test itself, between the choice and the server's start."""
+    import socket
+
+    from fastguard.kong.client import fastguard_server
+    from fastguard.simulate import _metered_server
+
+    squatters: list[socket.socket] = []
+
+    def start(name, folder, *args):
+        if not squatters:  # the first attempt: someone else binds the chosen port first
+            squatter = socket.socket()
+            squatter.bind(("127.0.0.1", int(args[args.index("--metrics-port") + 1])))
+            squatter.listen()
+            squatters.append(squatter)
+        return fastguard_server(name, folder, *args)
+
+    try:
+        server, port = _metered_server(start, "fastguard-jwt", str(tmp_path))
+        try:
+            assert port != squatters[0].getsockname()[1] and server.alive()
+        finally:
+            server.stop()
+    finally:
+        for s in squatters:
+            s.close()
