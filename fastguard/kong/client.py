@@ -187,6 +187,11 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def rss(self) -> int:
+        """The server's resident memory (VmRSS), in bytes."""
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+
     def stop(self) -> str:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -17,6 +17,10 @@ What kong-pdk's own listener gets wrong, and this one does instead:
   handing the GIL around. A dispatch that may wait (a Redis round trip, a JWKS fetch, a kong-pdk handler on its
   own thread) comes back as a `Deferred` and runs on a small worker pool while the loop serves the others; its
   connection's later messages wait their turn, so answers keep their order.
+* A connection costs no buffer while it holds no partial message: what one read brings is parsed by the loop's
+  own unpacker, and only the bytes of a message still incomplete (or of messages waiting behind a Deferred) are
+  kept, in an unpacker of the connection's own that is dropped once they are read. An unpacker is 40 KiB before
+  its buffer: one per connection was most of a connection's memory.
 * Each connection's first answer is preceded by Kong's `serverPid` notification: a Kong that sees a new pid on
   a socket forgets every instance id it holds for it.
 """
@@ -66,6 +70,13 @@ _READ, _WRITE = select.POLLIN, select.POLLOUT  # equal to EPOLLIN, EPOLLOUT
 SLOW_ON_LOOP = 0.05
 #: Answers buffered for one connection past which its further messages wait until the socket takes them.
 OUT_HIGH_WATER = 1 << 20
+#: The first size of an unpacker's buffer (a message larger than this grows it, up to max_message_bytes).
+#: msgpack's default, 1 MiB, came to be 1 MiB resident per connection: an Unpacker appends at the end of its
+#: buffer and moves what is left to the front only when the end is reached, so in time every page is touched.
+READ_BUFFER = 16 * 1024
+#: An answer larger than this (a config echoed by StartInstance with a large inline JWKS) is packed by a Packer
+#: that is then replaced: a Packer keeps the largest buffer it ever needed (8 MiB after a 4 MiB answer).
+LARGE_ANSWER = 64 * 1024
 
 
 class Deferred:
@@ -95,12 +106,14 @@ def _pack_error(msgid: int, text: str) -> bytes:
 
 
 class _Conn:
-    __slots__ = ("sock", "fd", "unpacker", "out", "busy", "events", "noticed")
+    __slots__ = ("sock", "fd", "unpacker", "fed", "parsed", "out", "busy", "events", "noticed")
 
-    def __init__(self, sock: socket.socket, unpacker: msgpack.Unpacker) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.unpacker = unpacker
+        self.unpacker: msgpack.Unpacker | None = None  # its own, only while bytes of its messages wait unread
+        self.fed = 0            # where the bytes fed to `unpacker` end, in its stream
+        self.parsed = 0         # where its last whole message ends (tell() may count a partial one's start)
         self.out = b""          # answers the socket has not taken yet
         self.busy = False       # a Deferred of this connection runs: its later messages wait, in order
         self.events = 0         # what the selector watches for it (0: not registered)
@@ -140,6 +153,7 @@ class RPCServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._conns: dict[int, _Conn] = {}
+        self._unpacker = self._new_unpacker()  # the loop's: empty between reads
 
     @property
     def connections(self) -> int:
@@ -221,10 +235,14 @@ class RPCServer:
                 log.error("fastguard kong-server: accept failed (%s)", exc)
                 return
             sock.setblocking(False)
-            conn = _Conn(sock, msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", strict_map_key=False,
-                                                max_buffer_size=self.max_message_bytes))
+            conn = _Conn(sock)
             self._conns[conn.fd] = conn
             self._watch(conn)
+
+    def _new_unpacker(self) -> msgpack.Unpacker:
+        return msgpack.Unpacker(raw=False, unicode_errors="surrogateescape", strict_map_key=False,
+                                max_buffer_size=self.max_message_bytes,
+                                read_size=min(READ_BUFFER, self.max_message_bytes))
 
     def _close(self, conn: _Conn) -> None:
         if self._conns.pop(conn.fd, None) is None:
@@ -257,22 +275,48 @@ class RPCServer:
         if not data:
             self._close(conn)
             return
+        own = conn.unpacker
+        unpacker = own or self._unpacker
         try:
-            conn.unpacker.feed(data)
+            unpacker.feed(data)
         except msgpack.BufferFull:
             log.error("fastguard kong-server: a message over %d bytes; closing its connection", self.max_message_bytes)
             self._close(conn)
+            if own is None:
+                self._unpacker = self._new_unpacker()
             return
+        if own is not None:
+            conn.fed += len(data)
+            self._serve(conn)
+            return
+        # the loop's unpacker, for this read only: it must be empty again before the next connection's read
+        start = unpacker.tell()  # it held no byte before this read: where they start
+        conn.unpacker, conn.parsed, conn.fed = unpacker, start, start + len(data)
         self._serve(conn)
+        left = conn.fed - conn.parsed
+        conn.unpacker = None
+        if left or len(data) > READ_BUFFER or conn.fd not in self._conns:
+            # bytes unread (a partial message, or messages behind a Deferred), a grown buffer, or a stream
+            # that failed midway: the loop takes a new unpacker, the connection keeps its unread bytes
+            self._unpacker = self._new_unpacker()
+            if left and conn.fd in self._conns:
+                conn.unpacker = self._new_unpacker()
+                conn.unpacker.feed(data[len(data) - left:])
+                conn.parsed, conn.fed = 0, left
 
     def _serve(self, conn: _Conn) -> None:
         """Answer the connection's complete messages in order, up to the first Deferred one. Answers the socket
         has not taken stop the reading (and, past OUT_HIGH_WATER, the answering): a client that sends without
         reading cannot make the server buffer without bound."""
+        unpacker = conn.unpacker
+        if unpacker is None:  # nothing unread
+            self._watch(conn)
+            return
         while True:
             answers, size, more = [], 0, False
             try:
-                for message in conn.unpacker:
+                for message in unpacker:
+                    conn.parsed = unpacker.tell()
                     answer = self._answer(message)
                     if type(answer) is bytes:
                         answers.append(answer)
@@ -287,6 +331,9 @@ class RPCServer:
                     conn.busy = True
                     self._defer(conn, answer)
                     break
+                else:
+                    if conn.parsed == conn.fed and unpacker is not self._unpacker:
+                        conn.unpacker = None  # all read: its buffer goes back to the allocator
             except (ValueError, TypeError, msgpack.UnpackException) as exc:
                 # Bytes that are not msgpack at all (or a map keyed by an array): the stream cannot be
                 # resynchronised, and no msgid is known.
@@ -394,7 +441,10 @@ class RPCServer:
                         held * 1000)
         if type(result) is Deferred:
             return msgid, method, result
-        return self._packed(msgid, method, result, self._packer.pack)
+        out = self._packed(msgid, method, result, self._packer.pack)
+        if len(out) > LARGE_ANSWER:
+            self._packer = msgpack.Packer()
+        return out
 
     def _result(self, msgid: int, method: str, run: Callable[[], Any]) -> bytes:
         """A Deferred's answer, on a worker thread (msgpack.packb: the loop's Packer is the loop's alone)."""

@@ -219,8 +219,10 @@ def test_the_plugin_server_killed_and_restarted_under_traffic(gateway, tmp_path)
 
 
 def test_a_wrk_soak_has_no_errors_and_no_growth(gateway, servers):
-    """10 s of wrk at 32 connections through 2 workers: no socket error, every answer 200, and the plugin server's
-    threads and memory do not grow once its connections are open."""
+    """wrk at 32 connections through 2 workers, after a warm-up: no socket error, every answer 200, and the plugin
+    server's threads and memory where the first half of the soak left them. Judged half against half, not against
+    a line per run: a machine twice as fast serves twice the requests in the same seconds, and memory that grows
+    with requests (or with connections, which a fast machine opens sooner) shows up in the second half either way."""
     import re
     import shutil
     import subprocess
@@ -230,28 +232,25 @@ def test_a_wrk_soak_has_no_errors_and_no_growth(gateway, servers):
     gw = gateway({"rl": ("fastguard-rate-limiting", {"second": 10**9, "limit_by": "ip"}, {})}, {"/": ["rl"]})
     server = servers["fastguard-rate-limiting"]
     client = server.client(1)
-    # a warm-up first: the server serves each of the workers' pooled connections on a thread of its own (bounded
-    # by --max-connections), so threads follow connections, not requests
+    # a warm-up first: the workers open their pooled connections, the instances start
     subprocess.run(["wrk", "-t2", "-c32", "-d3s", gw.url + "/"], capture_output=True, timeout=60, check=True)
-    before = client.status()["Threads"], _rss(server.proc.pid)
-    run = subprocess.run(["wrk", "-t2", "-c32", "-d10s", "--latency", gw.url + "/"], capture_output=True, text=True,
-                         timeout=60)
-    after = client.status()["Threads"], _rss(server.proc.pid)
+    served, samples = [], []
+    for _ in range(4):
+        run = subprocess.run(["wrk", "-t2", "-c32", "-d3s", gw.url + "/"], capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert "Socket errors" not in run.stdout and "Non-2xx" not in run.stdout, run.stdout
+        served.append(int(re.search(r"(\d+) requests in", run.stdout).group(1)))
+        samples.append((client.status()["Threads"], server.rss()))
     client.close()
-    assert run.returncode == 0, run.stderr
-    assert "Socket errors" not in run.stdout and "Non-2xx" not in run.stdout, run.stdout
-    requests = int(re.search(r"(\d+) requests in", run.stdout).group(1))
-    assert requests > 1000, run.stdout
-    # at most one thread per connection the workers hold open (32 wrk connections: up to 32 at once per worker)
-    assert after[0] <= 2 * 32 + 8 and after[1] < before[1] + 20 * 2**20, (before, after)
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    threads, rss = [t for t, _ in samples], [r / 2**20 for _, r in samples]
+    growth = max(rss[2:]) - max(rss[:2])
+    said = (f"requests served per 3-s run {served}; server RSS after each {[f'{r:.1f}' for r in rss]} MiB "
+            f"(second half - first half: {growth:+.2f} MiB); threads {threads}")
+    assert min(served) > 0, said
+    # no Deferred in this plugin's local policy: the loop thread and the parent watch, whatever the traffic
+    assert max(threads) == min(threads), said
+    assert growth < 2, said
 
 
 def test_simulate_through_the_gateway():
