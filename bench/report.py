@@ -170,17 +170,26 @@ def render(data: dict, verdicts: list[tuple[str, bool]] | None = None) -> str:
         lines += ["## HTTP through a real gateway (nginx + Lua playing Kong; wrk, 1 nginx worker, the upstream an "
                   "nginx location)", "",
                   "| case | " + " | ".join(f"{c} connections: requests/s, p50 / p99 ms" for c in conns) +
-                  " | plugin server CPU per request | nginx worker CPU per request |",
-                  "|---|" + "---:|" * (len(conns) + 2)]
+                  " | plugin server CPU per request | nginx worker CPU per request | plugin server RSS after |",
+                  "|---|" + "---:|" * (len(conns) + 3)]
 
-        def cpu(case: str, what: str) -> str:
-            return " / ".join(f"{g[what]:.0f} µs" for c in conns if (g := gw_by.get((case, c))) and what in g)
+        def cpu(case: str, what: str, unit: str = "µs") -> str:
+            return " / ".join(f"{g[what]:.0f} {unit}" for c in conns if (g := gw_by.get((case, c))) and what in g)
 
         for case in dict.fromkeys(g["case"] for g in gw):
             cells = [(f"{g['requests_per_s']:,.0f}, {g['p50_ms']:.2f} / {g['p99_ms']:.2f}" if g else "")
                      for g in (gw_by.get((case, c)) for c in conns)]
             lines.append(f"| {case} | " + " | ".join(cells) +
-                         f" | {cpu(case, 'server_cpu_us_per_request')} | {cpu(case, 'gateway_cpu_us_per_request')} |")
+                         f" | {cpu(case, 'server_cpu_us_per_request')} | {cpu(case, 'gateway_cpu_us_per_request')}"
+                         f" | {cpu(case, 'server_rss_mib', 'MiB')} |")
+        lines.append("")
+    soaks = [b["extra_info"] for b in by_group.get("gateway soak", [])]
+    if soaks:
+        lines += ["## Soak through the gateway (wrk, 64 connections, after a warm-up; plugin server RSS read every "
+                  "second)", "", "| plugin | seconds | requests | RSS first / max / last | growth |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {k['case']} | {k['soak_s']} | {k['requests']:,} | {k['rss_first_mib']:.1f} / "
+                  f"{k['rss_max_mib']:.1f} / {k['rss_last_mib']:.1f} MiB | {k['growth_mib']:+.2f} MiB |" for k in soaks]
         lines.append("")
 
     # Budgets (docs/design.md), judged on this run only.
@@ -340,10 +349,17 @@ def render(data: dict, verdicts: list[tuple[str, bool]] | None = None) -> str:
                 ratio = many["requests_per_s"] / few["requests_per_s"]
                 check(f"gateway: no loss from {conns[0]} to {c} connections ({plugin}; ≥ 0.95×, the run's noise)",
                       ratio, ratio >= 0.95, f"{ratio:.2f}×")
+            if c == conns[-1] and c != conns[0] and few and many and "server_rss_mib" in many:
+                ratio = many["server_rss_mib"] / few["server_rss_mib"]
+                check(f"gateway: plugin server RSS at {c} connections ≤ 1.2× at {conns[0]} ({plugin})", ratio,
+                      ratio <= 1.2, f"{ratio:.2f}× ({many['server_rss_mib']:.1f} vs {few['server_rss_mib']:.1f} MiB)")
             if ours and "server_cpu_us_per_request" in ours and plugin != "fastguard":
                 cpu, bound = ours["server_cpu_us_per_request"], 60 if plugin == "fastguard-rate-limiting" else 40
                 check(f"gateway: plugin server CPU per request ≤ {bound} µs ({plugin}, {c} conn.)", cpu,
                       cpu <= bound, f"{cpu:.0f} µs", absolute=True)
+    for k in soaks:
+        check(f"gateway soak: no growth after warm-up ({k['case']}, {k['soak_s']} s; ≤ 1 MiB)", k["growth_mib"],
+              k["growth_mib"] <= 1, f"{k['growth_mib']:+.2f} MiB over {k['requests']:,} requests")
     lines += ["## Budgets (docs/design.md) in this run", "",
               "Ratios are judged (`--check`); \"(absolute)\" marks a time budget set on the reference machine, shown "
               "for this machine but not judged.", "", "| budget | measured | verdict |", "|---|---|---|", *checks, ""]

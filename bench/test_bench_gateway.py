@@ -2,7 +2,9 @@
 no plugin, nginx's own `limit_req`, a rate limiter in Lua on an nginx shared dict (what Kong's bundled
 rate-limiting does with the local policy), and fastguard's three plugins on `fastguard kong-server` and on the stock
 kong-pdk server. Per case and connection count: requests/s, p50/p99 latency, and the CPU per request of the plugin
-server and of the nginx worker (process CPU time over the run): where a request's time goes. Skipped with a reason
+server and of the nginx worker (process CPU time over the run): where a request's time goes; and the plugin server's
+resident memory after the run. Then a soak per fastguard plugin: after a warm-up, SOAK seconds of wrk at 64
+connections, the plugin server's resident memory read every second (no growth is the budget). Skipped with a reason
 when nginx-lua or wrk is absent.
 """
 
@@ -34,6 +36,7 @@ TOKEN = sign({"iss": "https://idp.example", "sub": "alice", "exp": int(time.time
              {"alg": "RS256", "kid": "rsa1"})
 SECONDS = int(os.environ.get("FASTGUARD_BENCH_GATEWAY_SECONDS", 3 if QUICK else 8))
 WARM_UP = min(SECONDS, 2)
+SOAK = int(os.environ.get("FASTGUARD_BENCH_SOAK_SECONDS", 60))
 HUGE = 10**9  # limits no request reaches: every answer is the allow path
 #: plugin cases: name, config (token in a header: uri_param_names [] — docs/kong.md)
 PLUGIN_CASES = {
@@ -135,6 +138,7 @@ def test_gateway_http(benchmark, gateway, case, connections):
         result["gateway_cpu_us_per_request"] = (_cpu_seconds(*workers) - nginx) / result["requests"] * 1e6
         if server:
             result["server_cpu_us_per_request"] = (_cpu_seconds(server.proc.pid) - cpu) / result["requests"] * 1e6
+            result["server_rss_mib"] = server.rss() / 2**20
 
     benchmark.group = "gateway http"
     benchmark.pedantic(run, rounds=1, iterations=1)
@@ -142,3 +146,32 @@ def test_gateway_http(benchmark, gateway, case, connections):
     assert "fastguard gateway: plugin" not in gateway.error_log(), gateway.error_log()[-2000:]
     benchmark.extra_info.update(ops=result["requests"], contender=case, algorithm="-", case=case,
                                 connections=connections, **result)
+
+
+@pytest.mark.parametrize("plugin", list(PLUGIN_CASES))
+def test_gateway_soak(benchmark, gateway, plugin):
+    """After a warm-up at 64 connections, SOAK seconds more: the plugin server's resident memory sampled every
+    second. Growth is the last sample less the first (a server that keeps a buffer per connection, or per burst,
+    grows through a soak however fast the machine is)."""
+    server, path = gateway.servers["ours"][plugin], f"/ours-{plugin}"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    _wrk(gateway.url + path, 64, headers, max(WARM_UP, 5))
+    result: dict = {}
+
+    def run() -> None:
+        samples = [server.rss()]
+        load = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{SOAK}s", "-H", f"Authorization: Bearer {TOKEN}",
+                                 gateway.url + path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while load.poll() is None:
+            time.sleep(1)
+            samples.append(server.rss())
+        out = load.stdout.read()
+        assert load.returncode == 0 and "Non-2xx" not in out and "Socket errors" not in out, out
+        result.update(requests=int(re.search(r"(\d+) requests in", out).group(1)), soak_s=SOAK,
+                      rss_first_mib=samples[0] / 2**20, rss_last_mib=samples[-1] / 2**20,
+                      rss_max_mib=max(samples) / 2**20, growth_mib=(samples[-1] - samples[0]) / 2**20)
+
+    benchmark.group = "gateway soak"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    assert "fastguard gateway: plugin" not in gateway.error_log(), gateway.error_log()[-2000:]
+    benchmark.extra_info.update(ops=result["requests"], contender=plugin, algorithm="-", case=plugin, **result)

@@ -321,16 +321,20 @@ def test_the_gateway_benchmark_runs_and_reports_its_budgets(tmp_path):
     raw = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--benchmark-json={raw}",
                           *(f"bench/test_bench_gateway.py::test_gateway_http[{case}-{c}]" for case in cases
-                            for c in (8, 64))],
+                            for c in (8, 64)),
+                          "bench/test_bench_gateway.py::test_gateway_soak[fastguard-rate-limiting]"],
                          cwd=root, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "FASTGUARD_BENCH_GATEWAY_SECONDS": "1"})
+                         env={**os.environ, "FASTGUARD_BENCH_GATEWAY_SECONDS": "1",
+                              "FASTGUARD_BENCH_SOAK_SECONDS": "2"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = render(json.loads(raw.read_text()))
-    assert "## HTTP through a real gateway" in report
+    assert "## HTTP through a real gateway" in report and "## Soak through the gateway" in report
     table = report.split("## HTTP through a real gateway", 1)[1]
     for case in cases:
         assert f"| {case} |" in table
     for budget in ("≥ 3× the stock server's requests/s (8 conn.)", "≥ 0.3× the native Lua limiter's requests/s (64",
-                   "CPU per request ≤ 60 µs (fastguard-rate-limiting, 8 conn.)", "no loss from 8 to 64 connections"):
+                   "CPU per request ≤ 60 µs (fastguard-rate-limiting, 8 conn.)", "no loss from 8 to 64 connections",
+                   "RSS at 64 connections ≤ 1.2× at 8 (fastguard-rate-limiting)",
+                   "no growth after warm-up (fastguard-rate-limiting, 2 s"):
         row = next(line for line in report.splitlines() if budget in line)
         assert "not measured" not in row and ("met" in row or "missed" in row), row
