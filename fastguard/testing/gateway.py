@@ -146,11 +146,23 @@ http {{
         with open(os.path.join(self.folder, "nginx.conf"), "w") as fh:
             fh.write(conf)
 
-    def reload(self) -> None:
-        """Write the configuration again (e.g. a plugin's new config and seq) and have nginx reload it."""
+    def reload(self, timeout: float = 30) -> None:
+        """Write the configuration again (e.g. a plugin's new config and seq), have nginx reload it, and return once
+        every worker is a new one: `nginx -s reload` only signals the master, and a request answered by a worker of
+        the old generation still runs the old configuration, for as long as the machine takes to start the new."""
+        old = set(self.worker_pids())
         self._write()
         subprocess.run(["nginx", "-p", self.folder, "-c", "nginx.conf", "-s", "reload"], check=True,
                        capture_output=True, timeout=30)
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = set(self.worker_pids())
+            if len(pids) == self.workers and not pids & old:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not replace its workers within {timeout:g} s (old {sorted(old)}, "
+                                   f"now {sorted(pids)}){self.error_log()[-2000:]}")
+            time.sleep(0.02)
 
     def error_log(self) -> str:
         try:

@@ -61,17 +61,25 @@ def test_the_refresh_timer_stops_when_closed_or_collected():
         remote = fg.RemoteKeySet(server.url, refresh_interval=0.05)
         remote.current()
         assert any(t.name == "fastguard-jwks-refresh" for t in threading.enumerate())
+        def timer_ended() -> bool:
+            # the timer sees the stop at its next wake-up, after a fetch it may be in: however slow the machine
+            deadline = time.monotonic() + 10
+            while any(t.name == "fastguard-jwks-refresh" for t in threading.enumerate()):
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.02)
+            return True
+
         remote.close()
-        time.sleep(0.2)
+        assert timer_ended()
         seen = server.requests
-        time.sleep(0.2)
+        time.sleep(0.2)                                   # four intervals: no fetch after the timer ended
         assert server.requests == seen
         other = fg.RemoteKeySet(server.url, refresh_interval=0.05)
         other.current()
         del other
         gc.collect()
-        time.sleep(0.2)
-        assert not any(t.name == "fastguard-jwks-refresh" for t in threading.enumerate())
+        assert timer_ended()
     finally:
         server.stop()
 

@@ -145,7 +145,6 @@ def test_a_dead_plugin_server_is_proxied_as_kong_does_unless_fail_closed(gateway
                  {"/open": ["open"], "/closed": ["closed"]}, post_functions={"/closed": FAIL_CLOSED})
     gw.plugins["open"].socket = gw.plugins["closed"].socket = server.socket
     gw.reload()
-    time.sleep(0.5)
     good = {"Authorization": f"Bearer {token()}"}
     assert get(gw, "/open")[0] == 401 and get(gw, "/closed")[0] == 401
     assert get(gw, "/closed", good)[0] == 200                  # approved: the mark is set, the upstream answers
@@ -164,14 +163,12 @@ def test_a_configuration_change_reaches_every_worker(gateway):
     gw.plugins["rl"].config = {"minute": 3, "limit_by": "ip", "error_message": "slow down"}
     gw.plugins["rl"].seq = 2
     gw.reload()
-    time.sleep(0.5)
     assert get(gw)[0] == 200
     status, _, body = get(gw)
     assert status == 429 and json.loads(body) == {"message": "slow down"}
     gw.plugins["rl"].config = {"minute": 10, "limit_by": "ip"}
     gw.plugins["rl"].seq = 3
     gw.reload()
-    time.sleep(0.5)
     assert get(gw)[0] == 200                        # new limits: a new count
 
 
@@ -193,7 +190,6 @@ def test_the_plugin_server_killed_and_restarted_under_traffic(gateway, tmp_path)
                  {"/": ["jwt"]}, post_functions={"/": FAIL_CLOSED})
     gw.plugins["jwt"].socket = server.socket
     gw.reload()
-    time.sleep(0.5)
     seen: list[int] = []
     stop = threading.Event()
 
@@ -201,13 +197,19 @@ def test_the_plugin_server_killed_and_restarted_under_traffic(gateway, tmp_path)
         while not stop.is_set():
             seen.append(get(gw)[0])
 
+    def seen_after(mark: int, status: int) -> None:
+        """Wait until traffic after seen[mark] got `status` (however long requests take on this machine)."""
+        deadline = time.monotonic() + 30
+        while status not in seen[mark:] and t.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     t = threading.Thread(target=traffic)
     t.start()
-    time.sleep(0.5)
+    seen_after(0, 401)                             # enforced
     server.stop()
-    time.sleep(0.5)
+    seen_after(len(seen), 503)                     # down: refused by the fail-closed post-function
     server = fastguard_server("fastguard-jwt", str(tmp_path))
-    time.sleep(0.5)
+    seen_after(len(seen), 401)                     # enforced again by the new server
     stop.set()
     t.join()
     try:
@@ -292,7 +294,6 @@ def test_both_of_kongs_reset_rules_recover_after_a_restart(gateway, tmp_path, re
                  {"/a": ["a"], "/b": ["b"]}, workers=1, reset_per_entity=reset_per_entity)
     gw.plugins["a"].socket = gw.plugins["b"].socket = server.socket
     gw.reload()
-    time.sleep(0.5)
     good = {"Authorization": f"Bearer {token()}"}
     assert [get(gw, p, good)[0] for p in ("/a", "/b")] == [200, 200]
     server.stop()

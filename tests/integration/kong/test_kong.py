@@ -12,6 +12,7 @@ import time
 import uuid
 
 import pytest
+from support import early_in_a_second
 
 import fastguard as fg
 from fastguard.kong import PLUGIN_DIR, PLUGINS
@@ -115,6 +116,7 @@ CONSUMER = {"kong.client.get_consumer": {"id": "c-1", "username": "alice"}}
 def test_allow_then_deny_with_kongs_headers_and_body(rl):
     client = rl.client()
     iid = client.start("fastguard-rate-limiting", {"second": 2, "hour": 100})
+    early_in_a_second()  # the three events in one second's window
     first = client.event(iid, CONSUMER)
     assert [m for m, _ in first.calls] == ["kong.client.get_consumer", "kong.response.set_headers"]  # 2 calls
     assert first.headers["X-RateLimit-Limit-Second"] == "2" and first.headers["X-RateLimit-Remaining-Second"] == "1"
@@ -463,6 +465,7 @@ def test_repeat_offenders_are_banned_with_ban_status_and_retry_after(rl):
     client = rl.client()
     iid = client.start("fastguard-rate-limiting", {"second": 1, "hour": 100, "ban_after": 2, "ban_for": 300,
                                                    "ban_status": 403})
+    early_in_a_second()  # the first two events in one second's window
     statuses = [client.event(iid, CONSUMER) for _ in range(4)]
     assert [o.status for o in statuses] == [200, 429, 403, 403]  # the 2nd denial starts the ban
     assert 298 <= int(statuses[-1].exit[2]["Retry-After"]) <= 300

@@ -72,17 +72,23 @@ def test_hit_many_counts_are_shared_and_ids_are_refused(redis_server):
     assert counter_total(store) == 5
 
 
+def wait_for(condition, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within 10 s"
+        time.sleep(0.01)
+
+
 def test_an_outage_loses_no_counts(fresh_redis, caplog):
     store = make_store(fresh_redis, timeout=0.1)
     lim = fg.RateLimiter("1000/hour", store=store, sync=0.05, on_error="local")
     for _ in range(5):
         lim.hit("k")
-    time.sleep(0.2)
+    wait_for(lambda: lim.stats()["pushed"] == 5)              # the 5 reached Redis (however slow the machine)
     fresh_redis.kill()
     for _ in range(7):
         assert lim.hit("k").allowed  # decisions go on in process, never waiting for Redis
-    time.sleep(0.3)
-    assert lim.stats()["redis_up"] is False
+    wait_for(lambda: lim.stats()["redis_up"] is False)       # the exchange found Redis gone
     fresh_redis.start()
     deadline = time.monotonic() + 3
     while lim.stats()["pending_keys"] or not lim.stats()["redis_up"]:
