@@ -10,9 +10,10 @@ Round trips (PDK calls per event, allow path / refusal; docs/kong.md has the ful
   rate limiting: 2 / 2 (the caller's identity, then set_headers or exit); 1 on the allow path with
       hide_client_headers; limit_by consumer without a consumer adds Kong's fallbacks (get_credential,
       get_forwarded_ip).
-  jwt: 1 / 2 (get_headers, then nothing or exit); +1 get_query when the token is in the query string, +1
-      service.request.set_headers with claims_to_headers, +1 get_method when run_on_preflight is false.
-  fastguard (both): 2 / 2 (get_headers, then set_headers or exit); +1 with claims_to_headers.
+  jwt: 2 / 2 (get_headers, then service.request.set_headers — the claims' headers and the consumer headers, set
+      or cleared — or exit); +1 get_query when the token is in the query string, +1 get_method when
+      run_on_preflight is false.
+  fastguard (both): 3 / 2 (get_headers, then the rate-limit headers and the upstream's, or exit).
 """
 
 from __future__ import annotations
@@ -180,22 +181,7 @@ class JWTPlugin(PluginBase):
 
     def steps(self) -> Steps:
         try:
-            answer = None
-            method = None
-            if not self.verifying.preflight:
-                method = yield ("kong.request.get_method", [])
-            if method == "OPTIONS":
-                pass  # run_on_preflight false: let preflight requests through unverified
-            elif self.verifying.anonymous:
-                # Kong's "logical OR": a request another plugin already authenticated is left alone, and a failed
-                # verification makes the request the anonymous consumer's instead of a 401
-                credential = yield ("kong.client.get_credential", [])
-                if not credential:
-                    answer = yield from self._verify()
-                    if answer is not None and answer[0] in TERMINAL:
-                        answer = yield from self.verifying.as_anonymous()
-            else:
-                answer = yield from self._verify()
+            answer = yield from self._authenticated()
             if self.config["approval_mark"] and (answer is None or answer[0] not in TERMINAL):
                 yield approve(self.config["approval_mark"])
         except PDKError as exc:
@@ -205,11 +191,40 @@ class JWTPlugin(PluginBase):
         if answer is not None:
             yield answer
 
-    def _verify(self) -> Generator[PDKCall, Any, PDKCall | None]:
-        claims, refusal = yield from self._claims()
-        if claims is None:
+    def _authenticated(self) -> Generator[PDKCall, Any, PDKCall | None]:
+        """The request authenticated (or refused), then admitted by `_admit`. Every request that goes on to the
+        upstream carries no client copy of a header this plugin can set: the claims' headers are set from the
+        verified token or cleared, and so are the consumer headers (X-Consumer-*, X-Credential-Identifier,
+        X-Anonymous-Consumer), except on a request another plugin authenticated (that plugin set them)."""
+        verifying = self.verifying
+        method = None
+        if not verifying.preflight:
+            method = yield ("kong.request.get_method", [])
+        if method == "OPTIONS":  # run_on_preflight false: a preflight request goes on unverified
+            return (yield from self._admit(None, None, verifying.cleared(consumer=True)))
+        if verifying.anonymous:
+            # Kong's "logical OR": a request another plugin already authenticated is not verified again, and a
+            # failed verification makes the request the anonymous consumer's instead of a 401
+            credential = yield ("kong.client.get_credential", [])
+            if credential:
+                return (yield from self._admit(None, credential, verifying.cleared(consumer=False)))
+        verified, refusal = yield from self._claims()
+        if verified is not None:
+            claims, upstream = verified
+            return (yield from self._admit(claims, None, upstream))
+        if not verifying.anonymous or refusal[0] != "kong.response.exit" or refusal[1][0] != 401:
+            return refusal  # a 500 (an unusable key set) is not an authentication failure
+        upstream, refusal = yield from verifying.as_anonymous()
+        if refusal is not None:
             return refusal
-        return ("kong.service.request.set_headers", [claims[1]]) if claims[1] else None
+        return (yield from self._admit(None, None, {**verifying.cleared(consumer=False), **upstream}))
+
+    def _admit(self, claims: dict[str, Any] | None, credential: Any,
+               upstream: dict[str, Any]) -> Generator[PDKCall, Any, PDKCall | None]:
+        """What lets an authenticated request go on: its upstream headers (the verified claims, or None for a
+        preflight or anonymous request; `credential`: another plugin's, when that one authenticated it)."""
+        return ("kong.service.request.set_headers", [upstream]) if upstream else None
+        yield  # a generator, like the plugins' other steps
 
     def _claims(self) -> Generator[PDKCall, Any, tuple[Any, PDKCall | None]]:
         """((verified claims, the upstream headers to set), None), or (None, the answer that refuses the request):
@@ -217,17 +232,28 @@ class JWTPlugin(PluginBase):
         claims, refusal = yield from self.verifying.verified()
         if claims is None:
             return None, refusal
-        upstream: dict[str, str] = {}
+        refusal = self._unusable(claims)
+        if refusal is not None:
+            return None, refusal
         if self.verifying.consumer_claim:
             upstream, refusal = yield from self.verifying.identify(claims)
             if refusal is not None:
                 return None, refusal
+        else:  # no consumer is authenticated: no client's copy of a consumer header may reach the upstream
+            upstream = self.verifying.cleared(consumer=True, claims=False)
         upstream.update(self.verifying.upstream_headers(claims))
         return (claims, upstream), None
 
+    def _unusable(self, claims: dict[str, Any]) -> PDKCall | None:
+        """The 401 for verified claims this plugin still cannot use, else None."""
+        return None
+
 
 class GuardPlugin(JWTPlugin):
-    """fastguard: verify the JWT, then rate-limit by a verified claim (`limit_by_claim`, default sub)."""
+    """fastguard: verify the JWT, then rate-limit by a verified claim (`limit_by_claim`, default sub). Requests
+    that go on without a verified token — the anonymous consumer's, preflight requests with run_on_preflight
+    false — are limited by the client's IP address; a request another plugin authenticated (with `anonymous`), by
+    that plugin's credential."""
 
     fields = GUARD_FIELDS
     entity_checks = GUARD_CHECKS
@@ -247,19 +273,25 @@ class GuardPlugin(JWTPlugin):
         self.verifying.close()
         self.limiting.close()
 
-    def _verify(self) -> Generator[PDKCall, Any, PDKCall | None]:
-        verified, refusal = yield from self._claims()
-        if verified is None:
-            return refusal
-        claims, upstream = verified
-        who = claims.get(self.config["limit_by_claim"])
-        if who is None:
+    def _unusable(self, claims: dict[str, Any]) -> PDKCall | None:
+        if claims.get(self.config["limit_by_claim"]) is None:
             return self.verifying.refusal(fg.MissingClaim(claim=self.config["limit_by_claim"]), True)
-        tier = claims.get(self.config["tier_claim"]) if self.config["tier_claim"] else None
+        return None
+
+    def _admit(self, claims: dict[str, Any] | None, credential: Any,
+               upstream: dict[str, Any]) -> Generator[PDKCall, Any, PDKCall | None]:
+        tier = None
+        if claims is not None:
+            key = rate_limit_key("claim", claims[self.config["limit_by_claim"]])
+            tier = claims.get(self.config["tier_claim"]) if self.config["tier_claim"] else None
+        elif isinstance(credential, dict) and credential.get("id") is not None:
+            key = rate_limit_key("credential", credential["id"])
+        else:
+            key = rate_limit_key("ip", (yield ("kong.client.get_forwarded_ip", [])))
         limiting = self.limiting.pick(tier)
         if limiting.waits:
             yield MAY_WAIT
-        answer = limiting.answer(rate_limit_key("claim", who))
+        answer = limiting.answer(key)
         if answer is not None and answer[0] in TERMINAL:
             return answer
         if upstream:

@@ -190,28 +190,33 @@ class Verifying:
                 raise EmptyKeyClaim(claim=self.key_claim)
         return dict(claims)
 
-    def as_anonymous(self) -> Generator[PDKCall, Any, PDKCall | None]:
+    def as_anonymous(self) -> Generator[PDKCall, Any, tuple[dict[str, Any], PDKCall | None]]:
         """Kong's set_anonymous_consumer: load the consumer by id or username and make the request its (no
-        credential). A missing consumer is Kong's 500."""
+        credential). Returns (the consumer headers for the upstream, None), or ({}, Kong's 500 when that consumer
+        does not exist)."""
         consumer = yield ("kong.client.load_consumer", [self.anonymous, True])
         if not isinstance(consumer, dict) or not consumer.get("id"):
             message = f"anonymous consumer {self.anonymous} is configured but doesn't exist"
             log.error("fastguard-jwt: %s", message)
-            return ("kong.response.error", [500, message])
+            return {}, ("kong.response.error", [500, message])
         upstream = yield from self.authenticate(consumer, anonymous=True)
-        return ("kong.service.request.set_headers", [upstream])
+        return upstream, None
 
-    def authenticate(self, consumer: dict[str, Any], anonymous: bool) -> Generator[PDKCall, Any, dict[str, str]]:
-        """Kong's set_consumer: kong.client.authenticate(consumer, nil), then the X-Consumer-* headers it has are
-        returned (for one set_headers with any others) and those it lacks are cleared now: a client's own copies
-        must not reach the upstream. X-Anonymous-Consumer is "true" for the anonymous consumer only."""
+    def authenticate(self, consumer: dict[str, Any], anonymous: bool) -> Generator[PDKCall, Any, dict[str, Any]]:
+        """Kong's set_consumer: kong.client.authenticate(consumer, nil), then every consumer header for the
+        upstream — the consumer's values, and an empty list (Kong's set_headers clears a header given an empty
+        list) for those it lacks: a client's own copies must not reach the upstream. X-Anonymous-Consumer is
+        "true" for the anonymous consumer only."""
         yield ("kong.client.authenticate", [consumer, None])
         values = {"X-Consumer-ID": consumer.get("id"), "X-Consumer-Custom-ID": consumer.get("custom_id"),
                   "X-Consumer-Username": consumer.get("username"), "X-Anonymous-Consumer": anonymous and "true"}
-        for name in CONSUMER_HEADERS:
-            if not values.get(name):
-                yield ("kong.service.request.clear_header", [name])
-        return {k: str(v) for k, v in values.items() if v}
+        return {name: str(values[name]) if values.get(name) else [] for name in CONSUMER_HEADERS}
+
+    def cleared(self, consumer: bool, claims: bool = True) -> dict[str, list[str]]:
+        """The upstream headers that clear the client's copies of what this plugin sets: the claims' headers
+        (`claims`) and the consumer headers (`consumer`)."""
+        names = (*(self.claims_to_headers.values() if claims else ()), *(CONSUMER_HEADERS if consumer else ()))
+        return {name: [] for name in names}
 
     def identify(self, claims: dict[str, Any]) -> Generator[PDKCall, Any, tuple[dict[str, str], PDKCall | None]]:
         """consumer_claim: the Kong consumer the verified claim names (by id, or by id then username), looked up
@@ -263,10 +268,14 @@ class Verifying:
                                    {"WWW-Authenticate": self.www_authenticate_error})
         return claims, None
 
-    def upstream_headers(self, claims: dict[str, Any]) -> dict[str, str]:
-        out = {}
+    def upstream_headers(self, claims: dict[str, Any]) -> dict[str, Any]:
+        """claims_to_headers: each claim's value (JSON unless a string), or an empty list (the header cleared)
+        when the token lacks the claim: the client's own copy must not pass for a verified one."""
+        out: dict[str, Any] = {}
         for claim, name in self.claims_to_headers.items():
             value = claims.get(claim)
-            if value is not None:
+            if value is None:
+                out[name] = []
+            else:
                 out[name] = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         return out

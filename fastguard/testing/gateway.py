@@ -140,6 +140,8 @@ http {{
     server {{
         listen 127.0.0.1:{self.upstream_port};
         location / {{ return 200 "upstream ok\\n"; }}
+        # what the upstream received: its request headers as JSON (tests of what a plugin lets through)
+        location /echo {{ content_by_lua_block {{ ngx.say(require("cjson").encode(ngx.req.get_headers())) }} }}
     }}
 }}
 """

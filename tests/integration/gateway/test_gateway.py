@@ -339,3 +339,35 @@ def test_the_gateway_benchmark_runs_and_reports_its_budgets(tmp_path):
                    "no growth after warm-up (fastguard-rate-limiting, 2 s"):
         row = next(line for line in report.splitlines() if budget in line)
         assert "not measured" not in row and ("met" in row or "missed" in row), row
+
+
+FORGED = {"X-User-Groups": "admin", "X-Consumer-Sub": "victim", "X-Consumer-ID": "forged-id",
+          "X-Consumer-Username": "root", "X-Consumer-Custom-ID": "forged", "X-Credential-Identifier": "forged",
+          "X-Anonymous-Consumer": "false"}
+
+
+def test_the_upstream_never_sees_a_clients_copy_of_a_header_the_plugins_set(gateway):
+    """A header the plugin sets from a verified token (claims_to_headers) or from a consumer (X-Consumer-*) is
+    cleared when it has no value to set: before, a valid token without the claim let the client's own copy through
+    (X-User-Groups: admin), and forged X-Consumer-* always passed. Read at a real upstream behind real nginx."""
+    config = {"jwks": JWKS, "uri_param_names": [],
+              "claims_to_headers": {"groups": "X-User-Groups", "sub": "X-Consumer-Sub"}}
+    gw = gateway({"jwt": ("fastguard-jwt", config, {}),
+                  "both": ("fastguard", {**config, "minute": 100}, {}),
+                  "pre": ("fastguard-jwt", {**config, "run_on_preflight": False}, {})},
+                 {"/echo/jwt": ["jwt"], "/echo/both": ["both"], "/echo/pre": ["pre"]})
+    for path in ("/echo/jwt", "/echo/both"):
+        status, _, body = get(gw, path, {**FORGED, "Authorization": f"Bearer {token()}"})
+        seen = json.loads(body)
+        assert status == 200, body
+        assert seen["x-consumer-sub"] == "alice"          # the verified claim, not the client's "victim"
+        for name in FORGED:
+            if name != "X-Consumer-Sub":
+                assert name.lower() not in seen, (path, name, seen)
+        status, _, body = get(gw, path, {**FORGED, "Authorization": f"Bearer {token(groups=['staff'])}"})
+        assert json.loads(body)["x-user-groups"] == '["staff"]'
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("OPTIONS", "/echo/pre", headers=FORGED)    # a preflight goes on unverified: nothing verified-looking
+    seen = json.loads(conn.getresponse().read())
+    conn.close()
+    assert not {name.lower() for name in FORGED} & set(seen), seen

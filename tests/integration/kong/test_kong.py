@@ -286,18 +286,29 @@ def jwt_instance(client, **config):
     return client.start("fastguard-jwt", {"jwks": JWKS, **config})
 
 
-def test_a_valid_token_passes_with_one_pdk_call(jwt_server):
+#: What a verified request without consumer_claim sends upstream: Kong's jwt plugin always sets or clears these.
+NO_CONSUMER = {"X-Consumer-ID": [], "X-Consumer-Custom-ID": [], "X-Consumer-Username": [],
+               "X-Credential-Identifier": [], "X-Anonymous-Consumer": []}
+
+
+def test_a_valid_token_passes_with_two_pdk_calls(jwt_server):
     client = jwt_server.client()
     iid = jwt_instance(client, uri_param_names=[])
     o = client.event(iid, bearer(token()))
-    assert o.status == 200 and [m for m, _ in o.calls] == ["kong.request.get_headers"]
+    assert o.status == 200 and [m for m, _ in o.calls] == ["kong.request.get_headers",
+                                                           "kong.service.request.set_headers"]
+    assert o.upstream == NO_CONSUMER   # a client's own X-Consumer-* never reach the upstream
     # with Kong's default uri_param_names ["jwt"], the query is read too (a second token there is a 401)
     o = client.event(jwt_instance(client), bearer(token()))
-    assert o.status == 200 and [m for m, _ in o.calls] == ["kong.request.get_query", "kong.request.get_headers"]
+    assert o.status == 200 and [m for m, _ in o.calls] == ["kong.request.get_query", "kong.request.get_headers",
+                                                           "kong.service.request.set_headers"]
     with_headers = jwt_instance(client, claims_to_headers={"sub": "X-Consumer-Sub", "scope": "X-Scope"},
                                 uri_param_names=[])
     o = client.event(with_headers, bearer(token(scope=["read", "write"])))
-    assert o.upstream == {"X-Consumer-Sub": "alice", "X-Scope": '["read","write"]'}
+    assert o.upstream == {**NO_CONSUMER, "X-Consumer-Sub": "alice", "X-Scope": '["read","write"]'}
+    # a claim the token lacks: its header is cleared, the client's copy must not pass for a verified one
+    o = client.event(with_headers, bearer(token()))
+    assert o.upstream == {**NO_CONSUMER, "X-Consumer-Sub": "alice", "X-Scope": []}
     assert [m for m, _ in o.calls] == ["kong.request.get_headers", "kong.service.request.set_headers"]
     client.close()
 
@@ -357,7 +368,9 @@ def test_preflight_is_skipped_only_when_asked(jwt_server):
     client = jwt_server.client()
     iid = jwt_instance(client, run_on_preflight=False)
     o = client.event(iid, {"kong.request.get_method": "OPTIONS"})
-    assert o.status == 200 and [m for m, _ in o.calls] == ["kong.request.get_method"]
+    assert o.status == 200 and [m for m, _ in o.calls] == ["kong.request.get_method",
+                                                           "kong.service.request.set_headers"]
+    assert o.upstream == NO_CONSUMER   # unverified: nothing that looks verified goes on
     unauthorized(client.event(iid, {"kong.request.get_method": "GET", "kong.request.get_headers": {}}),
                  "Unauthorized", given=False)
     client.close()
@@ -378,7 +391,7 @@ def test_jwt_then_rate_limit_by_subject(guard):
     alice, bob = token(), token(sub="bob")
     first = client.event(iid, bearer(alice))
     assert [m for m, _ in first.calls] == ["kong.request.get_query", "kong.request.get_headers",
-                                           "kong.response.set_headers"]
+                                           "kong.response.set_headers", "kong.service.request.set_headers"]
     assert first.headers["X-RateLimit-Remaining-Minute"] == "1"
     assert client.event(iid, bearer(alice)).status == 200
     assert client.event(iid, bearer(alice)).exit[0] == 429

@@ -275,3 +275,50 @@ def test_an_error_text_holding_undecodable_bytes_is_answered_not_dropped(rl):
         client.call("plugin.HandleEvent", {"InstanceId": iid, "EventName": "x\udcff"})
     assert client.status()["Pid"] == rl.proc.pid       # the same connection still serves
     client.close()
+
+
+# -- third round ------------------------------------------------------------------------------------------------------
+ANON = {"id": "0b5a3f2e-anon", "username": "anonymous", "custom_id": None}
+
+
+def anon_pdk(auth=None, ip="203.0.113.9"):
+    return {"kong.request.get_headers": {"authorization": auth} if auth else {},
+            "kong.client.get_credential": None, "kong.client.get_forwarded_ip": ip,
+            "kong.client.load_consumer": lambda who, by_name: ANON if who == "anonymous" else None}
+
+
+def test_anonymous_does_not_switch_off_the_combined_plugins_limits(guard):
+    """`anonymous` turns a failed *authentication* into the anonymous consumer, nothing else: before, a verified
+    caller over its limit (or banned) got 200 as the anonymous consumer, and anonymous traffic was never limited."""
+    client = guard.client()
+    iid = client.start("fastguard", {"jwks": JWKS, "minute": 2, "anonymous": "anonymous", "uri_param_names": [],
+                                     "ban_after": 2, "ban_for": 600})
+    alice = f"Bearer {token()}"
+    assert [client.event(iid, anon_pdk(alice)).status for _ in range(3)] == [200, 200, 429]
+    over = client.event(iid, anon_pdk(alice))
+    assert over.status == 429 and "kong.client.load_consumer" not in [m for m, _ in over.calls]
+    # the ban (2 refusals) holds, whatever the token
+    assert client.event(iid, anon_pdk(alice)).status == 429
+    # anonymous requests (no token, a bad one) are limited too, by the client's address
+    statuses = [client.event(iid, anon_pdk(auth)).status for auth in (None, "Bearer x.y.z", None)]
+    assert statuses == [200, 200, 429]
+    o = client.event(iid, anon_pdk(None, ip="198.51.100.7"))     # another address: its own count
+    assert o.status == 200 and o.upstream["X-Anonymous-Consumer"] == "true"
+    # a request another plugin authenticated is limited by that plugin's credential
+    other = {**anon_pdk(None), "kong.client.get_credential": {"id": "cred-1"}}
+    assert [client.event(iid, other).status for _ in range(3)] == [200, 200, 429]
+    client.close()
+
+
+def test_the_jwt_plugin_clears_forged_identity_headers_on_every_path_to_the_upstream(jwt_server):
+    client = jwt_server.client()
+    iid = client.start("fastguard-jwt", {"jwks": JWKS, "anonymous": "anonymous", "uri_param_names": [],
+                                         "claims_to_headers": {"groups": "X-User-Groups"}})
+    verified = client.event(iid, anon_pdk(f"Bearer {token()}"))
+    assert verified.upstream["X-User-Groups"] == [] and verified.upstream["X-Consumer-ID"] == []
+    anonymous = client.event(iid, anon_pdk("Bearer x.y.z"))
+    assert anonymous.upstream["X-User-Groups"] == [] and anonymous.upstream["X-Consumer-ID"] == ANON["id"]
+    # authenticated by another plugin: that plugin's consumer headers stay, the claims' headers are cleared
+    other = client.event(iid, {**anon_pdk(None), "kong.client.get_credential": {"id": "cred-1"}})
+    assert other.upstream == {"X-User-Groups": []}
+    client.close()
