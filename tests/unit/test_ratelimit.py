@@ -525,6 +525,39 @@ def test_a_ban_survives_a_spray_of_twice_max_keys_fresh_callers(impl):
     assert lim.stats()["keys"] <= 1000
 
 
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket", "gcra"])
+def test_the_batch_path_evicts_as_the_single_path_does(impl, algorithm):
+    """hit_many over a spray of 2 x max_keys fresh callers: a ban survives every one of 40 sprays, and the table
+    is left exactly as the same hits one by one leave it (same evictions, same decision for every key)."""
+    pytest.importorskip("numpy")
+    import numpy as np
+
+    for seed in range(4 if impl.__name__.startswith("fastguard._pure") else 40):
+        tables = []
+        for batch in (False, True):
+            lim = fg.RateLimiter("5/minute", algorithm=algorithm, max_keys=200, ban_after=3, ban_for=3600,
+                                 _core=impl)
+            lim.ban("attacker", 3600, now=100.0)
+            for _ in range(8):
+                lim.hit("repeat", now=100.0)     # banned by ban_after
+            spray = [f"spray-{seed}-{i}" for i in np.random.default_rng(seed).permutation(400)]
+            if batch:
+                lim.hit_many(spray, now=101.0)
+            else:
+                for key in spray:
+                    lim.hit(key, now=101.0)
+            assert lim.banned("attacker", now=102.0) > 0 and lim.banned("repeat", now=102.0) > 0, (seed, batch)
+            st = lim.stats()
+            tables.append(((st["keys"], st["evictions"]),
+                           [lim.peek(key, now=102.0).remaining for key in ["attacker", "repeat", *spray]]))
+        assert tables[0] == tables[1], seed
+    ids = np.random.default_rng(7).integers(0, 2**63, 400, dtype=np.uint64)   # numpy ids: the same rule
+    lim = fg.RateLimiter("5/minute", algorithm=algorithm, max_keys=200, ban_after=3, ban_for=3600, _core=impl)
+    lim.ban("attacker", 3600, now=100.0)
+    lim.hit_many(ids, now=101.0)
+    assert lim.banned("attacker", now=102.0) > 0
+
+
 def test_a_shard_full_of_bans_evicts_the_ban_that_ends_first(impl):
     lim = fg.RateLimiter("5/minute", max_keys=20, ban_for=10_000, _core=impl)
     for i in range(20):
