@@ -17,6 +17,8 @@ from fastguard.tables import SharedTable, Store, StoreStats, Table
 __all__ = ["RateLimiter", "ALGORITHMS"]
 
 _MAX_COST = 2**62
+#: The longest interval of exchanging counts with a store (local-first mode), seconds.
+MAX_SYNC_SECONDS = 3600
 
 
 
@@ -56,8 +58,8 @@ class RateLimiter:
         check_max_keys(max_keys)
         check_on_error(on_error)
         if sync is not None:
-            if isinstance(sync, bool) or not isinstance(sync, (int, float)) or not 0 < sync <= 3600:
-                raise ValueError(f"sync must be None or seconds between 0 and 3600, got {sync!r}")
+            if isinstance(sync, bool) or not isinstance(sync, (int, float)) or not 0 < sync <= MAX_SYNC_SECONDS:
+                raise ValueError(f"sync must be None or seconds between 0 and {MAX_SYNC_SECONDS}, got {sync!r}")
             if store is None:
                 raise ValueError("sync needs a store (it is the interval of exchanging counts with it)")
         self.limits: list[Limit] = parse_limits(limits)

@@ -33,6 +33,7 @@ class Field:
     elements: str | None = None              # element type of an array / set, or value type of a map
     element_one_of: tuple[Any, ...] | None = None
     element_gt: float | None = None
+    element_between: tuple[float, float] | None = None
     element_fields: tuple[Field, ...] = field(default=())  # an array of records: the records' fields
     fields: tuple[Field, ...] = field(default=())  # of a record
     referenceable: bool = False              # may be a Kong vault reference ({vault://...}), resolved by Kong
@@ -81,7 +82,8 @@ def _check_value(f: Field, value: Any, path: str) -> Any:
             raise ConfigError(path, f"length must be at most {f.len_max}")
         out = []
         for i, item in enumerate(value):
-            sub = Field(f"{i + 1}", f.elements or "string", one_of=f.element_one_of, gt=f.element_gt)
+            sub = Field(f"{i + 1}", f.elements or "string", one_of=f.element_one_of, gt=f.element_gt,
+                        between=f.element_between)
             out.append(_check_value(sub, item, f"{path}[{i + 1}]"))
         if f.type == "set":  # Kong makes a set of it (make_set): duplicates go
             out = list({repr(v): v for v in out}.values())
@@ -282,6 +284,8 @@ def kong_schema(fields: tuple[Field, ...]) -> list[dict[str, Any]]:
                 spec["elements"]["one_of"] = list(f.element_one_of)
             if f.element_gt is not None:
                 spec["elements"]["gt"] = f.element_gt
+            if f.element_between is not None:
+                spec["elements"]["between"] = list(f.element_between)
             if f.len_max is not None:
                 spec["len_max"] = f.len_max
             if f.element_fields:

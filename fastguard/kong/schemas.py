@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 import fastguard as fg
 from fastguard.kong.fields import ConfigError, Field
+from fastguard.limits import MAX_COUNT, MAX_LIMITS, MAX_PERIOD_NS
+from fastguard.ratelimit import MAX_SYNC_SECONDS
 
 __all__ = ["WINDOWS", "MAX_LIMITS", "REDIS_FIELDS", "RATE_LIMITING_FIELDS", "JWT_FIELDS", "GUARD_FIELDS",
            "RATE_LIMITING_CHECKS", "JWT_CHECKS", "GUARD_CHECKS", "REDIS_SHORTHANDS", "normalize",
@@ -23,8 +25,14 @@ __all__ = ["WINDOWS", "MAX_LIMITS", "REDIS_FIELDS", "RATE_LIMITING_FIELDS", "JWT
 
 WINDOWS = (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86_400), ("month", 30 * 86_400),
            ("year", 365 * 86_400))
-#: A RateLimiter takes at most 8 limits: the six windows and up to 8 `limit`/`window_size` pairs share them.
-MAX_LIMITS = 8
+# The bounds Kong's Admin API checks, from the core's own (fastguard.limits): a config Kong accepts must start.
+# A RateLimiter takes at most MAX_LIMITS limits: the six windows and the `limit`/`window_size` pairs share them.
+#: requests per window: above 0 (a fraction is rounded up), at most the core's largest count
+COUNT_BOUNDS = (0, MAX_COUNT)
+#: window_size, seconds: from one nanosecond to the core's longest period (100 years)
+PERIOD_BOUNDS = (1e-9, MAX_PERIOD_NS / 1e9)
+#: sync_rate, seconds: -1 (every decision in Redis) up to RateLimiter's longest sync interval
+SYNC_RATE_BOUNDS = (-1, MAX_SYNC_SECONDS)
 
 _PORT = (0, 65535)
 REDIS_FIELDS = (
@@ -63,10 +71,10 @@ _IDENTIFIERS = ("consumer", "credential", "ip", "service", "header", "path")
 #: fastguard plugin, tier_by in fastguard-rate-limiting); everyone else keeps the plugin's.
 TIERS = Field("tiers", "array", len_max=64, element_fields=(
     Field("value", "string", required=True, help="the tier_claim / tier_by value of this tier"),
-    *(Field(name, "number", gt=0) for name, _ in WINDOWS)),
+    *(Field(name, "number", gt=0, between=COUNT_BOUNDS) for name, _ in WINDOWS)),
     help="per tier value, the windows that replace the plugin's own (which stay the limits of any other value)")
 RATE_LIMITING_FIELDS = (
-    *(Field(name, "number", gt=0, help=f"requests per {name}") for name, _ in WINDOWS),
+    *(Field(name, "number", gt=0, between=COUNT_BOUNDS, help=f"requests per {name}") for name, _ in WINDOWS),
     Field("limit_by", "string", "consumer", one_of=_IDENTIFIERS),
     Field("header_name", "string"),
     Field("path", "string", match_any=("^/",)),
@@ -75,14 +83,15 @@ RATE_LIMITING_FIELDS = (
     Field("hide_client_headers", "boolean", False, required=True),
     Field("error_code", "number", 429, between=(100, 599)),
     Field("error_message", "string", "API rate limit exceeded"),
-    Field("sync_rate", "number", -1, required=True,
+    Field("sync_rate", "number", -1, required=True, between=SYNC_RATE_BOUNDS,
           help="-1: every decision in Redis; > 0: decide locally, sync every N s (at least 0.02)"),
     Field("redis", "record", fields=REDIS_FIELDS),
     *_SHORTHAND_FIELDS,
     # Rate Limiting Advanced's fields, for configs migrating from it
-    Field("limit", "array", elements="number", element_gt=0, len_max=MAX_LIMITS,
+    Field("limit", "array", elements="number", element_gt=0, element_between=COUNT_BOUNDS, len_max=MAX_LIMITS,
           help="RLA: requests per window_size[i]"),
-    Field("window_size", "array", elements="number", element_gt=0, len_max=MAX_LIMITS,
+    Field("window_size", "array", elements="number", element_gt=0, element_between=PERIOD_BOUNDS,
+          len_max=MAX_LIMITS,
           help="RLA: window lengths in seconds"),
     Field("window_type", "string", one_of=("sliding", "fixed"),
           help="RLA: sliding (its default when limit is set) or fixed; wins over algorithm"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -39,12 +40,28 @@ def _fits(spec: dict, v) -> bool:
     return True
 
 
+#: Far past any sensible bound: a field Kong leaves unbounded must still start with these (it did not: a
+#: window of 1e17 requests, a year of 1e16, a window_size of 1e10 s, a sync_rate of 5000 passed Kong and failed).
+HUGE = [5000, 1e10, 1e16, 1e17, 2**53, 2**53 + 2, 1e300]
+
+
+def edges(spec: dict) -> list:
+    """Each bound the dumped field states, the numbers on it and just past it on both sides."""
+    out = []
+    for bound in [*spec.get("between", ()), *([spec["gt"]] if "gt" in spec else [])]:
+        out += [bound, math.nextafter(bound, math.inf), math.nextafter(bound, -math.inf), bound + 1, bound - 1]
+    if spec["type"] == "integer":
+        out = [int(v) for v in out if float(v).is_integer()]
+    return out
+
+
 def values(spec: dict, name: str = "") -> st.SearchStrategy:
-    """Mostly values the field accepts (so whole configs often pass), sometimes anything of its type."""
+    """Mostly values the field accepts (so whole configs often pass), sometimes anything of its type; numbers
+    include every edge the field's bounds state and numbers far past any bound."""
     kind = spec["type"]
     if kind in ("string", "number", "integer"):
-        pool = {"string": list(spec.get("one_of", [])) + ["bogus"] + STRINGS, "number": NUMBERS,
-                "integer": INTEGERS}[kind]
+        pool = {"string": list(spec.get("one_of", [])) + ["bogus"] + STRINGS, "number": NUMBERS + HUGE + edges(spec),
+                "integer": INTEGERS + [int(v) for v in HUGE[:-1]] + edges(spec)}[kind]
         if name == "jwks":
             pool = [JWKS, '{"keys": []}', "not json"]
         good = [v for v in pool if _fits(spec, v)] or pool
@@ -132,3 +149,16 @@ def test_what_the_plugin_refuses_kong_refuses_first(name, config):
 def test_kong_documentation_configs_load_unchanged(name, config):
     kong_validate(dump(name), config)
     plugins.PLUGINS[name](config).close()
+
+
+@pytest.mark.parametrize("config", [{"second": 1e17}, {"year": 1e16}, {"limit": [10], "window_size": [1e10]},
+                                    {"minute": 5, "policy": "redis", "sync_rate": 5000},
+                                    {"tiers": [{"value": "gold", "minute": 1e17}], "tier_by": "consumer_id",
+                                     "minute": 5}])
+def test_configs_past_the_cores_limits_are_refused_by_kong(config):
+    """Each passed Kong's Admin API and failed at StartInstance (a 500 on every request): the schema's bounds now
+    come from the core's own limits."""
+    with pytest.raises(Refused):
+        kong_validate(dump("fastguard-rate-limiting"), config)
+    with pytest.raises(ConfigError):
+        plugins.RateLimitingPlugin(config)
