@@ -82,12 +82,27 @@ LARGE_ANSWER = 64 * 1024
 class Deferred:
     """A dispatch that may wait (a Redis round trip, a JWKS fetch, a kong-pdk handler on its own thread): the
     server runs `run()` on its worker pool and answers with what it returns (or raises), serving every other
-    connection meanwhile."""
+    connection meanwhile.
 
-    __slots__ = ("run",)
+    `expired`, when given, is what answers instead once the server's deadline has passed and `run()` has not
+    answered (still running, still queued for a thread, or no thread to be had): an event's fault answer, never an
+    RPC error, which Kong would answer by proxying the request unchecked. What `run()` returns later is dropped."""
 
-    def __init__(self, run: Callable[[], Any]) -> None:
+    __slots__ = ("run", "expired")
+
+    def __init__(self, run: Callable[[], Any], expired: Callable[[], Any] | None = None) -> None:
         self.run = run
+        self.expired = expired
+
+
+class _Job:
+    """A Deferred on its way: answered once, by whichever comes first of its run and its deadline."""
+
+    __slots__ = ("conn", "msgid", "method", "deferred", "due", "answered")
+
+    def __init__(self, conn: _Conn, msgid: int, method: str, deferred: Deferred, due: float) -> None:
+        self.conn, self.msgid, self.method, self.deferred, self.due = conn, msgid, method, deferred, due
+        self.answered = False
 
 
 class Dispatcher(Protocol):
@@ -123,11 +138,12 @@ class _Conn:
 class RPCServer:
     """A Unix-socket MessagePack-RPC server for one dispatcher: one thread and an epoll loop over every connection;
     a dispatch that may wait (`Deferred`) runs on a pool of `workers` threads (default: one per connection, started
-    as needed — a connection has at most one Deferred running, so none ever waits for a thread)."""
+    as needed — a connection has at most one Deferred running, so none ever waits for a thread). A Deferred with
+    an `expired` answer is answered with it once `deadline` seconds have passed without its own answer."""
 
     def __init__(self, dispatcher: Dispatcher, path: str, *, mode: int = 0o600,
                  max_connections: int = MAX_CONNECTIONS, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 backlog: int = 4096, workers: int | None = None) -> None:
+                 backlog: int = 4096, workers: int | None = None, deadline: float = 10.0) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         workers = max_connections if workers is None else workers
@@ -140,12 +156,18 @@ class RPCServer:
         self.max_message_bytes = max_message_bytes
         self.backlog = backlog
         self.workers = workers
+        self.deadline = deadline
+        # Deferreds with an expired answer, in the order they started: one deadline for all, so they are due in
+        # that order too; the answered ones leave from the front
+        self._jobs: deque[_Job] = deque()
+        self._answer_lock = threading.Lock()             # a Job is answered once: by its run or by its deadline
         self._notice = msgpack.packb([2, "serverPid", os.getpid()])
         self._packer = msgpack.Packer()  # the loop thread's (a failed pack leaves it empty)
         self._slow_said = 0.0
         self._sock: socket.socket | None = None
         # epoll on Linux (poll elsewhere: the same interface); masks are the same numbers in both
         self._poller: Any = select.epoll() if hasattr(select, "epoll") else select.poll()
+        self._poll_unit = 1 if hasattr(select, "epoll") else 1000  # epoll waits in seconds, poll in ms
         self._stopped = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._done: deque[tuple[_Conn, bytes | None]] = deque()   # finished Deferreds, for the loop to send
@@ -196,7 +218,9 @@ class RPCServer:
         listening = True
         try:
             while not self._stopped.is_set():
-                for fd, mask in poller.poll():
+                due = self._next_due()
+                wait = None if due is None else max(0.0, due - time.monotonic()) * self._poll_unit
+                for fd, mask in poller.poll(wait):
                     conn = conns.get(fd)
                     if conn is None:
                         if fd == lfd:
@@ -207,6 +231,8 @@ class RPCServer:
                         self._flush(conn)
                     else:  # readable, or hung up / in error: recv says which
                         self._read(conn)
+                if due is not None and due <= time.monotonic():
+                    self._expire()
                 # Past max_connections new connections wait in the backlog: nothing is refused while Kong waits.
                 full = self.connections >= self.max_connections
                 if listening and full:
@@ -382,19 +408,70 @@ class RPCServer:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="kong-rpc")
         msgid, method, deferred = answer
+        job = _Job(conn, msgid, method, deferred, time.monotonic() + self.deadline)
+        if deferred.expired is not None:
+            self._jobs.append(job)
         try:
-            self._pool.submit(self._run_deferred, conn, msgid, method, deferred)
-        except RuntimeError:  # no thread to be had, or shutting down
-            conn.busy = False
-            self._send(conn, _pack_error(msgid, f"{method}: the server is out of threads"))
+            self._pool.submit(self._run_deferred, job)
+        except RuntimeError as exc:  # no thread to be had (the work may still be queued), or shutting down
+            log.error("fastguard kong-server: no worker thread for %s (%s)", method, exc)
+            if self._claim(job):
+                conn.busy = False
+                self._send(conn, self._late_answer(job))
 
-    def _run_deferred(self, conn: _Conn, msgid: int, method: str, deferred: Deferred) -> None:
+    def _claim(self, job: _Job) -> bool:
+        """True for the one caller that answers `job`."""
+        with self._answer_lock:
+            if job.answered:
+                return False
+            job.answered = True
+            return True
+
+    def _late_answer(self, job: _Job) -> bytes:
+        """The answer of a Deferred that did not answer in time: its `expired` answer, else an RPC error."""
+        if job.deferred.expired is None:
+            return _pack_error(job.msgid, f"{job.method}: no answer within {self.deadline:g} s")
         try:
-            out: bytes = self._result(msgid, method, deferred.run)
+            return self._result(job.msgid, job.method, job.deferred.expired)
         except BaseException as exc:  # noqa: BLE001 - the connection always gets its answer
-            out = _pack_error(msgid, f"{method}: {exc}")
-        self._done.append((conn, out))
-        self._wake()
+            return _pack_error(job.msgid, f"{job.method}: {exc}")
+
+    def _next_due(self) -> float | None:
+        jobs = self._jobs
+        while jobs and jobs[0].answered:
+            jobs.popleft()
+        return jobs[0].due if jobs else None
+
+    def _expire(self) -> None:
+        """Answer the Deferreds whose deadline passed (their runs, when they end, are dropped)."""
+        now = time.monotonic()
+        while self._jobs and self._jobs[0].due <= now:
+            job = self._jobs.popleft()
+            if not self._claim(job):
+                continue
+            log.error("fastguard kong-server: %s gave no answer within %g s; answered for it", job.method,
+                      self.deadline)
+            conn = job.conn
+            if self._conns.get(conn.fd) is not conn:
+                continue
+            conn.busy = False
+            self._send(conn, self._late_answer(job))
+            if conn.fd in self._conns:
+                if conn.out:
+                    self._watch(conn)
+                else:
+                    self._serve(conn)  # its messages that waited
+
+    def _run_deferred(self, job: _Job) -> None:
+        if job.answered:  # answered at its deadline while it waited for a thread: nothing to run
+            return
+        try:
+            out: bytes = self._result(job.msgid, job.method, job.deferred.run)
+        except BaseException as exc:  # noqa: BLE001 - the connection always gets its answer
+            out = _pack_error(job.msgid, f"{job.method}: {exc}")
+        if self._claim(job):
+            self._done.append((job.conn, out))
+            self._wake()
 
     def _completions(self) -> None:
         try:

@@ -89,7 +89,7 @@ def _fault(plugin: Any) -> Any:
 
 
 class _Event:
-    __slots__ = ("steps", "channel", "deadline", "started", "plugin")
+    __slots__ = ("steps", "channel", "deadline", "started", "plugin", "expired")
 
     def __init__(self, steps: Any = None, channel: Any = None, deadline: float = 0.0, plugin: Any = None) -> None:
         self.steps = steps        # a fastguard plugin's generator of PDK calls
@@ -97,6 +97,7 @@ class _Event:
         self.deadline = deadline
         self.started = time.perf_counter()
         self.plugin = plugin      # the plugin object: its fault_answer() ends a failed event
+        self.expired = False      # answered at the socket's deadline: what its step does later is dropped
 
 
 class _EventMetrics:
@@ -267,7 +268,7 @@ class FastguardPluginServer(PluginServer):
         channel = _Channel(self.timeout)
         self._pool.submit(self._run_handler, getattr(plugin, phase), channel)
         ev = _Event(channel=channel, plugin=plugin)
-        return Deferred(lambda: self._guarded(eid, ev, lambda: self._relay(eid, ev)))  # waits on the handler
+        return self._deferred(eid, ev, lambda: self._relay(eid, ev))  # waits on the handler
 
     def step(self, data: dict[str, Any]) -> dict[str, Any] | Deferred:
         return self._step(data, False)
@@ -291,7 +292,21 @@ class FastguardPluginServer(PluginServer):
             except Exception as exc:  # noqa: BLE001 - the pending event always gets an answer
                 return self._failed(eid, ev, exc)
         ev.channel.to_plugin.put((None, value) if is_error else (value, None))
-        return Deferred(lambda: self._guarded(eid, ev, lambda: self._relay(eid, ev)))
+        return self._deferred(eid, ev, lambda: self._relay(eid, ev))
+
+    def _deferred(self, eid: int, ev: _Event, run: Any) -> Deferred:
+        """A step of `ev` that may wait, for the socket's worker pool; answered with the plugin's fault answer if
+        it has not answered by the socket's deadline (`--timeout`)."""
+        return Deferred(lambda: self._guarded(eid, ev, run), lambda: self._expired(eid, ev))
+
+    def _expired(self, eid: int, ev: _Event) -> dict[str, Any]:
+        ev.expired = True
+        with self._lock:
+            self.events.pop(eid, None)
+        log.error("fastguard kong-server: an event gave no answer within %g s; answering with the plugin's fault "
+                  "answer", self.timeout)
+        self._finished(ev, 500)
+        return {"Data": _fault(ev.plugin), "EventId": eid}
 
     def _guarded(self, eid: int, ev: _Event, run: Any) -> Any:
         """run(), or on any error the event's end with the plugin's fault answer: the pending event always gets an
@@ -320,8 +335,7 @@ class FastguardPluginServer(PluginServer):
                 call = ev.steps.throw(PDKError(str(value)))
             while call is MAY_WAIT:
                 if not waiting:
-                    return Deferred(lambda: self._guarded(eid, ev, lambda: self._advance(eid, ev, "send", None,
-                                                                                         True)))
+                    return self._deferred(eid, ev, lambda: self._advance(eid, ev, "send", None, True))
                 call = ev.steps.send(None)
         except StopIteration:
             self._finished(ev, 200)
@@ -334,7 +348,7 @@ class FastguardPluginServer(PluginServer):
         if method in TERMINAL:
             ev.steps.close()  # Kong sends nothing more for this event
             self._finished(ev, args[0] if args and isinstance(args[0], int) else 500)
-        else:
+        elif not ev.expired:
             ev.deadline = time.monotonic() + self.timeout
             with self._lock:
                 self.events[eid] = ev
@@ -357,7 +371,7 @@ class FastguardPluginServer(PluginServer):
         elif isinstance(message, dict) and message.get("Method") in TERMINAL:
             args = message.get("Args") or [500]
             self._finished(ev, args[0] if isinstance(args[0], int) else 500)
-        else:
+        elif not ev.expired:
             ev.deadline = time.monotonic() + self.timeout
             with self._lock:
                 self.events[eid] = ev
@@ -461,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     folder, sock_name = os.path.split(os.path.abspath(path))
     if not os.path.isdir(folder):
         parser.error(f"the socket's folder {folder} does not exist")
-    listener = RPCServer(server, os.path.join(folder, sock_name), mode=mode, max_connections=args.max_connections)
+    listener = RPCServer(server, os.path.join(folder, sock_name), mode=mode, max_connections=args.max_connections,
+                         deadline=args.timeout)
     threading.Thread(target=_exit_with_parent, daemon=True, name="parent-watch").start()
     try:
         listener.serve_forever()

@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -134,14 +135,29 @@ class Wire:
             except OSError:
                 pass
 
-    def _read(self, sock: socket.socket, reader: Any) -> Any:
+    def _deadline(self) -> float | None:
+        """When a command's whole reply must have arrived: `timeout` bounds the call, not each read (a server
+        trickling a byte per read would otherwise hold it without end)."""
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def _read(self, sock: socket.socket, reader: Any, deadline: float | None) -> Any:
         reply = reader.gets()
+        first, shortened = True, False
         while reply is False:
+            if deadline is not None and not first:  # the first read waits `timeout` at most: within the deadline
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no whole reply within {self.timeout:g} s")
+                sock.settimeout(left)
+                shortened = True
+            first = False
             data = sock.recv(65536)
             if not data:
                 raise RedisConnectionError(f"{self!r} closed the connection")
             reader.feed(data)
             reply = reader.gets()
+        if shortened:
+            sock.settimeout(self.timeout)
         return reply
 
     @contextlib.contextmanager
@@ -168,9 +184,10 @@ class Wire:
         """Send one packed command; its reply, or a redis-py exception (ResponseError, NoScriptError, ...,
         ConnectionError, TimeoutError)."""
         sock, reader = self._connection()
+        deadline = self._deadline()
         with self._io():
             sock.sendall(packed)
-            reply = self._read(sock, reader)
+            reply = self._read(sock, reader, deadline)
         if type(reply) is hiredis.ReplyError:
             raise _error(reply)
         return reply
@@ -178,9 +195,10 @@ class Wire:
     def pipeline(self, packed: list[bytes]) -> list[Any]:
         """Send every command in one write, then read every reply; error replies come back as exceptions."""
         sock, reader = self._connection()
+        deadline = self._deadline()
         with self._io():
             sock.sendall(b"".join(packed))
-            replies = [self._read(sock, reader) for _ in packed]
+            replies = [self._read(sock, reader, deadline) for _ in packed]
         return [_error(r) if type(r) is hiredis.ReplyError else r for r in replies]
 
 
@@ -194,12 +212,12 @@ class Wire:
             for command in packed:
                 sock.sendall(command)
                 unanswered += 1
-                if unanswered > window:
-                    r = self._read(sock, reader)
+                if unanswered > window:  # each reply within the timeout (the batch may be of any size)
+                    r = self._read(sock, reader, self._deadline())
                     unanswered -= 1
                     handle(_error(r) if type(r) is hiredis.ReplyError else r)
             while unanswered:
-                r = self._read(sock, reader)
+                r = self._read(sock, reader, self._deadline())
                 unanswered -= 1
                 handle(_error(r) if type(r) is hiredis.ReplyError else r)
 

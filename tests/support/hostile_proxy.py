@@ -8,6 +8,7 @@ import collections
 import select
 import socket
 import threading
+import time
 
 
 class HostileProxy:
@@ -22,6 +23,7 @@ class HostileProxy:
         self._lock = threading.Lock()
         self._stopped = False
         self._sockets: list[socket.socket] = []
+        self.trickle: float | None = None   # seconds between the bytes of a reply: a slow or malicious peer
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -69,7 +71,12 @@ class HostileProxy:
                     with self._lock:
                         if self._replies:
                             data = self._replies.popleft()
-                    client.sendall(data)
+                    if self.trickle is None:
+                        client.sendall(data)
+                        continue
+                    for i in range(len(data)):   # every read of the client gets a byte in time: no read times out
+                        client.sendall(data[i:i + 1])
+                        time.sleep(self.trickle)
         except OSError:
             return
         finally:

@@ -322,3 +322,99 @@ def test_the_jwt_plugin_clears_forged_identity_headers_on_every_path_to_the_upst
     other = client.event(iid, {**anon_pdk(None), "kong.client.get_credential": {"id": "cred-1"}})
     assert other.upstream == {"X-User-Groups": []}
     client.close()
+
+
+def test_a_step_that_outlives_the_timeout_ends_in_the_plugins_fault_answer(tmp_path, redis_server):
+    """A Redis that trickles its reply held the event past any --timeout (Kong's RPC then times out and proxies
+    unlimited). The server's deadline answers the event with the plugin's fault answer — 500 with fault_tolerant
+    false, the request let through with true — never an RPC error, and the late result is never sent."""
+    from support.hostile_proxy import HostileProxy
+
+    proxy = HostileProxy(redis_server.port)
+    server = fastguard_server("fastguard-rate-limiting", str(tmp_path), "--timeout", "1")
+    try:
+        client = server.client(connections=1)
+        redis_cfg = {"host": "127.0.0.1", "port": proxy.port, "timeout": 3000}  # Redis's own bound: later
+        strict = client.start("fastguard-rate-limiting", {"minute": 5, "policy": "redis", "redis": redis_cfg,
+                                                          "fault_tolerant": False, "limit_by": "ip"})
+        tolerant = client.start("fastguard-rate-limiting", {"minute": 5, "policy": "redis", "redis": redis_cfg,
+                                                            "limit_by": "ip", "namespace": "other"})
+        ip = {"kong.client.get_forwarded_ip": "203.0.113.1"}
+        assert client.event(strict, ip).status == 200 and client.event(tolerant, ip).status == 200  # warm
+        proxy.trickle = 0.5                       # a byte every 0.5 s: ~10 s for the script's reply
+        started = time.monotonic()
+        o = client.event(strict, ip)
+        assert o.status == 500 and o.exit[1] == {"message": "An unexpected error occurred"}, o
+        assert time.monotonic() - started < 2.9   # answered at the deadline (1 s), before Redis's own 3 s
+        proxy.trickle = None
+        time.sleep(max(0.0, started + 3.5 - time.monotonic()))  # the stuck step ends (Redis's 3 s): dropped
+        o = client.event(tolerant, ip)            # the same connection: its own answer, not the late one
+        assert o.status == 200 and o.headers["X-RateLimit-Remaining-Minute"] == "3", o
+        assert "gave no answer within 1 s" in server.stop()
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+PIDS_CGROUPS = "/sys/fs/cgroup/pids"
+
+
+def _pids_cgroup(pid: int) -> str | None:
+    """A pids cgroup (v1) holding `pid` alone, or None where none can be made (not root, no such controller)."""
+    folder = os.path.join(PIDS_CGROUPS, f"fastguard-test-{pid}")
+    try:
+        os.mkdir(folder)
+        with open(os.path.join(folder, "cgroup.procs"), "w") as fh:
+            fh.write(str(pid))
+    except OSError:
+        return None
+    return folder
+
+
+def test_no_thread_to_be_had_is_the_plugins_fault_answer_and_one_answer_per_message(tmp_path, redis_server):
+    """With every worker busy and no thread to be had (the process's pids cgroup is full), a step that must wait
+    got an RPC error ("out of threads": Kong proxies the request without the plugin), and the work, already queued
+    by the pool, could later answer the same message id again. Now: the plugin's fault answer, once."""
+    from support.hostile_proxy import HostileProxy
+
+    proxy = HostileProxy(redis_server.port)
+    server = fastguard_server("fastguard-rate-limiting", str(tmp_path), "--timeout", "5")
+    folder = None
+    try:
+        client = server.client(connections=2)
+        redis_cfg = {"host": "127.0.0.1", "port": proxy.port, "timeout": 2000}
+        iid = client.start("fastguard-rate-limiting", {"minute": 100, "policy": "redis", "redis": redis_cfg,
+                                                       "fault_tolerant": False, "limit_by": "ip"})
+        ip = {"kong.client.get_forwarded_ip": "203.0.113.1"}
+        assert client.event(iid, ip).status == 200          # the pool has its one worker, idle
+        folder = _pids_cgroup(server.proc.pid)
+        if folder is None:
+            pytest.skip("no pids cgroup can be made here (needs root and the cgroup v1 pids controller)")
+        with open(os.path.join(folder, "pids.current")) as fh:
+            current = fh.read().strip()
+        with open(os.path.join(folder, "pids.max"), "w") as fh:
+            fh.write(current)                               # no thread more
+        proxy.trickle = 0.05                                # the worker's Redis reply takes ~1 s
+        first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        first.connect(server.socket)
+        busy = client.call("plugin.HandleEvent", {"InstanceId": iid, "EventName": "access"})
+        first.sendall(msgpack.packb([0, 900, "plugin.Step", [{"EventId": busy["EventId"],
+                                                              "Data": "203.0.113.2"}]]))
+        time.sleep(0.2)                                     # the worker is in the trickled call
+        o = client.event(iid, ip)                           # needs a second worker: none can start
+        assert o.status == 500 and o.exit[1] == {"message": "An unexpected error occurred"}, o
+        answer = raw_call(first, b"", timeout=10)
+        assert answer[1] == 900 and answer[2] is None       # the busy one still gets its own answer
+        proxy.trickle = None
+        time.sleep(2.5)                                     # the queued work, if it ran, would answer now
+        for _ in range(3):                                  # one answer per message: the ids still match
+            assert client.event(iid, ip).status in (200, 500)
+        assert "no worker thread" in server.stop()
+    finally:
+        proxy.stop()
+        server.stop()
+        if folder is not None:  # empty once the server has exited
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass

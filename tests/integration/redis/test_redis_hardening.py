@@ -216,3 +216,25 @@ def test_a_key_spray_during_an_outage_keeps_pending_within_max_keys(fresh_redis)
         assert lim.stats()["pending_keys"] <= 500
     assert table._pending[table._base("busy")] == 10   # the largest delta is kept
     lim.close()
+
+
+@pytest.mark.parametrize("on_error", ["allow", "deny"])
+def test_a_redis_that_trickles_its_reply_is_a_fault_within_the_timeout(proxy, on_error):
+    """A reply that arrives a byte at a time (each read in time, the whole never): before, every decision hung
+    as long as the server liked (no fault, no backoff); `timeout` now bounds the whole call."""
+    store = RedisStore.from_url(proxy.url, prefix=unique(), timeout=0.5)
+    lim = fg.RateLimiter("3/minute", algorithm="fixed_window", store=store, on_error=on_error)
+    assert lim.hit("warm").allowed                       # the script is loaded and the socket warm
+    proxy.trickle = 0.4                                  # a byte every 0.4 s: each read under the 0.5 s timeout
+    started = time.monotonic()
+    d = lim.hit("k")
+    took = time.monotonic() - started
+    assert d.allowed is (on_error == "allow")
+    st = lim.stats()
+    assert st["redis_up"] is False and st["redis_errors"] == 1, st
+    assert took < 4.0, took              # bounded by the timeout (+ a read), not by the reply (~10 s trickled)
+    started = time.monotonic()
+    lim.hit("k")                                         # in the backoff: decided without waiting on Redis
+    assert time.monotonic() - started < 1.0
+    proxy.trickle = None
+    lim.close()
