@@ -344,6 +344,7 @@ class RPCServer:
                 for message in unpacker:
                     conn.parsed = unpacker.tell()
                     answer = self._answer(message)
+                    message = None  # a large message is freed before its answer goes out, not after
                     if type(answer) is bytes:
                         answers.append(answer)
                         size += len(answer)
