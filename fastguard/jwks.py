@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import logging
+import socket
 import threading
 import time
 import urllib.error
@@ -26,7 +28,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from fastguard import _impl
 from fastguard.errors import DisallowedAlgorithm, InvalidKey, UnknownKey
-from fastguard.keysafety import MIN_RSA_BITS, looks_like_public_key, rsa_modulus_problem, small_order
+from fastguard.keysafety import (
+    MAX_RSA_BITS,
+    MAX_RSA_EXPONENT_BITS,
+    MIN_RSA_BITS,
+    looks_like_public_key,
+    rsa_modulus_problem,
+    small_order,
+)
 
 __all__ = ["Key", "KeySet", "RemoteKeySet", "ALGORITHMS"]
 
@@ -118,7 +127,9 @@ class Key:
             nums = public_key.public_numbers()
             if public_key.key_size < MIN_RSA_BITS:
                 raise InvalidKey(f"RSA key of {public_key.key_size} bits: at least {MIN_RSA_BITS} are required")
-            if nums.e < 3 or nums.e % 2 == 0:
+            if public_key.key_size > MAX_RSA_BITS:
+                raise InvalidKey(f"RSA key of {public_key.key_size} bits: at most {MAX_RSA_BITS} are accepted")
+            if nums.e < 3 or nums.e % 2 == 0 or nums.e.bit_length() > MAX_RSA_EXPONENT_BITS:
                 raise InvalidKey(f"RSA public exponent {nums.e} is not allowed")
             problem = rsa_modulus_problem(nums.n)
             if problem is not None:
@@ -209,8 +220,14 @@ class Key:
             if kty == "oct":
                 return cls.from_secret(_b64(jwk.get("k"), f"{label}: k"), alg=alg, kid=kid)
             if kty == "RSA":
-                n = int.from_bytes(_b64(jwk.get("n"), f"{label}: n"), "big")
-                e = int.from_bytes(_b64(jwk.get("e"), f"{label}: e"), "big")
+                n_bytes, e_bytes = _b64(jwk.get("n"), f"{label}: n"), _b64(jwk.get("e"), f"{label}: e")
+                # sizes first, from the encoding: no arithmetic on a modulus larger than any we would use
+                if len(n_bytes.lstrip(b"\0")) > MAX_RSA_BITS // 8:
+                    raise InvalidKey(f"RSA key larger than {MAX_RSA_BITS} bits: at most {MAX_RSA_BITS} are "
+                                     "accepted")
+                if len(e_bytes.lstrip(b"\0")) > MAX_RSA_EXPONENT_BITS // 8:
+                    raise InvalidKey(f"RSA public exponent larger than {MAX_RSA_EXPONENT_BITS} bits")
+                n, e = int.from_bytes(n_bytes, "big"), int.from_bytes(e_bytes, "big")
                 try:
                     public = rsa.RSAPublicNumbers(e, n).public_key()
                 except ValueError as exc:
@@ -311,6 +328,9 @@ class KeySet:
             return cls([Key.from_jwk(jwks)])
         if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
             raise InvalidKey("a JWKS is a JSON object with a 'keys' list")
+        signing = [jwk for jwk in jwks["keys"] if not _not_for_signatures(jwk)]
+        if len(signing) > MAX_KEYS:  # counted before any key is parsed: parsing is the expensive part
+            raise InvalidKey(f"the key set has {len(signing)} signature keys; at most {MAX_KEYS} are accepted")
         keys, skipped = [], []
         kids = [jwk.get("kid") for jwk in jwks["keys"] if isinstance(jwk, Mapping) and isinstance(jwk.get("kid"), str)]
         twice = sorted(kid for kid, n in Counter(kids).items() if n > 1)
@@ -319,8 +339,7 @@ class KeySet:
         for jwk in jwks["keys"]:
             kid = jwk.get("kid") if isinstance(jwk, Mapping) else None
             kid = kid if isinstance(kid, str) else None
-            if isinstance(jwk, Mapping) and (jwk.get("use", "sig") != "sig" or
-                                             ("key_ops" in jwk and "verify" not in (jwk.get("key_ops") or ()))):
+            if _not_for_signatures(jwk):
                 skipped.append((kid, "not a signature key (use / key_ops)"))
                 continue
             try:
@@ -393,12 +412,21 @@ class KeySet:
         return f"<KeySet {len(self.keys)} keys: {[k.kid for k in self.keys]}>"
 
 
+def _not_for_signatures(jwk: Any) -> bool:
+    """A JWK marked for something else than verifying signatures (use / key_ops)."""
+    return isinstance(jwk, Mapping) and (jwk.get("use", "sig") != "sig" or
+                                         ("key_ops" in jwk and "verify" not in (jwk.get("key_ops") or ())))
+
+
 def _loads_strict(text: str | bytes | bytearray) -> Any:
     return _impl.parse_json_object(text.encode("utf-8") if isinstance(text, str) else bytes(text))
 
 
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http(s), and never from https down to http: keys must not travel in clear."""
+    """Follow redirects only to http(s), never from https down to http (keys must not travel in clear), and at
+    most MAX_REDIRECTS of them."""
+
+    max_redirections = 3
 
     def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
         if not newurl.startswith(("http://", "https://")) or \
@@ -407,7 +435,74 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_SafeRedirects)
+class _Fetch:
+    """One download of a JWKS, as a whole under one deadline: the sockets it opens (redirects included) are kept,
+    so that whoever waits for it can shut them at the deadline, whatever the peer trickles."""
+
+    def __init__(self, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.done = threading.Event()
+        self.ok = False
+        self.aborted = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.append(sock)
+            aborted = self.aborted
+        if aborted:
+            _shut(sock)
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            socks, self._socks = self._socks, []
+        for sock in socks:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # a blocked read or handshake on it returns at once
+    except OSError:
+        pass
+
+
+_CURRENT = threading.local()   # the _Fetch this thread runs (its connections register their sockets)
+
+
+def _tracked_connection(*args: Any, **kwargs: Any) -> socket.socket:
+    sock = socket.create_connection(*args, **kwargs)
+    fetch = getattr(_CURRENT, "fetch", None)
+    if fetch is not None:
+        fetch.track(sock)
+    return sock
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _tracked_connection
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = _tracked_connection  # tracked before the TLS handshake
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: Any) -> Any:
+        return self.do_open(_HTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: Any) -> Any:
+        return self.do_open(_HTTPSConnection, req, context=self._context)
+
+
+_OPENER = urllib.request.build_opener(_SafeRedirects, _HTTPHandler, _HTTPSHandler)
 
 
 class RemoteKeySet:
@@ -415,8 +510,14 @@ class RemoteKeySet:
     background timer thread (a verification never waits for a scheduled refresh, and a key removed from the JWKS
     stops verifying within one interval even for tokens in a verifier's cache: a changed set bumps `version`,
     which empties the caches), and at once, at most every `min_refetch_interval` seconds, when a token names an
-    unknown kid. A failed refresh keeps the last good set and says so in one log line per change of state. Every
-    fetch has a `timeout` (seconds) and a size limit. `close()` stops the timer (so does garbage collection)."""
+    unknown kid. A failed refresh keeps the last good set and says so in one log line per change of state.
+
+    One download at a time, on a thread of its own; whoever needs it (the first verification, a token naming an
+    unknown kid, the timer) waits for that one, never past its deadline: `timeout` seconds bound the whole download
+    (connecting, up to 3 redirects, the headers and a body of at most MAX_BYTES), whatever the peer trickles. A
+    download past its deadline is abandoned (its sockets shut) and the next need starts another. Until a first set
+    is fetched, a failed download is retried after 1, 2, 4 ... seconds, up to `min_refetch_interval`. A body equal to
+    the last one is not parsed again. `close()` stops the timer (so does garbage collection)."""
 
     MAX_BYTES = 1 << 20
 
@@ -433,46 +534,96 @@ class RemoteKeySet:
         self.version = 0
         self._set: KeySet | None = None
         self._body = b""
-        self._fetched_at = float("-inf")     # monotonic time of the last attempt
+        self._fetched_at = float("-inf")     # monotonic time of the last download started
         self._lock = threading.Lock()
+        self._fetch: _Fetch | None = None    # the download under way, if any
+        self._failures = 0                   # downloads failed in a row
         self._failing = False
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self.refreshes = 0
         self.last_error: str | None = None
 
-    def _fetch(self) -> tuple[bytes, KeySet]:
+    def _download(self, fetch: _Fetch) -> bytes:
         req = urllib.request.Request(self.url, headers={"Accept": "application/json"})
-        with _OPENER.open(req, timeout=self.timeout) as resp:
-            body = resp.read(self.MAX_BYTES + 1)
-        if len(body) > self.MAX_BYTES:
-            raise InvalidKey(f"the JWKS at {self.url} is larger than {self.MAX_BYTES} bytes")
-        return body, KeySet.from_jwks(body)
+        _CURRENT.fetch = fetch
+        try:
+            with _OPENER.open(req, timeout=self.timeout) as resp:
+                chunks, size = [], 0
+                while True:
+                    if time.monotonic() > fetch.deadline:
+                        raise TimeoutError(f"the JWKS at {self.url} took longer than {self.timeout:g} s")
+                    chunk = resp.read1(65536)   # what one read brings: a trickling body meets the deadline
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > self.MAX_BYTES:
+                        raise InvalidKey(f"the JWKS at {self.url} is larger than {self.MAX_BYTES} bytes")
+        finally:
+            _CURRENT.fetch = None
+        return b"".join(chunks)
+
+    def _run(self, fetch: _Fetch) -> None:
+        """One download, on its own thread: the new set installed (parsed only when the body changed)."""
+        try:
+            body = self._download(fetch)
+            if fetch.aborted:
+                raise TimeoutError(f"the JWKS at {self.url} took longer than {self.timeout:g} s")
+            fresh = None if body == self._body else KeySet.from_jwks(body)
+        except (OSError, urllib.error.URLError, http.client.HTTPException, InvalidKey, ValueError) as exc:
+            late = TimeoutError(f"the JWKS at {self.url} took longer than {self.timeout:g} s")
+            self._failed(late if fetch.aborted else exc)
+        except BaseException as exc:  # noqa: BLE001 - reported like any failure; the waiters must be woken
+            self._failed(exc)
+        else:
+            with self._lock:
+                self.refreshes += 1
+                self._failures = 0
+                if fresh is not None:
+                    # New keys: verifiers holding cached verdicts see the new version and drop them.
+                    self._set, self._body = fresh, body
+                    self.version += 1
+            fetch.ok = True
+            if self._failing:
+                self._failing = False
+                log.warning("fastguard: JWKS refresh from %s works again", self.url)
+            self.last_error = None
+        finally:
+            fetch.done.set()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            self._failures += 1
+        if not self._failing:
+            self._failing = True
+            kept = "keeping the last good key set" if self._set is not None else "no key set yet"
+            log.warning("fastguard: JWKS refresh from %s failed (%s); %s", self.url, self.last_error, kept)
+
+    def _started(self) -> _Fetch:
+        """The download under way, or a new one (a download past its deadline is abandoned, not waited on)."""
+        with self._lock:
+            fetch = self._fetch
+            if fetch is not None and not fetch.done.is_set() and time.monotonic() < fetch.deadline:
+                return fetch
+            if fetch is not None and not fetch.done.is_set():
+                fetch.abort()
+            fetch = self._fetch = _Fetch(self.timeout)
+            self._fetched_at = time.monotonic()
+        threading.Thread(target=self._run, args=(fetch,), name="fastguard-jwks-fetch", daemon=True).start()
+        return fetch
+
+    def _wait(self, fetch: _Fetch) -> bool:
+        if not fetch.done.wait(max(0.0, fetch.deadline - time.monotonic())):
+            fetch.abort()      # the download's sockets shut: its thread ends now
+            fetch.done.wait(1.0)
+        return fetch.ok
 
     def refresh(self) -> bool:
-        """Fetch now. True when a new set was installed; False (and a log line on a change of state) on failure."""
-        with self._lock:
-            self._fetched_at = time.monotonic()
-        try:
-            body, fresh = self._fetch()
-        except (OSError, urllib.error.URLError, InvalidKey, ValueError) as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            if not self._failing:
-                self._failing = True
-                kept = "keeping the last good key set" if self._set is not None else "no key set yet"
-                log.warning("fastguard: JWKS refresh from %s failed (%s); %s", self.url, self.last_error, kept)
-            return False
-        with self._lock:
-            self.refreshes += 1
-            if body != self._body:
-                # New keys: verifiers holding cached verdicts see the new version and drop them.
-                self._set, self._body = fresh, body
-                self.version += 1
-        if self._failing:
-            self._failing = False
-            log.warning("fastguard: JWKS refresh from %s works again", self.url)
-        self.last_error = None
-        return True
+        """Fetch now (or wait for the download under way). True when it succeeded; False (and a log line on a
+        change of state) on failure."""
+        return self._wait(self._started())
 
     def _start_timer(self) -> None:
         with self._lock:
@@ -493,12 +644,23 @@ class RemoteKeySet:
         if stop is not None:
             stop.set()
 
+    def _retry_wait(self) -> float:
+        """How long after a download the next may start on demand: min_refetch_interval, or while no set was ever
+        fetched, 1, 2, 4 ... s after each failure in a row (up to min_refetch_interval)."""
+        if self._set is not None or not self._failures:
+            return self.min_refetch_interval
+        return min(self.min_refetch_interval, float(2 ** min(self._failures - 1, 16)))
+
     def current(self) -> KeySet | None:
-        """The key set in use (fetching it first if there is none yet)."""
+        """The key set in use (fetching it first if there is none yet; a download under way is waited for)."""
         if self._timer is None:
             self._start_timer()
-        if self._set is None and time.monotonic() - self._fetched_at >= self.min_refetch_interval:
-            self.refresh()
+        if self._set is None:
+            fetch = self._fetch
+            if fetch is not None and not fetch.done.is_set():
+                self._wait(fetch)
+            elif time.monotonic() - self._fetched_at >= self._retry_wait():
+                self.refresh()
         return self._set
 
     def stats(self) -> dict[str, Any]:
@@ -514,8 +676,12 @@ class RemoteKeySet:
         try:
             return current.candidates(alg, kid)
         except UnknownKey:
-            # A new kid may mean a rotation: refetch now, but not more often than min_refetch_interval.
-            if time.monotonic() - self._fetched_at < self.min_refetch_interval or not self.refresh():
+            # A new kid may mean a rotation: refetch now (or wait for the download under way), but not start one
+            # more often than min_refetch_interval.
+            fetch = self._fetch
+            if fetch is not None and not fetch.done.is_set():
+                self._wait(fetch)
+            elif time.monotonic() - self._fetched_at < self.min_refetch_interval or not self.refresh():
                 raise
             return self._set.candidates(alg, kid)  # type: ignore[union-attr]
 

@@ -7,6 +7,7 @@ secret belongs (the algorithm-confusion attack). Pure arithmetic: no network, no
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -15,9 +16,16 @@ from cryptography.hazmat.primitives import serialization
 
 from fastguard import _impl
 
-__all__ = ["MIN_RSA_BITS", "rsa_modulus_problem", "small_order", "looks_like_public_key"]
+__all__ = ["MIN_RSA_BITS", "MAX_RSA_BITS", "MAX_RSA_EXPONENT_BITS", "rsa_modulus_problem", "small_order",
+           "looks_like_public_key"]
 
 MIN_RSA_BITS = 2048
+#: The largest RSA modulus accepted, checked on its encoded length before any arithmetic: the safety checks below
+#: take one modular exponentiation, which holds the GIL (0.02 s at 2,048 bits, 0.14 s at 4,096, ~1 s at 8,192 and
+#: ~7 s at 16,384 — every other thread of the process waits that long).
+MAX_RSA_BITS = 4096
+#: The largest public exponent accepted (65537 is 17 bits): each verification costs a modular exponentiation by it.
+MAX_RSA_EXPONENT_BITS = 64
 # ROCA (CVE-2017-15361): moduli from the flawed Infineon generator are n = k*M + (65537^a mod M). For each of these
 # small primes p, such an n mod p lies in the subgroup that 65537 generates; a random modulus fails that for some p.
 _ROCA_PRIMES = (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97, 101,
@@ -49,34 +57,31 @@ def _small_primes(limit: int) -> list[int]:
 _SMALL_PRIMES_PRODUCT = math.prod(_small_primes(10_000))
 
 
-def _probably_prime(n: int) -> bool:
-    """Miller-Rabin with the first 12 prime bases (deterministic below 3.3e24, overwhelming above)."""
-    if n < 2:
-        return False
-    bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
-    if n in bases:
-        return True
+def _strong_probable_prime(n: int, a: int) -> bool:
+    """One Miller-Rabin round with base a (n odd, n > a)."""
     d, r = n - 1, 0
     while d % 2 == 0:
         d, r = d // 2, r + 1
-    for a in bases:
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(r - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
+    x = pow(a, d, n)
+    if x in (1, n - 1):
+        return True
+    for _ in range(r - 1):
+        x = x * x % n
+        if x == n - 1:
+            return True
+    return False
 
 
+@functools.lru_cache(maxsize=1024)
 def rsa_modulus_problem(n: int) -> str | None:
-    """Why an RSA modulus is unsafe (anyone could compute its private key), or None."""
+    """Why an RSA modulus is unsafe (anyone could compute its private key), or None. Kept per modulus: a key set
+    fetched again (another key added, say) costs nothing for the keys it had."""
     if math.gcd(n, _SMALL_PRIMES_PRODUCT) != 1:
         return "its modulus has a small prime factor"
-    if _probably_prime(n):
+    if _strong_probable_prime(n, 2):
+        # One Miller-Rabin round: a product of two large primes passes it with negligible probability, so a
+        # modulus that passes is a prime or a pseudoprime, refused either way (twelve rounds cost twelve times the
+        # GIL for nothing more).
         return "its modulus is prime"
     if _roca_vulnerable(n):
         return "it has the ROCA weakness (CVE-2017-15361)"

@@ -115,15 +115,26 @@ class Verifying:
                      tuple(cfg["audiences"] or ()), cfg["leeway"], tuple(cfg["algorithms"] or ()), required,
                      cfg["cache_size"])
 
-        def make() -> fg.JWTVerifier | None:
-            if self.broken:
-                return None
-            keys = fg.RemoteKeySet(cfg["jwks_uri"]) if cfg["jwks_uri"] else fg.KeySet.from_jwks(jwks)
-            return fg.JWTVerifier(keys, algorithms=cfg["algorithms"] or None, issuer=cfg["issuers"] or None,
-                                  audience=cfg["audiences"] or None, leeway=cfg["leeway"],
-                                  required_claims=required, cache_size=cfg["cache_size"])
+        # One key set per jwks_uri in the process, whatever the entities using it: one download, one refresh timer.
+        self._jwks_key = ("jwks_uri", cfg["jwks_uri"]) if cfg["jwks_uri"] and not self.broken else None
+        remote = registry.REGISTRY.acquire(self._jwks_key, lambda: fg.RemoteKeySet(cfg["jwks_uri"])) \
+            if self._jwks_key else None
 
-        self.verifier: fg.JWTVerifier | None = registry.REGISTRY.acquire(self._key, make)
+        def make() -> tuple[fg.JWTVerifier | None]:
+            # a tuple, which the registry does not close: the verifier's keys are closed by their own entry
+            if self.broken:
+                return (None,)
+            keys = remote if remote is not None else fg.KeySet.from_jwks(jwks)
+            return (fg.JWTVerifier(keys, algorithms=cfg["algorithms"] or None, issuer=cfg["issuers"] or None,
+                                   audience=cfg["audiences"] or None, leeway=cfg["leeway"],
+                                   required_claims=required, cache_size=cfg["cache_size"]),)
+
+        try:
+            self.verifier: fg.JWTVerifier | None = registry.REGISTRY.acquire(self._key, make)[0]
+        except BaseException:
+            if self._jwks_key:
+                registry.REGISTRY.release(self._jwks_key)
+            raise
         #: keys fetched from jwks_uri: verifying a token not in the cache may wait on the identity provider
         self.remote = self.verifier is not None and isinstance(self.verifier.keys, fg.RemoteKeySet)
         if registry.TRACK is not None and self.verifier is not None:
@@ -131,6 +142,8 @@ class Verifying:
 
     def close(self) -> None:
         registry.REGISTRY.release(self._key)
+        if self._jwks_key:
+            registry.REGISTRY.release(self._jwks_key)
 
     def token_steps(self) -> Generator[PDKCall, Any, str | None]:
         """Kong's retrieve_tokens: every token in the query parameters (get_query, only when uri_param_names is

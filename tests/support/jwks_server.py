@@ -17,6 +17,7 @@ class JWKSServer:
         self.delay = 0.0
         self.status = 200
         self.requests = 0
+        self.trickle = 0.0       # > 0: the whole answer (status line, headers, body) a byte every `trickle` s
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -25,11 +26,23 @@ class JWKSServer:
                 time.sleep(server.delay)
                 if server.redirect and self.path != "/moved":
                     self.send_response(302)
-                    self.send_header("Location", server.redirect)
+                    self.send_header("Location", server.redirect.replace("{n}", str(server.requests)))
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 body = json.dumps({"keys": server.keys}).encode()
+                if server.trickle:
+                    answer = (f"HTTP/1.1 {server.status} OK\r\nContent-Type: application/json\r\n"
+                              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+                    try:
+                        for i in range(len(answer)):
+                            self.wfile.write(answer[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(server.trickle)
+                    except OSError:  # the client gave up
+                        pass
+                    self.close_connection = True
+                    return
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

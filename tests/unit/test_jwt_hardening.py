@@ -60,26 +60,25 @@ def test_the_refresh_timer_stops_when_closed_or_collected():
         server.keys = [jwk("P-256", kid="a")]
         remote = fg.RemoteKeySet(server.url, refresh_interval=0.05)
         remote.current()
-        assert any(t.name == "fastguard-jwks-refresh" for t in threading.enumerate())
-        def timer_ended() -> bool:
+        timer = remote._timer
+        assert timer is not None and timer.is_alive()
+
+        def timer_ended(thread: threading.Thread) -> bool:
             # the timer sees the stop at its next wake-up, after a fetch it may be in: however slow the machine
-            deadline = time.monotonic() + 10
-            while any(t.name == "fastguard-jwks-refresh" for t in threading.enumerate()):
-                if time.monotonic() > deadline:
-                    return False
-                time.sleep(0.02)
-            return True
+            thread.join(10)
+            return not thread.is_alive()
 
         remote.close()
-        assert timer_ended()
+        assert timer_ended(timer)
         seen = server.requests
         time.sleep(0.2)                                   # four intervals: no fetch after the timer ended
         assert server.requests == seen
         other = fg.RemoteKeySet(server.url, refresh_interval=0.05)
         other.current()
+        timer = other._timer
         del other
         gc.collect()
-        assert timer_ended()
+        assert timer_ended(timer)
     finally:
         server.stop()
 
@@ -298,3 +297,39 @@ def test_tokens_over_max_token_bytes_are_refused_before_any_cache_hashes_them():
             v.verify(big, now=NOW)
     assert v._cache.max_token_bytes == 100 and v._failures.max_token_bytes == 100
     assert len(v._failures) == 0 and v.stats()["negative_hits"] == 0
+
+
+# -- key material bounded before any arithmetic -----------------------------------------------------------------------
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_an_rsa_modulus_past_the_cap_is_refused_before_any_arithmetic():
+    """A 16,384-bit modulus (a 2.8 KB JWKS) held the GIL ~7 s in its safety checks, stalling every thread of the
+    plugin server: refused now from its encoded length, as is a public exponent of more than 64 bits."""
+    import time as clock
+
+    from fastguard.keysafety import MAX_RSA_BITS
+
+    huge = (1 << 16383) | 1
+    huge -= 2 * ((huge % 3) == 0)                  # no factor 3: nothing quick refuses it
+    started = clock.perf_counter()
+    keys = fg.KeySet.from_jwks({"keys": [{"kty": "RSA", "kid": "big", "n": _b64(huge.to_bytes(2048, "big")),
+                                          "e": "AQAB"}, jwk("P-256", kid="ok")]})
+    took = clock.perf_counter() - started
+    assert [kid for kid, _ in keys.skipped] == ["big"] and f"at most {MAX_RSA_BITS}" in keys.skipped[0][1]
+    assert took < 1.0, took
+    n = jwk("RSA")["n"]
+    keys = fg.KeySet.from_jwks({"keys": [{"kty": "RSA", "kid": "e", "n": n, "e": _b64(b"\x01" * 9)},
+                                         jwk("P-256", kid="ok")]})
+    assert "exponent larger than 64 bits" in keys.skipped[0][1]
+
+
+def test_the_key_count_is_checked_before_any_key_is_parsed(caplog):
+    caplog.set_level(logging.WARNING, logger="fastguard.jwks")
+    weak = [{"kty": "RSA", "kid": f"k{i}", "n": "AQAB" * 40, "e": "AQAB"} for i in range(65)]
+    with pytest.raises(fg.InvalidKey, match="65 signature keys; at most 64"):
+        fg.KeySet.from_jwks({"keys": weak})
+    assert not [r for r in caplog.records if "skipped" in r.getMessage()]   # none was parsed

@@ -108,3 +108,80 @@ def test_redirects_only_to_http_and_https(server):
     server.redirect = "ftp://127.0.0.1/keys"
     refused = fg.RemoteKeySet(server.url, min_refetch_interval=0, timeout=2)
     assert refused.refresh() is False and "refusing to follow a redirect" in refused.last_error
+
+
+# -- one deadline per download, one download at a time (issue: a slow JWKS host made Kong skip authentication) ------
+def test_a_host_trickling_its_answer_is_cut_at_the_timeout(server):
+    """Each read got a byte in time, so a per-read timeout never fired: the download (and the request waiting on
+    it) lasted as long as the host liked. The whole download now has one deadline."""
+    server.keys = [jwk("P-256", kid="a")]
+    server.trickle = 0.05                 # ~300 bytes: ~15 s trickled
+    remote = fg.RemoteKeySet(server.url, min_refetch_interval=0, timeout=0.5)
+    started = time.monotonic()
+    assert remote.refresh() is False
+    assert time.monotonic() - started < 3.0
+    assert "longer than 0.5 s" in remote.last_error
+
+
+def test_redirects_are_followed_three_times_at_most(server):
+    server.keys = [jwk("P-256", kid="a")]
+    server.redirect = server.url.replace("/jwks.json", "/hop-{n}")  # every path but /moved redirects: an endless chain
+    remote = fg.RemoteKeySet(server.url, min_refetch_interval=0, timeout=2)
+    assert remote.refresh() is False
+    assert server.requests <= 4
+
+
+def test_concurrent_requests_wait_for_the_first_download(server):
+    """Twelve requests right after a start: 11 of them got UnknownKey (a 401 for a valid token) while the first
+    download was under way. Now they wait for it (bounded by its deadline), and it is the only one."""
+    import threading
+
+    server.keys = [jwk("P-256", kid="a")]
+    server.delay = 0.5
+    remote = fg.RemoteKeySet(server.url, timeout=3)
+    verifier = fg.JWTVerifier(remote)
+    token = es("a")
+    results = []
+
+    def verify():
+        try:
+            results.append(verifier.verify(token, now=NOW)["sub"])
+        except fg.InvalidToken as exc:
+            results.append(exc.code)
+
+    threads = [threading.Thread(target=verify) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["alice"] * 12 and server.requests == 1
+
+
+def test_a_first_download_that_fails_is_retried_within_seconds(server):
+    """With no key set yet, a failed download meant UnknownKey for everyone for min_refetch_interval (30 s). It is
+    retried after 1, 2, 4 ... s instead."""
+    server.keys = [jwk("P-256", kid="a")]
+    server.status = 500
+    remote = fg.RemoteKeySet(server.url, min_refetch_interval=30, timeout=2)
+    verifier = fg.JWTVerifier(remote)
+    with pytest.raises(fg.UnknownKey):
+        verifier.verify(es("a"), now=NOW)
+    server.status = 200
+    with pytest.raises(fg.UnknownKey):
+        verifier.verify(es("a"), now=NOW)             # within the first second: not retried yet
+    assert server.requests == 1
+    time.sleep(1.1)
+    assert verifier.verify(es("a"), now=NOW)["sub"] == "alice"
+    assert server.requests == 2
+
+
+def test_an_unchanged_body_is_not_parsed_again(server, caplog):
+    """Every refresh parsed the body before comparing it with the last one (and checked every key again)."""
+    weak = {"kty": "RSA", "kid": "weak", "n": "AQAB" * 40, "e": "AQAB"}     # refused at each parse, with a log line
+    server.keys = [jwk("P-256", kid="a"), weak]
+    remote = fg.RemoteKeySet(server.url, min_refetch_interval=0, timeout=2)
+    caplog.set_level(logging.WARNING, logger="fastguard.jwks")
+    for _ in range(3):
+        assert remote.refresh() is True
+    assert server.requests == 3 and remote.version == 1
+    assert len([r for r in caplog.records if "'weak'" in r.getMessage()]) == 1

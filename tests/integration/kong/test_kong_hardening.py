@@ -418,3 +418,43 @@ def test_no_thread_to_be_had_is_the_plugins_fault_answer_and_one_answer_per_mess
                 os.rmdir(folder)
             except OSError:
                 pass
+
+
+def test_one_key_set_per_jwks_uri_and_the_first_download_is_waited_for(tmp_path):
+    """Entities on one jwks_uri share one key set (one download, one refresh timer); twelve requests right after a
+    start wait for the first download instead of 11 of them getting 401 for a valid token."""
+    import threading
+
+    from support.jwks_server import JWKSServer
+
+    from fastguard.testing.tokens import private_key
+
+    idp = JWKSServer()
+    idp.keys = [jwk("P-256", kid="ec1", alg="ES256")]
+    idp.delay = 0.5
+    server = fastguard_server("fastguard-jwt", str(tmp_path))
+    try:
+        setup = server.client(connections=1)
+        a = setup.start("fastguard-jwt", {"jwks_uri": idp.url, "uri_param_names": []})
+        b = setup.start("fastguard-jwt", {"jwks_uri": idp.url, "uri_param_names": [],
+                                          "issuers": ["https://idp.example"]})
+        good = sign({"iss": "https://idp.example", "sub": "alice", "exp": NOW + 600}, "ES256",
+                    {"alg": "ES256", "kid": "ec1"}, key=private_key("P-256"))
+        statuses = []
+
+        def request(iid):
+            client = server.client(connections=1)
+            statuses.append(client.event(iid, {"kong.request.get_headers": {"authorization": f"Bearer {good}"}})
+                            .status)
+            client.close()
+
+        threads = [threading.Thread(target=request, args=(a if i % 2 else b,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert statuses == [200] * 12 and idp.requests == 1
+        setup.close()
+    finally:
+        server.stop()
+        idp.stop()
