@@ -120,8 +120,30 @@ def _sentinel_client(url: str, tls: bool, options: dict[str, Any]) -> redis.Redi
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(f"{url!r}: expected redis+sentinel://host:port[,host:port...]/service_name[/db]")
     _read_url_options(parts, url, tls, options)
-    # The sentinels get the timeouts; the credentials are the master's (sentinels without a password are common).
-    sentinel_kwargs = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options}
+    # The sentinels get the timeouts and the same TLS settings (rediss+sentinel: a sentinel asked in clear could be
+    # answered by anyone on the path, naming a "master" that then receives the password); the credentials are the
+    # master's (sentinels without a password are common).
+    sentinel_kwargs = {k: v for k, v in options.items()
+                       if k in ("socket_timeout", "socket_connect_timeout", "ssl") or k.startswith("ssl_")}
     sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
     db = int(path[1]) if len(path) == 2 else 0
-    return sentinel.master_for(path[0], db=db, **options)
+    client = sentinel.master_for(path[0], db=db, **options)
+    pool = client.connection_pool
+    pool.get_master_address = _discovery(pool.get_master_address)  # both redis-py and the lean client ask here
+    return client
+
+
+def _discovery(ask: Any) -> Any:
+    """Where the master is, as the sentinels say; any error of theirs is Redis that cannot be reached. A reply that
+    is not an address (a sentinel speaking garbage, or something else on its port) raised AttributeError or
+    TypeError out of redis-py, past the store's backoff, once per request."""
+
+    def get_master_address() -> Any:
+        try:
+            return ask()
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the sentinels' answers made redis-py raise
+            raise redis.ConnectionError(f"Sentinel discovery failed: {type(exc).__name__}: {exc}") from exc
+
+    return get_master_address

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
 import pytest
 import redis
+from support.hostile_proxy import HostileProxy
 
 import fastguard as fg
 from fastguard.redis import RedisStore
@@ -62,3 +64,38 @@ def test_bad_sentinel_urls_are_refused():
     for url in ("redis+sentinel://127.0.0.1:26379", "redis+sentinel://127.0.0.1/svc", "redis+sentinel://h:1/a/b/c"):
         with pytest.raises(ValueError):
             RedisStore.from_url(url)
+
+
+@pytest.mark.parametrize("garbage", [b"*1\r\n$9\r\n127.0.0.1\r\n", b":5\r\n"])
+def test_a_sentinel_answering_garbage_is_a_fault_with_its_backoff(garbage, caplog):
+    """A sentinel reply that is not an address made redis-py raise AttributeError / TypeError out of hit(), past
+    the store's backoff: a traceback per request. Now it is Redis that cannot be reached: on_error decides, one
+    log line, and the next discovery only after the backoff."""
+    import fastguard.redis.wire as wire
+
+    g = SentinelGroup(replicas=0, sentinels=1)
+    proxy = HostileProxy(g.sentinels[0][0])
+    try:
+        url = f"redis+sentinel://127.0.0.1:{proxy.port}/{g.service}"
+        lim = fg.RateLimiter("5/minute", algorithm="fixed_window", on_error="deny",
+                             store=RedisStore.from_url(url, prefix=f"t{uuid.uuid4().hex[:8]}", timeout=1))
+        assert lim.hit("a").remaining == 4
+        caplog.set_level(logging.WARNING, logger="fastguard.redis")
+        wire._generation += 1               # every lean connection is made again: the master is asked for
+        proxy.replace_next(garbage)
+        d = lim.hit("a")                    # must not raise
+        assert not d.allowed and lim.stats()["redis_up"] is False and lim.stats()["redis_errors"] == 1
+        for _ in range(5):
+            lim.hit("a")                    # within the backoff: no discovery, no new line
+        lines = [r for r in caplog.records if r.name == "fastguard.redis"]
+        assert len(lines) == 1 and "Sentinel discovery failed" in lines[0].getMessage() and not lines[0].exc_info
+        deadline = time.monotonic() + 3
+        while not lim.stats()["redis_up"]:  # past the backoff, the sentinel is asked again and answers
+            d = lim.hit("a")
+            assert time.monotonic() < deadline, lim.stats()
+            time.sleep(0.05)
+        assert d.allowed
+        lim.close()
+    finally:
+        proxy.stop()
+        g.stop()

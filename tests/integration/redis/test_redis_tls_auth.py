@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 import pytest
@@ -121,3 +122,37 @@ def test_server_name_is_sent_and_checked_instead_of_the_host(tmp_path, caplog):
 def test_server_name_outside_one_tls_server_is_refused(url):
     with pytest.raises(ValueError, match="server_name"):
         RedisStore.from_url(url)
+
+
+def test_sentinels_are_asked_over_tls_with_the_same_settings(tls_server, tmp_path):
+    """rediss+sentinel:// asked the sentinels in clear (anyone on the path could name the master, which then
+    received the password): here the only sentinel listens with TLS alone, so a plaintext question gets nothing."""
+    import subprocess
+
+    from fastguard.testing.servers import REDIS_SERVER, free_port
+
+    files = tls_server.files
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port 0\nbind 127.0.0.1\ndir {tmp_path}\ntls-port {port}\ntls-cert-file {files.cert}\n"
+                    f"tls-key-file {files.key}\ntls-ca-cert-file {files.ca}\ntls-auth-clients no\n"
+                    "tls-replication yes\n"
+                    f"sentinel monitor svc 127.0.0.1 {tls_server.tls_port} 1\n"
+                    "sentinel auth-user svc alice\nsentinel auth-pass svc s3cret\n")
+    sentinel = subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        url = f"rediss+sentinel://alice:s3cret@127.0.0.1:{port}/svc?ssl_ca_certs={files.ca}"
+        deadline = time.monotonic() + 10
+        while True:                                   # the sentinel's first look at the master
+            lim = limiter(url)
+            d = lim.hit("k")
+            if lim.stats()["redis_up"] or time.monotonic() > deadline:
+                break
+            lim.close()
+            time.sleep(0.2)
+        assert lim.stats()["redis_up"] and d.allowed and d.remaining == 2, lim.stats()
+        lim.close()
+    finally:
+        sentinel.terminate()
+        sentinel.wait(10)
