@@ -28,13 +28,16 @@ Metric names (labels in braces):
 
 from __future__ import annotations
 
+import socket
 import threading
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 try:
-    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+    from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -170,9 +173,58 @@ def untrack(name: str) -> None:
     COLLECTOR.untrack(name)
 
 
+#: Scrapes served at once by serve(); a connection beyond them is closed at once (Prometheus retries).
+METRICS_WORKERS = 4
+#: Seconds a scrape connection may wait between two reads or writes, and may take in all.
+METRICS_TIMEOUT = 10.0
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = METRICS_TIMEOUT  # socketserver: the connection's socket timeout
+
+    def log_message(self, *args: Any) -> None:  # no line per scrape on stderr
+        pass
+
+
+class _MetricsServer(WSGIServer):
+    """wsgiref's server with a bounded pool: prometheus_client's own server starts a thread per connection and
+    never times one out, so idle connections to an exposed port could take every thread the process may start
+    (the plugin server's workers included)."""
+
+    request_queue_size = 128   # a burst of connections waits to be refused, instead of retrying its SYN a second later
+
+    def __init__(self, address: tuple[str, int], ipv6: bool) -> None:
+        self.address_family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        super().__init__(address, _Handler)
+        self._slots = threading.BoundedSemaphore(METRICS_WORKERS)
+        self._pool = ThreadPoolExecutor(max_workers=METRICS_WORKERS, thread_name_prefix="fastguard-metrics")
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)      # every worker busy: refused, not queued
+            return
+        request.settimeout(METRICS_TIMEOUT)
+        self._pool.submit(self._serve_one, request, client_address)
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - a client that went away or timed out
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass                                     # a slow or vanished scraper is not worth a traceback
+
+
 def serve(port: int, addr: str = "127.0.0.1", registry: CollectorRegistry | None = None) -> Any:
-    """Serve /metrics on addr:port from a background thread (prometheus_client's server). Returns the server."""
+    """Serve /metrics on addr:port from a background thread, with at most METRICS_WORKERS scrapes at once, each
+    connection timed out after METRICS_TIMEOUT s of silence. Returns the server (`shutdown()` stops it)."""
     registry = registry if registry is not None else REGISTRY
     _register(registry)
-    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    server = _MetricsServer((addr, port), ipv6=":" in addr)
+    server.set_app(make_wsgi_app(registry))
+    threading.Thread(target=server.serve_forever, name="fastguard-metrics-server", daemon=True).start()
     return server

@@ -176,3 +176,41 @@ def test_a_new_registry_gets_the_collector_even_where_an_old_one_lived():
         gc.collect()
     fm.untrack("reused")
     del lim
+
+
+def test_idle_connections_to_metrics_hold_no_thread_of_the_plugin_server(tmp_path):
+    """Each connection to prometheus_client's server got a thread of its own, kept while the connection stayed
+    open and silent: 200 idle connections to an exposed port were 200 threads of the plugin server (and a way to
+    take every thread it may start). Now at most a few scrapes at once, each timed out; the rest refused."""
+    import socket as sockets
+
+    from fastguard.kong.client import fastguard_server
+    from fastguard.testing.servers import free_port
+
+    port = free_port()
+    server = fastguard_server("fastguard-rate-limiting", str(tmp_path), "--metrics-port", str(port))
+    idle = []
+    try:
+        client = server.client()
+        threads_before = client.status()["Threads"]
+        for _ in range(200):
+            idle.append(sockets.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        assert client.status()["Threads"] <= threads_before + 8      # was one per connection: 200 more
+        for s in idle:
+            s.close()
+        idle.clear()
+        deadline = time.monotonic() + 15                # the idle ones time out or are refused: scrapes work
+        while True:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert "fastguard_kong" in text or "python_info" in text
+        client.close()
+    finally:
+        for s in idle:
+            s.close()
+        server.stop()
