@@ -168,7 +168,8 @@ def _bans(args: argparse.Namespace) -> int:
             else:
                 print(f"{'key':<32} {'left':>10}  {'started by':<24} limiter")
                 for b in bans:
-                    print(f"{b.key:<32} {b.seconds_left:>9.1f}s  {b.started_by:<24} {b.algorithm} {b.limits}")
+                    tier = f" (tier {b.tier})" if b.tier is not None else ""
+                    print(f"{b.key:<32} {b.seconds_left:>9.1f}s  {b.started_by:<24} {b.algorithm} {b.limits}{tier}")
         elif args.action == "unban":
             n = lift_ban(store, args.key)
             print(json.dumps({"key": args.key, "lifted": n}) if args.json else f"{args.key}: lifted {n} ban(s)")
@@ -252,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     bans.add_argument("seconds", nargs="?", help="how long a ban lasts")
     bans.add_argument("--redis", required=True, help="redis://, rediss://, redis+cluster://... (as RedisStore)")
     bans.add_argument("--prefix", default="fg", help="the limiters' key prefix (default: %(default)s; the Kong "
-                                                     "plugins use fg-kong-<plugin id>)")
+                                                     "plugins use fg-kong-<plugin id>; list and unban also cover "
+                                                     "its tiers, <prefix>#tier=<value>; taken literally)")
     bans.add_argument("--limits", help="ban: the limits of the limiter, e.g. '100/minute; 10/second'")
     bans.add_argument("--algorithm", default="sliding_window", choices=fg.ALGORITHMS,
                       help="ban: the limiter's algorithm (default: %(default)s)")

@@ -8,6 +8,7 @@ bumps the store's bans epoch, so nodes that cached a ban drop it within BANS_POL
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,6 +32,7 @@ class Ban:
     algorithm: str         # the limiter's algorithm, or "local-first"
     limits: str            # "2/minute; 10/second"
     name: str              # the Redis key holding the ban
+    tier: str | None = None  # the tier's limiter it belongs to (a Kong plugin's `tiers`: `<prefix>#tier=<value>`)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,12 +47,31 @@ def _key_of(tagged_part: bytes) -> bytes | None:
     return None
 
 
-def _parse(store: RedisStore, name: bytes) -> tuple[str, str, bytes] | None:
-    """(algorithm or "local-first", limits text, key) of a ban's name, or None for a name that is not one."""
-    head = f"{store.prefix}:v{STATE_VERSION}:".encode()
-    if not name.startswith(head) or not name.endswith(b"~ban"):
+#: A tier's limiter of a Kong plugin keeps its keys under `<the plugin's prefix>#tier=<value>`.
+TIER_MARK = "#tier="
+
+
+def _glob(text: str) -> str:
+    """`text` matched literally by a SCAN pattern (a prefix may hold `*`, `?`, `[`, `]` or `\\`)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+def _parse(store: RedisStore, name: bytes) -> tuple[str, str, bytes, str | None] | None:
+    """(algorithm or "local-first", limits text, key, tier) of a ban's name, or None for a name that is not one."""
+    version = f":v{STATE_VERSION}:".encode()
+    prefix, tier = store.prefix.encode(), None
+    if not name.endswith(b"~ban") or not name.startswith(prefix):
         return None
-    kind, sep, rest = name[len(head):-len(b"~ban")].partition(b":")
+    after = name[len(prefix):]
+    if after.startswith(TIER_MARK.encode()):
+        value, found, _ = after[len(TIER_MARK):].partition(version)
+        if not found:
+            return None
+        tier = value.decode("utf-8", "backslashreplace")
+        after = after[len(TIER_MARK) + len(value):]
+    if not after.startswith(version):
+        return None
+    kind, sep, rest = after[len(version):-len(b"~ban")].partition(b":")
     spec, sep2, tagged_part = rest.partition(b":")
     if not sep or not sep2:
         return None
@@ -62,14 +83,17 @@ def _parse(store: RedisStore, name: bytes) -> tuple[str, str, bytes] | None:
     except ValueError:
         return None
     algorithm = "local-first" if kind == b"sync" else _ALGORITHM_OF[kind.decode()]
-    return algorithm, "; ".join(str(lim) for lim in limits), key
+    return algorithm, "; ".join(str(lim) for lim in limits), key, tier
 
 
-def _active(store: RedisStore) -> Iterator[tuple[bytes, tuple[str, str, bytes], int, bytes | None]]:
-    """(name, (algorithm, limits, key), ms left, value) of each active ban under the store's prefix, on every master
-    of a Cluster."""
+def _active(store: RedisStore) -> Iterator[tuple[bytes, tuple[str, str, bytes, str | None], int, bytes | None]]:
+    """(name, (algorithm, limits, key, tier), ms left, value) of each active ban under the store's prefix and its
+    tiers' prefixes, on every master of a Cluster."""
     client = store.client
-    for name in client.scan_iter(match=f"{store.prefix}:v{STATE_VERSION}:*~ban".encode(), count=1000):
+    head = _glob(store.prefix)
+    names = {name for pattern in (f"{head}:v{STATE_VERSION}:*~ban", f"{head}{_glob(TIER_MARK)}*:v{STATE_VERSION}:*~ban")
+             for name in client.scan_iter(match=pattern.encode(), count=1000)}
+    for name in sorted(names):
         parsed = _parse(store, name)
         if parsed is None:
             continue
@@ -84,8 +108,8 @@ def list_bans(store: RedisStore) -> list[Ban]:
     with store_errors("list bans"):
         bans = [Ban(key.decode("utf-8", "backslashreplace"), ms / 1000,
                     _STARTED_BY.get((value or b"").decode("utf-8", "replace"), "unknown"), algorithm, limits,
-                    name.decode("utf-8", "backslashreplace"))
-                for name, (algorithm, limits, key), ms, value in _active(store)]
+                    name.decode("utf-8", "backslashreplace"), tier)
+                for name, (algorithm, limits, key, tier), ms, value in _active(store)]
     return sorted(bans, key=lambda b: -b.seconds_left)
 
 
@@ -94,7 +118,7 @@ def lift_ban(store: RedisStore, key: str | bytes) -> int:
     its cached copy within BANS_POLL seconds."""
     wanted = key if isinstance(key, bytes) else key.encode("utf-8", "surrogateescape")
     with store_errors("unban"):
-        names = [name for name, (_, _, k), _, _ in _active(store) if k == wanted]
+        names = [name for name, (_, _, k, _), _, _ in _active(store) if k == wanted]
         for name in names:
             store.client.set(name, LIFTED, px=LIFTED_MS)   # a mark, not a deletion: no node writes it back
             store.client.delete(name[:-len(b"~ban")] + b"~deny")

@@ -127,3 +127,45 @@ def test_a_watcher_that_starts_late_still_sees_a_lifted_ban(redis_server, monkey
     wait_until(lambda: b.banned("eve") == 0)
     for lim in (a, b):
         lim.close()
+
+
+def test_bans_under_a_prefix_with_glob_characters_are_found_and_only_they(redis_server):
+    """The prefix went into SCAN's pattern as it was: `[`, `]`, `*`, `?` and `\\` in it matched other prefixes'
+    bans (or missed its own)."""
+    tag = uuid.uuid4().hex[:6]
+    prefix, decoy = f"p[1]*?\\{tag}", f"p1zz{tag}"
+    mine = fg.RateLimiter("2/minute", store=RedisStore.from_url(redis_server.url, prefix=prefix), ban_for=600)
+    other = fg.RateLimiter("2/minute", store=RedisStore.from_url(redis_server.url, prefix=decoy), ban_for=600)
+    mine.ban("alice", 600)
+    other.ban("mallory", 600)
+    out = fastguard_bans("list", "--redis", redis_server.url, "--prefix", prefix, "--json")
+    assert out.returncode == 0, out.stderr
+    assert [b["key"] for b in json.loads(out.stdout)] == ["alice"]
+    out = fastguard_bans("unban", "mallory", "--redis", redis_server.url, "--prefix", prefix)
+    assert "lifted 0" in out.stdout and other.banned("mallory") > 0
+
+
+def test_a_kong_plugins_tier_bans_are_listed_and_lifted_under_its_prefix(redis_server, tmp_path):
+    """A tier's limiter keeps its keys under `fg-kong-<plugin id>#tier=<value>`: `--prefix fg-kong-<plugin id>`, as
+    documented, did not see its bans."""
+    from fastguard.kong.client import fastguard_server
+
+    server = fastguard_server("fastguard-rate-limiting", str(tmp_path))
+    try:
+        client = server.client()
+        plugin_id = str(uuid.uuid4())
+        iid = client.start("fastguard-rate-limiting", {
+            "minute": 100, "policy": "redis", "redis": {"host": "127.0.0.1", "port": redis_server.port},
+            "limit_by": "ip", "tier_by": "consumer_id", "tiers": [{"value": "free", "minute": 1}],
+            "ban_after": 1, "ban_for": 600}, plugin_id=plugin_id)
+        free = {"kong.client.get_forwarded_ip": "198.51.100.4", "kong.client.get_consumer": {"id": "free"}}
+        assert [client.event(iid, free).status for _ in range(3)] == [200, 429, 429]   # banned after one denial
+        prefix = f"fg-kong-{plugin_id}"
+        out = fastguard_bans("list", "--redis", redis_server.url, "--prefix", prefix, "--json")
+        listed = json.loads(out.stdout)
+        assert [(b["key"], b["tier"]) for b in listed] == [("ip:198.51.100.4", "free")], out.stdout
+        out = fastguard_bans("unban", "ip:198.51.100.4", "--redis", redis_server.url, "--prefix", prefix)
+        assert "lifted 1" in out.stdout, out.stdout + out.stderr
+        client.close()
+    finally:
+        server.stop()
