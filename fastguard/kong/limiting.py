@@ -84,6 +84,8 @@ class Limiting:
                                   sync=sync, on_error="allow" if self.fault_tolerant else "deny",
                                   ban_after=cfg["ban_after"], ban_for=cfg["ban_for"])
 
+        #: how long this limiter's state matters after its last decision: its longest window, or a ban
+        self.state_lasts = max([x.period_ns / 1e9 for x in limits] + [float(cfg["ban_for"] or 0)])
         self.limiter: fg.RateLimiter | None = registry.REGISTRY.acquire(self._key, make)
         #: every decision is a Redis round trip (strict mode); local-first decides in process
         self.waits = self.limiter is not None and self.limiter.store is not None and self.limiter.sync is None
@@ -139,6 +141,10 @@ class Tiered:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def state_lasts(self) -> float:
+        return max(limiting.state_lasts for limiting in (self.default, *self.tiers.values()))
 
     def pick(self, value: Any) -> Limiting:
         return self.tiers.get(value, self.default) if isinstance(value, str) else self.default

@@ -82,6 +82,12 @@ class PluginBase:
     def steps(self) -> Steps:  # pragma: no cover - every plugin defines it
         raise NotImplementedError
 
+    def state_lasts(self) -> float:
+        """Seconds this instance's shared state still matters after its last event (a limiter's longest window or
+        ban): an instance idle for longer may be released without a caller gaining anything. 0: only caches."""
+        limiting = getattr(self, "limiting", None)
+        return limiting.state_lasts if limiting is not None else 0.0
+
     def fault_answer(self) -> PDKCall | None:
         """What ends an event the server could not finish (a step it cannot encode, an error outside the plugin's
         own handling): an explicit 500, never a silent pass. None means pass the request on."""

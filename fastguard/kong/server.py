@@ -49,6 +49,8 @@ __all__ = ["FastguardPluginServer", "main", "plugin_module", "check_kong_pdk", "
 log = logging.getLogger("fastguard.kong")
 
 MSG_RET = "ret"
+#: Seconds without an event after which an instance is closed (and longer, while its limiter's state matters).
+IDLE_TIMEOUT = 3600.0
 #: methods that always run on the RPC server's worker pool
 _OFF_LOOP = frozenset(("plugin.StartInstance", "plugin.CloseInstance"))
 _FAIL_CLOSED = {"Method": "kong.response.exit",
@@ -152,7 +154,7 @@ class FastguardPluginServer(PluginServer):
     """kong-pdk's PluginServer with the fixes listed in this module's docstring."""
 
     def __init__(self, name: str, module_path: str | None = None, *, timeout: float = 10.0, workers: int = 32,
-                 loglevel: int = Logger.WARNING) -> None:
+                 loglevel: int = Logger.WARNING, idle_timeout: float = IDLE_TIMEOUT) -> None:
         check_kong_pdk()
         super().__init__(loglevel=loglevel, name=name, lua_style=True)
         self.name = name
@@ -166,6 +168,9 @@ class FastguardPluginServer(PluginServer):
         self.instance_id = self.event_id = _first_id()
         self._handlers: dict[str, Any] = {}
         self._phases: dict[tuple[type, Any], bool] = {}   # (plugin class, EventName) -> has that handler
+        self.idle_timeout = idle_timeout
+        if idle_timeout > 0:
+            threading.Thread(target=self._release_idle_loop, name="idle-instances", daemon=True).start()
 
     def get_plugin_info(self, name: str) -> dict[str, Any]:
         """kong-pdk's plugin info, with the plugin's entity checks in its schema (Kong's cross-field rules: Kong's
@@ -237,6 +242,37 @@ class FastguardPluginServer(PluginServer):
             close()
         instance.close_cb()
         return {"Name": instance.name, "Id": iid, "Config": instance.config}
+
+    def release_idle(self, now: float | None = None) -> int:
+        """Close the instances that saw no event for idle_timeout seconds, and for as long as their state matters
+        (a limiter's longest window or ban): Kong never closes the instances of a deleted plugin entity, which kept
+        their threads and Redis connections for ever. An instance Kong still uses is answered "no plugin
+        instance" at its next event, and Kong starts it again. How many were closed."""
+        now = time.time() if now is None else now
+        with self._lock:
+            items = list(self.instances.items())
+        idle = []
+        for iid, instance in items:
+            lasts = getattr(instance.cls, "state_lasts", None)
+            limit = max(self.idle_timeout, lasts() if lasts is not None else 0.0)
+            if now - max(instance.last_used_time, instance.start_time) > limit:
+                idle.append(iid)
+        for iid in idle:
+            try:
+                self.close_instance(iid)
+            except PluginServerException:  # Kong closed it meanwhile
+                continue
+            log.warning("fastguard kong-server: instance #%d closed after %g s without an event", iid,
+                        self.idle_timeout)
+        return len(idle)
+
+    def _release_idle_loop(self) -> None:
+        while True:
+            time.sleep(min(60.0, max(self.idle_timeout / 4, 0.05)))
+            try:
+                self.release_idle()
+            except Exception:  # noqa: BLE001 - the sweep must go on
+                log.exception("fastguard kong-server: releasing idle instances failed")
 
     def get_status(self, *_: Any) -> dict[str, Any]:
         with self._lock:
@@ -420,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "/usr/local/kong/<name>.socket")
     parser.add_argument("--dump", action="store_true", help="print the plugin info Kong's query_cmd expects")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds any wait may take (default 10)")
+    parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT,
+                        help="close an instance after this many seconds without an event, and after its limits' "
+                             f"longest window or ban (default {IDLE_TIMEOUT:g}; 0: never)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (needs "
                                                          "fastguard-gateway[metrics])")
     parser.add_argument("--metrics-addr", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
@@ -431,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.timeout > 0:
         parser.error("--timeout must be positive")
+    if not args.idle_timeout >= 0:
+        parser.error("--idle-timeout must be 0 (never) or a positive number of seconds")
     if args.max_connections < 1:
         parser.error("--max-connections must be at least 1")
     try:
@@ -452,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bound_allocator()  # before any thread starts
     server = FastguardPluginServer(args.name, args.module, timeout=args.timeout,
-                                   loglevel=Logger.WARNING - args.verbose)
+                                   loglevel=Logger.WARNING - args.verbose,
+                                   idle_timeout=0 if args.dump else args.idle_timeout)
     if args.dump:
         sys.stdout.write(json.dumps([server.get_plugin_info(args.name)]))
         sys.stdout.write("\n")

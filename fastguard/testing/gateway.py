@@ -105,8 +105,9 @@ class NginxGateway:
         }}""" for prefix, directives in self.raw_locations.items())
         # the plugins in a file of their own (nginx limits the size of an inline Lua block)
         plugins_file = os.path.join(self.folder, "plugins.json")
-        with open(plugins_file, "w") as fh:
+        with open(plugins_file + ".new", "w") as fh:   # whole or not at all: the workers re-read it any time
             json.dump(entities, fh)
+        os.replace(plugins_file + ".new", plugins_file)
         realip = "".join(f"set_real_ip_from {ip}; " for ip in self.trusted_ips) + \
             ("real_ip_header X-Forwarded-For;" if self.trusted_ips else "")
         conf = f"""{"user root;" if os.geteuid() == 0 else ""}
@@ -127,11 +128,8 @@ http {{
     lua_package_path "{LUA_DIR}/?.lua;/usr/share/lua/5.1/?.lua;;";
     lua_package_cpath "{os.path.dirname(_LUA_PATHS[1])}/?.so;;";
     init_worker_by_lua_block {{
-        local cjson = require "cjson"
-        local file = assert(io.open({_lua(plugins_file)}))
-        require("fastguard_gateway").configure(cjson.decode(file:read("*a")),
-                                               {{reset_per_entity = {str(self.reset_per_entity).lower()}}})
-        file:close()
+        require("fastguard_gateway").watch({_lua(plugins_file)},
+                                           {{reset_per_entity = {str(self.reset_per_entity).lower()}}})
     }}
     server {{
         listen 127.0.0.1:{self.port};
@@ -164,6 +162,17 @@ http {{
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nginx did not replace its workers within {timeout:g} s (old {sorted(old)}, "
                                    f"now {sorted(pids)}){self.error_log()[-2000:]}")
+            time.sleep(0.02)
+
+    def update(self, timeout: float = 30) -> None:
+        """Apply the plugins' new configs (and seqs) in the running workers, as Kong applies a configuration change
+        (no reload): every worker re-reads them within 0.2 s; returns once each has."""
+        before = self.error_log().count("plugins reconfigured")
+        self._write()
+        deadline = time.monotonic() + timeout
+        while self.error_log().count("plugins reconfigured") < before + self.workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the workers did not apply the new configuration within {timeout:g} s")
             time.sleep(0.02)
 
     def error_log(self) -> str:

@@ -371,3 +371,27 @@ def test_the_upstream_never_sees_a_clients_copy_of_a_header_the_plugins_set(gate
     seen = json.loads(conn.getresponse().read())
     conn.close()
     assert not {name.lower() for name in FORGED} & set(seen), seen
+
+
+def test_a_new_seq_closes_the_old_instance_in_place(gateway, tmp_path):
+    """Kong 3.10 applies a configuration change in its running workers and closes the instance of the old __seq__
+    once the new one runs; this gateway started the new one and left the old one open in the plugin server."""
+    server = fastguard_server("fastguard-jwt", str(tmp_path))
+    try:
+        gw = gateway({"jwt": ("fastguard-jwt", {"jwks": JWKS}, {})}, {"/": ["jwt"]}, workers=1)
+        gw.plugins["jwt"].socket = server.socket
+        gw.reload()
+        status = server.client(connections=1)
+        assert get(gw, headers={"Authorization": f"Bearer {token()}"})[0] == 200
+        assert status.status()["Instances"] == 1
+        for seq in (2, 3):
+            gw.plugins["jwt"].config = {"jwks": JWKS, "realm": f"r{seq}"}
+            gw.plugins["jwt"].seq = seq
+            gw.update()                                   # in place: the same worker
+            status_code, headers, _ = get(gw)
+            assert status_code == 401 and headers["WWW-Authenticate"] == f'Bearer realm="r{seq}"'
+            assert status.status()["Instances"] == 1      # the old one closed
+        status.close()
+    finally:
+        server.stop()
+

@@ -458,3 +458,29 @@ def test_one_key_set_per_jwks_uri_and_the_first_download_is_waited_for(tmp_path)
     finally:
         server.stop()
         idp.stop()
+
+
+def test_the_plugin_server_releases_instances_that_see_no_event(tmp_path):
+    """Kong never closes the instances of a deleted plugin entity: they kept their resources (a local-first
+    limiter's threads and Redis connections) for ever. An instance idle past --idle-timeout, and past its limits'
+    longest window and ban, is closed; if Kong still uses it, "no plugin instance" makes Kong start it again."""
+    from fastguard.kong.client import KongClient
+
+    server = fastguard_server("fastguard-rate-limiting", str(tmp_path), "--idle-timeout", "0.5")
+    try:
+        client = KongClient(server.socket, connections=1)
+        short = client.start("fastguard-rate-limiting", {"second": 5, "limit_by": "ip"})
+        client.start("fastguard-rate-limiting", {"minute": 5, "limit_by": "ip"})   # its state matters for 60 s
+        ip = {"kong.client.get_forwarded_ip": "192.0.2.1"}
+        assert client.event(short, ip).status == 200
+        deadline = time.monotonic() + 10
+        while client.status()["Instances"] != 1:
+            assert time.monotonic() < deadline, client.status()
+            time.sleep(0.1)
+        with pytest.raises(Exception, match="no plugin instance"):
+            client.call("plugin.HandleEvent", {"InstanceId": short, "EventName": "access"})
+        assert client.event(short, ip).status == 200      # started again, as Kong does, and served
+        client.close()
+        assert "closed after 0.5 s without an event" in server.stop()
+    finally:
+        server.stop()
