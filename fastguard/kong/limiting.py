@@ -84,8 +84,9 @@ class Limiting:
                                   sync=sync, on_error="allow" if self.fault_tolerant else "deny",
                                   ban_after=cfg["ban_after"], ban_for=cfg["ban_for"])
 
-        #: how long this limiter's state matters after its last decision: its longest window, or a ban
-        self.state_lasts = max([x.period_ns / 1e9 for x in limits] + [float(cfg["ban_for"] or 0)])
+        #: how long this limiter's state matters after its last decision: two of its longest window (a sliding
+        #: window still weighs the previous one), or a ban
+        self.state_lasts = max([2 * x.period_ns / 1e9 for x in limits] + [float(cfg["ban_for"] or 0)])
         self.limiter: fg.RateLimiter | None = registry.REGISTRY.acquire(self._key, make)
         #: every decision is a Redis round trip (strict mode); local-first decides in process
         self.waits = self.limiter is not None and self.limiter.store is not None and self.limiter.sync is None

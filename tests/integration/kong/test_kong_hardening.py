@@ -469,8 +469,8 @@ def test_the_plugin_server_releases_instances_that_see_no_event(tmp_path):
     server = fastguard_server("fastguard-rate-limiting", str(tmp_path), "--idle-timeout", "0.5")
     try:
         client = KongClient(server.socket, connections=1)
-        short = client.start("fastguard-rate-limiting", {"second": 5, "limit_by": "ip"})
-        client.start("fastguard-rate-limiting", {"minute": 5, "limit_by": "ip"})   # its state matters for 60 s
+        short = client.start("fastguard-rate-limiting", {"second": 5, "limit_by": "ip"})   # state: 2 s at most
+        client.start("fastguard-rate-limiting", {"minute": 5, "limit_by": "ip"})   # its state matters for 120 s
         ip = {"kong.client.get_forwarded_ip": "192.0.2.1"}
         assert client.event(short, ip).status == 200
         deadline = time.monotonic() + 10
