@@ -349,7 +349,8 @@ def test_a_step_that_outlives_the_timeout_ends_in_the_plugins_fault_answer(tmp_p
         proxy.trickle = None
         time.sleep(max(0.0, started + 3.5 - time.monotonic()))  # the stuck step ends (Redis's 3 s): dropped
         o = client.event(tolerant, ip)            # the same connection: its own answer, not the late one
-        assert o.status == 200 and o.headers["X-RateLimit-Remaining-Minute"] == "3", o
+        # its own decision (3 left; 4 if a minute began meanwhile), answering this message's id
+        assert o.status == 200 and o.headers["X-RateLimit-Remaining-Minute"] in ("3", "4"), o
         assert "gave no answer within 1 s" in server.stop()
     finally:
         proxy.stop()
