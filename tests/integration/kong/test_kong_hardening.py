@@ -291,8 +291,9 @@ def test_anonymous_does_not_switch_off_the_combined_plugins_limits(guard):
     """`anonymous` turns a failed *authentication* into the anonymous consumer, nothing else: before, a verified
     caller over its limit (or banned) got 200 as the anonymous consumer, and anonymous traffic was never limited."""
     client = guard.client()
+    # a token bucket: no window boundary for a sequence to straddle
     iid = client.start("fastguard", {"jwks": JWKS, "minute": 2, "anonymous": "anonymous", "uri_param_names": [],
-                                     "ban_after": 2, "ban_for": 600})
+                                     "ban_after": 2, "ban_for": 600, "algorithm": "token_bucket"})
     alice = f"Bearer {token()}"
     assert [client.event(iid, anon_pdk(alice)).status for _ in range(3)] == [200, 200, 429]
     over = client.event(iid, anon_pdk(alice))

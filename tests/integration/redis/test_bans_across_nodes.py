@@ -157,7 +157,7 @@ def test_a_kong_plugins_tier_bans_are_listed_and_lifted_under_its_prefix(redis_s
         iid = client.start("fastguard-rate-limiting", {
             "minute": 100, "policy": "redis", "redis": {"host": "127.0.0.1", "port": redis_server.port},
             "limit_by": "ip", "tier_by": "consumer_id", "tiers": [{"value": "free", "minute": 1}],
-            "ban_after": 1, "ban_for": 600}, plugin_id=plugin_id)
+            "ban_after": 1, "ban_for": 600, "algorithm": "token_bucket"}, plugin_id=plugin_id)
         free = {"kong.client.get_forwarded_ip": "198.51.100.4", "kong.client.get_consumer": {"id": "free"}}
         assert [client.event(iid, free).status for _ in range(3)] == [200, 429, 429]   # banned after one denial
         prefix = f"fg-kong-{plugin_id}"
