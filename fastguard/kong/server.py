@@ -457,8 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dump", action="store_true", help="print the plugin info Kong's query_cmd expects")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds any wait may take (default 10)")
     parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT,
-                        help="close an instance after this many seconds without an event, and after its limits' "
-                             f"longest window or ban (default {IDLE_TIMEOUT:g}; 0: never)")
+                        help="close an instance after this many seconds without an event, and after twice its "
+                             f"limits' longest window and its ban (default {IDLE_TIMEOUT:g}; 0: never)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (needs "
                                                          "fastguard-gateway[metrics])")
     parser.add_argument("--metrics-addr", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
