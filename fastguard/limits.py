@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any
 
-__all__ = ["Limit", "parse_limits", "limit_from_ns", "window_name", "MAX_LIMITS"]
+__all__ = ["Limit", "parse_limits", "limit_from_ns", "window_name", "unit_seconds", "MAX_LIMITS"]
 
 #: A limiter decides at most this many limits per key (the core keeps them in a fixed C array).
 MAX_LIMITS = 8
@@ -24,6 +24,7 @@ _UNITS = {
     "minute": 60, "minutes": 60, "min": 60, "mins": 60, "m": 60,
     "hour": 3600, "hours": 3600, "hr": 3600, "hrs": 3600, "h": 3600,
     "day": 86_400, "days": 86_400, "d": 86_400,
+    "week": 7 * 86_400, "weeks": 7 * 86_400,
     # Months and years are fixed lengths (30 and 365 days), so windows stay multiples of the period since the epoch.
     "month": 30 * 86_400, "months": 30 * 86_400,
     "year": 365 * 86_400, "years": 365 * 86_400,
@@ -99,6 +100,15 @@ def limit_from_ns(count: int, period_ns: int) -> Limit:
 
 
 @functools.lru_cache(maxsize=1024)  # a handful of periods, asked on every decision's headers
+def unit_seconds(unit: str) -> int:
+    """The length of a named unit ("second", "minute", "hour", "day", "week", "month" = 30 days, "year" = 365
+    days; plurals and short forms too), or ValueError."""
+    seconds = _UNITS.get(unit.lower()) if isinstance(unit, str) else None
+    if seconds is None:
+        raise ValueError(f"unknown time unit {unit!r}: second, minute, hour, day, week, month or year")
+    return seconds
+
+
 def window_name(period_seconds: float) -> str:
     """Kong-style name of a window: "Minute" for 60 s, "5Minutes" for 300 s, "1.5Seconds" otherwise."""
     for unit_seconds, name in _WINDOW_NAMES:

@@ -121,6 +121,9 @@ def _redis_checks() -> tuple[dict[str, Any], ...]:
             "then_at_least_one_of": ["config.redis.host", "config.redis_host", "config.redis.cluster_nodes",
                                      "config.redis.sentinel_nodes"]}},
         {"mutually_exclusive": ["config.redis.host", "config.redis.cluster_nodes", "config.redis.sentinel_nodes"]},
+        # the flat redis_host becomes redis.host at start (normalize): Kong must refuse it beside the others too
+        {"mutually_exclusive": ["config.redis_host", "config.redis.cluster_nodes"]},
+        {"mutually_exclusive": ["config.redis_host", "config.redis.sentinel_nodes"]},
         {"mutually_required": ["config.redis.sentinel_nodes", "config.redis.sentinel_master"]},
         {"conditional": {"if_field": "config.policy", "if_match": {"ne": "redis"},
                          "then_field": "config.sync_rate", "then_match": {"eq": -1},

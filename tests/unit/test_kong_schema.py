@@ -162,3 +162,15 @@ def test_configs_past_the_cores_limits_are_refused_by_kong(config):
         kong_validate(dump("fastguard-rate-limiting"), config)
     with pytest.raises(ConfigError):
         plugins.RateLimitingPlugin(config)
+
+
+def test_the_flat_redis_host_beside_cluster_or_sentinel_nodes_is_refused_by_kong():
+    """Found by the property test: Kong accepted `redis_host` with `redis.cluster_nodes` (it knows nothing of the
+    shorthand), and the plugin, which moves it into redis.host, refused to start."""
+    for nodes in ({"cluster_nodes": [{"ip": "127.0.0.1", "port": 7000}]},
+                  {"sentinel_nodes": [{"host": "127.0.0.1", "port": 26379}], "sentinel_master": "m"}):
+        config = {"minute": 5, "policy": "redis", "redis_host": "127.0.0.1", "redis": nodes}
+        with pytest.raises(Refused):
+            kong_validate(dump("fastguard-rate-limiting"), config)
+        with pytest.raises(ConfigError):
+            plugins.RateLimitingPlugin(config)

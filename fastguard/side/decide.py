@@ -1,0 +1,157 @@
+"""One rate limit request (a domain, its descriptors, hits) → one answer per descriptor and an overall code, on
+fastguard's compiled decisions. Every front end of the side service (Envoy's RLS, ext_authz, forward-auth) comes
+through here.
+
+As envoyproxy/ratelimit (src/service/ratelimit.go): a descriptor with no rule is OK; `unlimited` is OK with
+2^32 - 1 remaining; a rule named in another matched rule's `replaces` is dropped; `shadow_mode` is decided and
+counted but never refuses; the overall code is OVER_LIMIT when any enforced descriptor is. Unlike it, a refused
+request counts in none of its descriptors (its STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT, always): the descriptors are
+decided together, under the domain's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from fastguard.ratelimit import RateLimiter
+from fastguard.side.policy import MAX_UINT32, Domain, Match, Rule
+
+__all__ = ["OK", "OVER_LIMIT", "Status", "Verdict", "Decider", "MAX_REQUEST_DESCRIPTORS", "MAX_ENTRIES"]
+
+#: Envoy's RateLimitResponse.Code values.
+OK, OVER_LIMIT = 1, 2
+#: A request with more descriptors, or a descriptor with more entries, is refused whole (never an allow by
+#: accident, never unbounded work): Envoy sends a handful.
+MAX_REQUEST_DESCRIPTORS = 256
+MAX_ENTRIES = 64
+
+
+@dataclass(frozen=True)
+class Status:
+    """One descriptor's answer (Envoy's DescriptorStatus): `rule` None when no limit applies."""
+
+    code: int
+    rule: Rule | None = None
+    remaining: int = 0
+    reset_seconds: int = 0
+    retry_after: float = 0.0
+    shadowed: bool = False      # over its limit, but in shadow mode: OK
+    banned: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    overall: int
+    statuses: tuple[Status, ...]
+
+    @property
+    def allowed(self) -> bool:
+        return self.overall == OK
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until every refusing descriptor admits again (0.0 when allowed)."""
+        return max((s.retry_after for s in self.statuses if s.code == OVER_LIMIT), default=0.0)
+
+    def tightest(self) -> Status | None:
+        """The limited descriptor closest to its limit (for RateLimit-* headers), a refusing one first."""
+        limited = [s for s in self.statuses if s.rule is not None and not s.rule.unlimited]
+        return min(limited, key=lambda s: (s.code != OVER_LIMIT, s.remaining), default=None)
+
+
+def counting_key(match: Match) -> bytes:
+    """The key a rule counts a request descriptor under: its entries (a share_threshold pattern in place of the
+    value it matched) as JSON, unambiguous whatever the bytes (a lone surrogate from undecodable input kept)."""
+    return json.dumps(match.counted, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+class Decider:
+    """Decisions for a set of domains: one RateLimiter per rule (at most `max_keys` callers each), made when the
+    rule first decides."""
+
+    def __init__(self, domains: Mapping[str, Domain], max_keys: int = 1_000_000) -> None:
+        self.domains = dict(domains)
+        self.max_keys = max_keys
+        self._limiters: dict[int, RateLimiter] = {}
+        self._rules: dict[int, Rule] = {}       # keeps each rule alive while its limiter is (ids stay unique)
+        self._locks = {name: threading.Lock() for name in self.domains}
+        self._make_lock = threading.Lock()
+
+    def limiter(self, rule: Rule) -> RateLimiter:
+        lim = self._limiters.get(id(rule))
+        if lim is None:
+            with self._make_lock:
+                lim = self._limiters.get(id(rule))
+                if lim is None:
+                    lim = RateLimiter(list(rule.limits), algorithm=rule.algorithm, max_keys=self.max_keys,
+                                      ban_after=rule.ban_after, ban_for=rule.ban_for)
+                    self._rules[id(rule)] = rule
+                    self._limiters[id(rule)] = lim
+        return lim
+
+    def decide(self, domain: str, descriptors: Sequence[Sequence[tuple[str, str]]], hits: int = 1,
+               now: float | None = None) -> Verdict:
+        """The answer to ShouldRateLimit(domain, descriptors, hits_addend): `hits` 0 counts as 1."""
+        hits = hits or 1
+        if len(descriptors) > MAX_REQUEST_DESCRIPTORS or any(len(d) > MAX_ENTRIES for d in descriptors):
+            return Verdict(OVER_LIMIT, tuple(Status(OVER_LIMIT) for _ in descriptors))
+        dom = self.domains.get(domain)
+        matches: list[Match | None] = [dom.match(d) if dom is not None and d else None for d in descriptors]
+        replacing = {name for m in matches if m is not None for name in m.rule.replaces}
+        statuses: list[Status | None] = [None] * len(matches)
+        enforced, shadowed = [], []
+        for i, m in enumerate(matches):
+            rule = m.rule if m is not None else None
+            if rule is None or (rule.name is not None and rule.name in replacing):
+                statuses[i] = Status(OK)
+            elif rule.unlimited:
+                statuses[i] = Status(OK, rule, MAX_UINT32)
+            elif rule.shadow:
+                shadowed.append(i)
+            else:
+                enforced.append(i)
+        if enforced or shadowed:
+            with self._locks[domain]:
+                self._enforce(enforced, matches, statuses, hits, now)
+                for i in shadowed:
+                    s = self._hit(matches[i], hits, now)  # type: ignore[arg-type]
+                    statuses[i] = s if s.code == OK else Status(OK, s.rule, 0, s.reset_seconds, 0.0, True, s.banned)
+        done = tuple(s for s in statuses if s is not None)
+        return Verdict(OVER_LIMIT if any(s.code == OVER_LIMIT for s in done) else OK, done)
+
+    def _enforce(self, indexes: list[int], matches: list[Match | None], statuses: list[Status | None], hits: int,
+                 now: float | None) -> None:
+        """Decide the enforced descriptors together: all count, or (one refuses) none counts."""
+        if len(indexes) == 1 and not matches[indexes[0]].rule.blocked:  # type: ignore[union-attr]
+            statuses[indexes[0]] = self._hit(matches[indexes[0]], hits, now)  # type: ignore[arg-type]
+            return
+        looks = {}
+        for i in indexes:
+            m = matches[i]
+            assert m is not None
+            if m.rule.blocked:
+                looks[i] = None
+                continue
+            looks[i] = self.limiter(m.rule).peek(counting_key(m), now=now)
+        admits = all(d is not None and not d.banned and d.remaining >= hits for d in looks.values())
+        for i in indexes:
+            m, d = matches[i], looks[i]
+            assert m is not None
+            if d is None:                                   # requests_per_unit: 0
+                statuses[i] = Status(OVER_LIMIT, m.rule, 0, 0, math.inf)
+            elif admits or d.banned or d.remaining < hits:  # counted, or refused (a refusal counts towards a ban)
+                statuses[i] = self._hit(m, hits, now)
+            else:                                           # would admit, but another refuses: not counted
+                statuses[i] = Status(OK, m.rule, d.remaining, math.ceil(d.reset_after))
+
+    def _hit(self, m: Match, hits: int, now: float | None) -> Status:
+        if m.rule.blocked:
+            return Status(OVER_LIMIT, m.rule, 0, 0, math.inf)
+        d = self.limiter(m.rule).hit(counting_key(m), hits, now=now)
+        if d.allowed:
+            return Status(OK, m.rule, d.remaining, math.ceil(d.reset_after))
+        return Status(OVER_LIMIT, m.rule, 0, math.ceil(d.reset_after), d.retry_after, banned=d.banned)
