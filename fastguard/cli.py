@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     bans.add_argument("--local-first", action="store_true", help="ban: the limiter runs in local-first mode (sync)")
     bans.add_argument("--json", action="store_true", help="print JSON")
     bans.set_defaults(func=_bans)
+    sub.add_parser("serve", help="answer a gateway's rate limit calls (Envoy's RateLimitService over gRPC) from "
+                                 "envoyproxy/ratelimit domain files; see fastguard serve --help", add_help=False)
     sub.add_parser("kong-server", help="serve one fastguard plugin to Kong: fastguard kong-server NAME --socket PATH "
                                        "(or --dump); see fastguard kong-server --help", add_help=False)
     return parser
@@ -278,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["serve"]:
+        from fastguard.side.server import main as serve  # its own parser, like kong-server's
+
+        return serve(argv[1:])
     if argv[:1] == ["kong-server"]:
         # Its own parser (fastguard.kong.server): the entry point Kong's start_cmd / query_cmd run.
         try:

@@ -93,14 +93,20 @@ class Decider:
                     self._limiters[id(rule)] = lim
         return lim
 
-    def decide(self, domain: str, descriptors: Sequence[Sequence[tuple[str, str]]], hits: int = 1,
-               now: float | None = None) -> Verdict:
-        """The answer to ShouldRateLimit(domain, descriptors, hits_addend): `hits` 0 counts as 1."""
-        hits = hits or 1
+    def decide(self, domain: str, descriptors: Sequence[Sequence[tuple[str, str]]],
+               hits: int | Sequence[int] = 1, now: float | None = None,
+               overrides: Sequence[Rule | None] | None = None) -> Verdict:
+        """The answer to ShouldRateLimit(domain, descriptors, hits_addend): `hits` for all descriptors or one per
+        descriptor (0 counts as 1); `overrides`: per descriptor, a rule that replaces the configuration's (Envoy's
+        per-descriptor `limit`), counted per its entries."""
         if len(descriptors) > MAX_REQUEST_DESCRIPTORS or any(len(d) > MAX_ENTRIES for d in descriptors):
             return Verdict(OVER_LIMIT, tuple(Status(OVER_LIMIT) for _ in descriptors))
+        each = [hits or 1] * len(descriptors) if isinstance(hits, int) else [h or 1 for h in hits]
         dom = self.domains.get(domain)
-        matches: list[Match | None] = [dom.match(d) if dom is not None and d else None for d in descriptors]
+        matches: list[Match | None] = [
+            Match(overrides[i], tuple(d)) if overrides is not None and overrides[i] is not None
+            else dom.match(d) if dom is not None and d else None
+            for i, d in enumerate(descriptors)]
         replacing = {name for m in matches if m is not None for name in m.rule.replaces}
         statuses: list[Status | None] = [None] * len(matches)
         enforced, shadowed = [], []
@@ -115,19 +121,26 @@ class Decider:
             else:
                 enforced.append(i)
         if enforced or shadowed:
-            with self._locks[domain]:
-                self._enforce(enforced, matches, statuses, hits, now)
+            with self._lock(domain):
+                self._enforce(enforced, matches, statuses, each, now)
                 for i in shadowed:
-                    s = self._hit(matches[i], hits, now)  # type: ignore[arg-type]
+                    s = self._hit(matches[i], each[i], now)  # type: ignore[arg-type]
                     statuses[i] = s if s.code == OK else Status(OK, s.rule, 0, s.reset_seconds, 0.0, True, s.banned)
         done = tuple(s for s in statuses if s is not None)
         return Verdict(OVER_LIMIT if any(s.code == OVER_LIMIT for s in done) else OK, done)
 
-    def _enforce(self, indexes: list[int], matches: list[Match | None], statuses: list[Status | None], hits: int,
-                 now: float | None) -> None:
+    def _lock(self, domain: str) -> threading.Lock:
+        lock = self._locks.get(domain)
+        if lock is None:   # an unknown domain with an override: a lock of its own
+            with self._make_lock:
+                lock = self._locks.setdefault(domain, threading.Lock())
+        return lock
+
+    def _enforce(self, indexes: list[int], matches: list[Match | None], statuses: list[Status | None],
+                 hits: list[int], now: float | None) -> None:
         """Decide the enforced descriptors together: all count, or (one refuses) none counts."""
         if len(indexes) == 1 and not matches[indexes[0]].rule.blocked:  # type: ignore[union-attr]
-            statuses[indexes[0]] = self._hit(matches[indexes[0]], hits, now)  # type: ignore[arg-type]
+            statuses[indexes[0]] = self._hit(matches[indexes[0]], hits[indexes[0]], now)  # type: ignore[arg-type]
             return
         looks = {}
         for i in indexes:
@@ -137,14 +150,14 @@ class Decider:
                 looks[i] = None
                 continue
             looks[i] = self.limiter(m.rule).peek(counting_key(m), now=now)
-        admits = all(d is not None and not d.banned and d.remaining >= hits for d in looks.values())
+        admits = all(d is not None and not d.banned and d.remaining >= hits[i] for i, d in looks.items())
         for i in indexes:
             m, d = matches[i], looks[i]
             assert m is not None
             if d is None:                                   # requests_per_unit: 0
                 statuses[i] = Status(OVER_LIMIT, m.rule, 0, 0, math.inf)
-            elif admits or d.banned or d.remaining < hits:  # counted, or refused (a refusal counts towards a ban)
-                statuses[i] = self._hit(m, hits, now)
+            elif admits or d.banned or d.remaining < hits[i]:  # counted, or refused (counts towards a ban)
+                statuses[i] = self._hit(m, hits[i], now)
             else:                                           # would admit, but another refuses: not counted
                 statuses[i] = Status(OK, m.rule, d.remaining, math.ceil(d.reset_after))
 
