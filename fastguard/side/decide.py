@@ -16,6 +16,7 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fastguard.ratelimit import RateLimiter
 from fastguard.side.policy import MAX_UINT32, Domain, Match, Rule
@@ -63,6 +64,12 @@ class Verdict:
         return min(limited, key=lambda s: (s.code != OVER_LIMIT, s.remaining), default=None)
 
 
+def rule_signature(rule: Rule) -> tuple[Any, ...]:
+    """What a rule's counts depend on: a reloaded rule with the same signature keeps them."""
+    return (rule.path, tuple((x.count, x.period_ns) for x in rule.limits), rule.algorithm, rule.ban_after,
+            rule.ban_for)
+
+
 def counting_key(match: Match) -> bytes:
     """The key a rule counts a request descriptor under: its entries (a share_threshold pattern in place of the
     value it matched) as JSON, unambiguous whatever the bytes (a lone surrogate from undecodable input kept)."""
@@ -76,22 +83,34 @@ class Decider:
     def __init__(self, domains: Mapping[str, Domain], max_keys: int = 1_000_000) -> None:
         self.domains = dict(domains)
         self.max_keys = max_keys
-        self._limiters: dict[int, RateLimiter] = {}
-        self._rules: dict[int, Rule] = {}       # keeps each rule alive while its limiter is (ids stay unique)
-        self._locks = {name: threading.Lock() for name in self.domains}
+        self._limiters: dict[tuple[Any, ...], RateLimiter] = {}
+        self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in self.domains}
         self._make_lock = threading.Lock()
 
     def limiter(self, rule: Rule) -> RateLimiter:
-        lim = self._limiters.get(id(rule))
+        key = rule_signature(rule)
+        lim = self._limiters.get(key)
         if lim is None:
             with self._make_lock:
-                lim = self._limiters.get(id(rule))
+                lim = self._limiters.get(key)
                 if lim is None:
                     lim = RateLimiter(list(rule.limits), algorithm=rule.algorithm, max_keys=self.max_keys,
                                       ban_after=rule.ban_after, ban_for=rule.ban_for)
-                    self._rules[id(rule)] = rule
-                    self._limiters[id(rule)] = lim
+                    self._limiters[key] = lim
         return lim
+
+    def swap(self, domains: Mapping[str, Domain]) -> int:
+        """Decide with these domains from now on (a reload: validated whole by the caller). A rule that did not
+        change — same place, same limits, algorithm and bans — keeps its counts; the others start afresh. How many
+        rules kept their counts."""
+        keep = {rule_signature(r) for d in domains.values() for r in d.rules()}
+        with self._make_lock:
+            for name in domains:
+                self._locks.setdefault(name, threading.Lock())
+            self.domains = dict(domains)   # one assignment: a request sees the old domains or the new ones
+            kept = {k: v for k, v in self._limiters.items() if k in keep}
+            self._limiters = kept
+        return len(kept)
 
     def decide(self, domain: str, descriptors: Sequence[Sequence[tuple[str, str]]],
                hits: int | Sequence[int] = 1, now: float | None = None,

@@ -129,6 +129,18 @@ class Domain:
         #: the file's top-level `fastguard:` block (the side service's HTTP side), as written
         self.extra: Mapping[str, Any] = extra or {}
 
+    def rules(self) -> list[Rule]:
+        """Every rule of the domain."""
+        out, todo = [], [self._root]
+        while todo:
+            node = todo.pop()
+            if node.rule is not None:
+                out.append(node.rule)
+            todo.extend(node.exact.values())
+            todo.extend(w[3] for w in node.wildcards)
+            todo.extend(node.by_key.values())
+        return out
+
     def match(self, entries: Sequence[tuple[str, str]]) -> Match | None:
         """The rule for a request descriptor (its (key, value) entries), or None when none applies."""
         node = self._root

@@ -360,3 +360,15 @@ def test_oversized_requests_are_refused_whole_and_odd_bytes_are_keys():
     odd = "\udcff\x00\u2028"
     assert codes(d, dom, [("ip", odd)], n=2) == [OK, OVER_LIMIT]
     assert codes(d, dom, [("ip", odd + "x")]) == [OK]
+
+
+def test_a_swap_keeps_the_counts_of_rules_that_did_not_change():
+    base = "domain: api\ndescriptors:\n  - key: user\n    rate_limit: {unit: hour, requests_per_unit: %d}\n"
+    d = Decider({"api": load_domain(base % 3)})
+    assert codes(d, "api", [("user", "a")], n=2) == [OK, OK]
+    assert d.swap({"api": load_domain(base % 3)}) == 1                   # same rule: its counts stay
+    assert codes(d, "api", [("user", "a")], n=2) == [OK, OVER_LIMIT]
+    d.swap({"api": load_domain(base % 5)})                               # new limits: a new count
+    assert codes(d, "api", [("user", "a")], n=5) == [OK] * 5
+    d.swap({})                                                            # the domain gone: no limits
+    assert codes(d, "api", [("user", "a")]) == [OK]

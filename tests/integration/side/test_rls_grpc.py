@@ -117,3 +117,49 @@ def test_a_config_that_does_not_load_stops_the_service_saying_where(tmp_path):
                           f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60,
                          env={**os.environ})
     assert run.returncode == 2 and "bad.yaml" in run.stderr and "invalid rate limit unit" in run.stderr
+
+
+def test_hot_reload_keeps_unchanged_counts_and_refuses_a_broken_file(tmp_path):
+    """The config folder is watched (and SIGHUP reloads at once): a new version validated whole replaces the old;
+    a rule that did not change keeps its counts; a file that does not load leaves the running policy in place,
+    with one line naming the file and what is wrong."""
+    import signal
+
+    folder = tmp_path / "domains"
+    folder.mkdir()
+    policy = folder / "api.yaml"
+    policy.write_text("domain: api\ndescriptors:\n  - key: user\n    rate_limit: {unit: hour, requests_per_unit: 3}\n")
+    log_path = tmp_path / "serve.log"
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "fastguard.cli", "serve", "--config", str(folder), "--grpc",
+                                 f"127.0.0.1:{port}", "--reload-interval", "60"], stderr=log)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = rls_pb2_grpc.RateLimitServiceStub(channel)
+
+        def ask(*descriptor):
+            return stub.ShouldRateLimit(request("api", list(descriptor)), timeout=5).overall_code
+
+        def reload(times):
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while log_path.read_text().count("configuration") < times:
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.05)
+
+        user = ("user", f"u{time.time_ns()}")
+        assert [ask(user) for _ in range(2)] == [R.OK, R.OK]
+        policy.write_text(policy.read_text() + "  - key: tenant\n    rate_limit: {unit: hour, requests_per_unit: 1}\n")
+        reload(1)
+        assert [ask(user) for _ in range(2)] == [R.OK, R.OVER_LIMIT]        # 3 per hour, counted across the reload
+        assert [ask(("tenant", "t")) for _ in range(2)] == [R.OK, R.OVER_LIMIT]   # the new rule
+        policy.write_text(policy.read_text().replace("requests_per_unit: 3", "requests_per_unit: x"))
+        reload(2)
+        assert "is not used" in log_path.read_text() and "api.yaml" in log_path.read_text()
+        assert ask(("tenant", "t2")) == R.OK                                   # the running policy stayed
+    finally:
+        channel.close()
+        proc.terminate()
+        proc.wait(10)
