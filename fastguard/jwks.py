@@ -656,12 +656,18 @@ class RemoteKeySet:
         if self._timer is None:
             self._start_timer()
         if self._set is None:
-            fetch = self._fetch
-            if fetch is not None and not fetch.done.is_set():
-                self._wait(fetch)
-            elif time.monotonic() - self._fetched_at >= self._retry_wait():
-                self.refresh()
+            self._renewed(self._retry_wait())
         return self._set
+
+    def _renewed(self, interval: float) -> bool:
+        """Wait for the download under way, or start one if `interval` s passed since the last began: whether
+        a download succeeded."""
+        fetch = self._fetch
+        if fetch is not None and not fetch.done.is_set():
+            return self._wait(fetch)
+        if time.monotonic() - self._fetched_at < interval:
+            return False
+        return self.refresh()
 
     def stats(self) -> dict[str, Any]:
         """version, refreshes (fetches that succeeded), last_error, and the current set's keys / kids / skipped."""
@@ -678,10 +684,7 @@ class RemoteKeySet:
         except UnknownKey:
             # A new kid may mean a rotation: refetch now (or wait for the download under way), but not start one
             # more often than min_refetch_interval.
-            fetch = self._fetch
-            if fetch is not None and not fetch.done.is_set():
-                self._wait(fetch)
-            elif time.monotonic() - self._fetched_at < self.min_refetch_interval or not self.refresh():
+            if not self._renewed(self.min_refetch_interval):
                 raise
             return self._set.candidates(alg, kid)  # type: ignore[union-attr]
 

@@ -207,13 +207,13 @@ class JWTPlugin(PluginBase):
         if not verifying.preflight:
             method = yield ("kong.request.get_method", [])
         if method == "OPTIONS":  # run_on_preflight false: a preflight request goes on unverified
-            return (yield from self._admit(None, None, verifying.cleared(consumer=True)))
+            return (yield from self._admit(None, None, verifying.clear_all))
         if verifying.anonymous:
             # Kong's "logical OR": a request another plugin already authenticated is not verified again, and a
             # failed verification makes the request the anonymous consumer's instead of a 401
             credential = yield ("kong.client.get_credential", [])
             if credential:
-                return (yield from self._admit(None, credential, verifying.cleared(consumer=False)))
+                return (yield from self._admit(None, credential, verifying.clear_claims))
         verified, refusal = yield from self._claims()
         if verified is not None:
             claims, upstream = verified
@@ -223,7 +223,7 @@ class JWTPlugin(PluginBase):
         upstream, refusal = yield from verifying.as_anonymous()
         if refusal is not None:
             return refusal
-        return (yield from self._admit(None, None, {**verifying.cleared(consumer=False), **upstream}))
+        return (yield from self._admit(None, None, {**verifying.clear_claims, **upstream}))
 
     def _admit(self, claims: dict[str, Any] | None, credential: Any,
                upstream: dict[str, Any]) -> Generator[PDKCall, Any, PDKCall | None]:
@@ -246,9 +246,8 @@ class JWTPlugin(PluginBase):
             if refusal is not None:
                 return None, refusal
         else:  # no consumer is authenticated: no client's copy of a consumer header may reach the upstream
-            upstream = self.verifying.cleared(consumer=True, claims=False)
-        upstream.update(self.verifying.upstream_headers(claims))
-        return (claims, upstream), None
+            upstream = self.verifying.no_consumer
+        return (claims, self.verifying.upstream_headers(claims, upstream)), None
 
     def _unusable(self, claims: dict[str, Any]) -> PDKCall | None:
         """The 401 for verified claims this plugin still cannot use, else None."""

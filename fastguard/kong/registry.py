@@ -14,13 +14,16 @@ class Registry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: dict[tuple[Any, ...], list[Any]] = {}  # key -> [object, users]
+        self._items: dict[tuple[Any, ...], list[Any]] = {}  # key -> [object, users, closed on the last release]
 
-    def acquire(self, key: tuple[Any, ...], make: Any) -> Any:
+    def acquire(self, key: tuple[Any, ...], make: Any, owns: bool = True) -> Any:
+        """The object for `key` (made by `make()` for its first user). The last release closes it (its `close()`),
+        unless `owns` is false: an object whose close() would close what other entries share (a verifier whose key
+        set is shared per jwks_uri)."""
         with self._lock:
             item = self._items.get(key)
             if item is None:
-                item = self._items[key] = [make(), 0]
+                item = self._items[key] = [make(), 0, owns]
             item[1] += 1
             return item[0]
 
@@ -32,7 +35,7 @@ class Registry:
             item[1] -= 1
             if item[1] <= 0:
                 del self._items[key]
-                close = getattr(item[0], "close", None)
+                close = getattr(item[0], "close", None) if item[2] else None
                 if close is not None:
                     close()
 

@@ -452,16 +452,7 @@ class RPCServer:
                 continue
             log.error("fastguard kong-server: %s gave no answer within %g s; answered for it", job.method,
                       self.deadline)
-            conn = job.conn
-            if self._conns.get(conn.fd) is not conn:
-                continue
-            conn.busy = False
-            self._send(conn, self._late_answer(job))
-            if conn.fd in self._conns:
-                if conn.out:
-                    self._watch(conn)
-                else:
-                    self._serve(conn)  # its messages that waited
+            self._deliver(job.conn, self._late_answer(job))
 
     def _run_deferred(self, job: _Job) -> None:
         if job.answered:  # answered at its deadline while it waited for a thread: nothing to run
@@ -481,16 +472,19 @@ class RPCServer:
         except (BlockingIOError, InterruptedError):
             pass
         while self._done:
-            conn, out = self._done.popleft()
-            if conn.fd not in self._conns or self._conns[conn.fd] is not conn:
-                continue
-            conn.busy = False
-            self._send(conn, out)
-            if conn.fd in self._conns:
-                if conn.out:
-                    self._watch(conn)
-                else:
-                    self._serve(conn)  # its messages that waited
+            self._deliver(*self._done.popleft())
+
+    def _deliver(self, conn: _Conn, out: bytes) -> None:
+        """A Deferred's answer (or the one its deadline gave) to its connection, then the messages that waited."""
+        if self._conns.get(conn.fd) is not conn:
+            return  # closed meanwhile (its fd maybe reused by another connection)
+        conn.busy = False
+        self._send(conn, out)
+        if conn.fd in self._conns:
+            if conn.out:
+                self._watch(conn)
+            else:
+                self._serve(conn)
 
     # -- one request ----------------------------------------------------------------------------------------------
     def _answer(self, message: Any) -> bytes | tuple[int, str, Deferred] | None:

@@ -86,6 +86,12 @@ class Verifying:
         self.max_exp = float(cfg["maximum_expiration"] or 0)
         self.preflight = cfg["run_on_preflight"]
         self.claims_to_headers = dict(cfg["claims_to_headers"] or {})
+        # The upstream headers that remove the client's copies of what this plugin sets (Kong's set_headers removes
+        # a header given an empty list), built once: of the claims' headers, of the consumer headers, of both.
+        # Read-only: sent as they are, copied before anything is added.
+        self.clear_claims: dict[str, list[str]] = {name: [] for name in self.claims_to_headers.values()}
+        self.no_consumer: dict[str, list[str]] = {name: [] for name in CONSUMER_HEADERS}
+        self.clear_all = {**self.clear_claims, **self.no_consumer}
         self.key_claim = cfg["key_claim_name"]
         self.anonymous = cfg["anonymous"]
         self.consumer_claim = cfg["consumer_claim"]
@@ -120,17 +126,17 @@ class Verifying:
         remote = registry.REGISTRY.acquire(self._jwks_key, lambda: fg.RemoteKeySet(cfg["jwks_uri"])) \
             if self._jwks_key else None
 
-        def make() -> tuple[fg.JWTVerifier | None]:
-            # a tuple, which the registry does not close: the verifier's keys are closed by their own entry
+        def make() -> fg.JWTVerifier | None:
             if self.broken:
-                return (None,)
+                return None
             keys = remote if remote is not None else fg.KeySet.from_jwks(jwks)
-            return (fg.JWTVerifier(keys, algorithms=cfg["algorithms"] or None, issuer=cfg["issuers"] or None,
-                                   audience=cfg["audiences"] or None, leeway=cfg["leeway"],
-                                   required_claims=required, cache_size=cfg["cache_size"]),)
+            return fg.JWTVerifier(keys, algorithms=cfg["algorithms"] or None, issuer=cfg["issuers"] or None,
+                                  audience=cfg["audiences"] or None, leeway=cfg["leeway"],
+                                  required_claims=required, cache_size=cfg["cache_size"])
 
         try:
-            self.verifier: fg.JWTVerifier | None = registry.REGISTRY.acquire(self._key, make)[0]
+            # not closed with the last instance: JWTVerifier.close() closes its keys, which their own entry closes
+            self.verifier: fg.JWTVerifier | None = registry.REGISTRY.acquire(self._key, make, owns=False)
         except BaseException:
             if self._jwks_key:
                 registry.REGISTRY.release(self._jwks_key)
@@ -225,12 +231,6 @@ class Verifying:
                   "X-Consumer-Username": consumer.get("username"), "X-Anonymous-Consumer": anonymous and "true"}
         return {name: str(values[name]) if values.get(name) else [] for name in CONSUMER_HEADERS}
 
-    def cleared(self, consumer: bool, claims: bool = True) -> dict[str, list[str]]:
-        """The upstream headers that clear the client's copies of what this plugin sets: the claims' headers
-        (`claims`) and the consumer headers (`consumer`)."""
-        names = (*(self.claims_to_headers.values() if claims else ()), *(CONSUMER_HEADERS if consumer else ()))
-        return {name: [] for name in names}
-
     def identify(self, claims: dict[str, Any]) -> Generator[PDKCall, Any, tuple[dict[str, str], PDKCall | None]]:
         """consumer_claim: the Kong consumer the verified claim names (by id, or by id then username), looked up
         with kong.client.load_consumer and kept consumer_cache_ttl seconds; then authenticate(). Returns (the
@@ -281,10 +281,13 @@ class Verifying:
                                    {"WWW-Authenticate": self.www_authenticate_error})
         return claims, None
 
-    def upstream_headers(self, claims: dict[str, Any]) -> dict[str, Any]:
-        """claims_to_headers: each claim's value (JSON unless a string), or an empty list (the header cleared)
-        when the token lacks the claim: the client's own copy must not pass for a verified one."""
-        out: dict[str, Any] = {}
+    def upstream_headers(self, claims: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+        """`base` with claims_to_headers: each claim's value (JSON unless a string), or an empty list (the header
+        cleared) when the token lacks the claim: the client's own copy must not pass for a verified one. `base`
+        itself when no claim is sent upstream (it is not changed)."""
+        if not self.claims_to_headers:
+            return base
+        out = dict(base)
         for claim, name in self.claims_to_headers.items():
             value = claims.get(claim)
             if value is None:
