@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,8 @@ class Decider:
         self._limiters: dict[tuple[Any, ...], RateLimiter] = {}
         self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in self.domains}
         self._make_lock = threading.Lock()
+        #: called with (rule, limiter) when a rule's limiter is made (the metrics export it)
+        self.on_new_limiter: Callable[[Rule, RateLimiter], Any] | None = None
 
     def limiter(self, rule: Rule) -> RateLimiter:
         key = rule_signature(rule)
@@ -97,6 +99,8 @@ class Decider:
                     lim = RateLimiter(list(rule.limits), algorithm=rule.algorithm, max_keys=self.max_keys,
                                       ban_after=rule.ban_after, ban_for=rule.ban_for)
                     self._limiters[key] = lim
+                    if self.on_new_limiter is not None:
+                        self.on_new_limiter(rule, lim)
         return lim
 
     def swap(self, domains: Mapping[str, Domain]) -> int:

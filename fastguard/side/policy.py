@@ -315,6 +315,8 @@ def load_domain(text: str, source: str = "<string>", max_descriptors: int = MAX_
     if not isinstance(doc, Mapping):
         raise PolicyError(source, "a domain file is a mapping with domain and descriptors")
     extra = doc.get("fastguard")
+    if extra is not None:   # the HTTP side is Envoy's vocabulary, typed as Envoy reads YAML (true, 60, 2s)
+        extra = yaml.safe_load(text).get("fastguard")
     unknown = set(doc) - {"domain", "descriptors", "fastguard"}
     if unknown:
         raise PolicyError(source, f"config error, unknown key {sorted(unknown)[0]!r}")

@@ -49,11 +49,12 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                 rule = self._overrides.setdefault(key, Rule(f"{domain}.override", unit, count, limits))
         return rule
 
-    def ShouldRateLimit(self, request: Any, context: Any) -> Any:  # noqa: N802 - the proto's name
+    def respond(self, request: Any) -> Any:
+        """The RateLimitResponse to a RateLimitRequest (ValueError for a request Envoy's service refuses)."""
         if not request.domain:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rate limit domain must not be empty")
+            raise ValueError("rate limit domain must not be empty")
         if not request.descriptors:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rate limit descriptor list must not be empty")
+            raise ValueError("rate limit descriptor list must not be empty")
         descriptors = [[(e.key, e.value) for e in d.entries] for d in request.descriptors]
         hits = [(d.hits_addend.value if d.HasField("hits_addend") else 0) or request.hits_addend or 1
                 for d in request.descriptors]
@@ -71,6 +72,12 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                                     ("RateLimit-Reset", tightest.reset_seconds)):
                     response.response_headers_to_add.add(key=name, value=str(value))
         return response
+
+    def ShouldRateLimit(self, request: Any, context: Any) -> Any:  # noqa: N802 - the proto's name
+        try:
+            return self.respond(request)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
 def _status(status: Status) -> Any:

@@ -1,5 +1,5 @@
-"""`fastguard serve --config PATH --grpc HOST:PORT`: the side service. Today it answers Envoy's global rate limit
-service (gRPC ShouldRateLimit) from envoyproxy/ratelimit domain files; counts are per process."""
+"""`fastguard serve`: the side service. Envoy's RateLimitService and ext_authz over gRPC, forward-auth and
+envoyproxy/ratelimit's /json over HTTP, from envoyproxy/ratelimit domain files (see docs/side-service.md)."""
 
 from __future__ import annotations
 
@@ -7,75 +7,202 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
-from concurrent import futures
+import time
 from typing import Any
 
 __all__ = ["main"]
 
 log = logging.getLogger("fastguard.side")
 
-#: The largest gRPC message accepted (a rate limit request is a few hundred bytes).
+#: The largest gRPC message accepted (a rate limit request is a few hundred bytes, a Check a few KiB).
 MAX_MESSAGE_BYTES = 64 * 1024
+_WORKER_ENV = "FASTGUARD_SERVE_WORKER"
+
+
+def _address(text: str, parser: argparse.ArgumentParser, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        parser.error(f"{what} is HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080, got {text!r}")
+    return host or "0.0.0.0", int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastguard serve",
+        description="Serve rate limit and JWT decisions to any gateway: Envoy's RateLimitService and ext_authz "
+                    "(gRPC), forward-auth for nginx auth_request, Traefik, Caddy, APISIX and Envoy's HTTP ext_authz, "
+                    "envoyproxy/ratelimit's POST /json and GET /healthcheck (HTTP). Policies are envoyproxy/ratelimit "
+                    "domain files, loaded unchanged; their fastguard: block holds the HTTP side.")
+    p.add_argument("--config", required=True, help="a domain file, or a folder of *.yaml domain files")
+    p.add_argument("--http", metavar="HOST:PORT", help="forward-auth, /json and /healthcheck, e.g. 127.0.0.1:8080")
+    p.add_argument("--grpc", metavar="HOST:PORT",
+                   help="Envoy's RateLimitService and Authorization (ext_authz), e.g. 127.0.0.1:8081")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes sharing the ports (SO_REUSEPORT; default 1). Counts are per process")
+    p.add_argument("--threads", type=int, default=8, help="gRPC worker threads per process (default 8)")
+    p.add_argument("--max-keys", type=int, default=1_000_000,
+                   help="callers counted per rule, most active kept (default 1,000,000)")
+    p.add_argument("--headers", action="store_true",
+                   help="RLS answers carry RateLimit-Limit/-Remaining/-Reset (response_headers_to_add)")
+    p.add_argument("--reload-interval", type=float, default=1.0,
+                   help="seconds between looks at the config for changes (default 1; SIGHUP reloads at once)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1:PORT (extra: metrics)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastguard serve",
-                                     description="Serve rate limit decisions to a gateway: Envoy's global rate "
-                                                 "limit service (gRPC), from envoyproxy/ratelimit domain files.")
-    parser.add_argument("--config", required=True, help="a domain file, or a folder of *.yaml domain files")
-    parser.add_argument("--grpc", required=True, metavar="HOST:PORT",
-                        help="where Envoy's RateLimitService is answered, e.g. 127.0.0.1:8081")
-    parser.add_argument("--threads", type=int, default=8, help="gRPC worker threads (default 8)")
-    parser.add_argument("--max-keys", type=int, default=1_000_000,
-                        help="callers counted per rule, most active kept (default 1,000,000)")
-    parser.add_argument("--headers", action="store_true",
-                        help="add RateLimit-Limit/-Remaining/-Reset to each answer (response_headers_to_add)")
-    parser.add_argument("--reload-interval", type=float, default=1.0,
-                        help="seconds between looks at the config for changes (default 1; SIGHUP reloads at once)")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * args.verbose, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.threads < 1 or args.max_keys < 1 or not args.reload_interval > 0:
-        parser.error("--threads and --max-keys must be at least 1, --reload-interval above 0")
+    if not args.http and not args.grpc:
+        parser.error("give --http HOST:PORT, --grpc HOST:PORT or both")
+    if args.threads < 1 or args.max_keys < 1 or args.workers < 1 or not args.reload_interval > 0:
+        parser.error("--threads, --workers and --max-keys must be at least 1, --reload-interval above 0")
+    http = _address(args.http, parser, "--http") if args.http else None
+    grpc_at = _address(args.grpc, parser, "--grpc") if args.grpc else None
+    if args.workers > 1 and ((http and http[1] == 0) or (grpc_at and grpc_at[1] == 0)):
+        parser.error("--workers above 1 needs fixed ports: the processes share them")
     try:
-        import grpc
-
-        from fastguard.side.decide import Decider
-        from fastguard.side.policy import PolicyError, load_policies
-        from fastguard.side.rls import RateLimitService, add_to_server
+        from fastguard.side.gate import Side
+        from fastguard.side.policy import PolicyError
     except ImportError as exc:
         parser.exit(2, f"fastguard serve needs its extra: pip install 'fastguard-gateway[serve]' ({exc})\n")
     try:
-        domains = load_policies(args.config)
+        domains, http_side = Side.load(args.config)
     except PolicyError as exc:
         parser.exit(2, f"fastguard serve: {exc}\n")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.threads),
-                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    service = RateLimitService(Decider(domains, max_keys=args.max_keys), headers=args.headers)
-    add_to_server(service, server)
-    try:
-        port = server.add_insecure_port(args.grpc)
-    except RuntimeError as exc:
-        parser.exit(2, f"fastguard serve: cannot listen on {args.grpc} ({exc})\n")
-    if not port:
-        parser.exit(2, f"fastguard serve: cannot listen on {args.grpc}\n")
-    server.start()
-    print(f"fastguard serve: {len(domains)} domain(s) from {args.config} ({', '.join(sorted(domains))}); "
-          f"RateLimitService on {args.grpc}", file=sys.stderr, flush=True)
+    if args.workers > 1 and os.environ.get(_WORKER_ENV) is None:
+        return _supervise(args, argv if argv is not None else sys.argv[2:])
+    return _worker(args, parser, domains, http_side, http, grpc_at)
+
+
+def _supervise(args: Any, argv: list[str]) -> int:
+    """Start `--workers` processes on the same ports, pass signals on, start again one that dies."""
+    print(f"fastguard serve: {args.workers} worker processes share the ports; counts are per process (each "
+          f"limit admits up to {args.workers}x its count in all)", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "fastguard", "serve", *argv]
+    env = {**os.environ, _WORKER_ENV: "1"}
+    stop = threading.Event()
+    children: list[subprocess.Popen[bytes]] = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
+
+    def forward(sig: int, _: Any) -> None:
+        if sig != signal.SIGHUP:
+            stop.set()
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(sig)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while not stop.is_set():
+        for i, c in enumerate(children):
+            if c.poll() is not None and not stop.is_set():
+                log.error("fastguard serve: worker %d exited with %s; starting it again", c.pid, c.returncode)
+                time.sleep(1.0)
+                children[i] = subprocess.Popen(cmd, env=env)
+        stop.wait(0.5)
+    for c in children:
+        try:
+            c.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            c.kill()
+    return 0
+
+
+def _worker(args: Any, parser: argparse.ArgumentParser, domains: Any, http_side: Any,
+            http: tuple[str, int] | None, grpc_at: tuple[str, int] | None) -> int:
+    from fastguard.side.gate import Side
+    from fastguard.side.rls import RateLimitService
+
+    side = Side(domains, max_keys=args.max_keys)
+    if args.metrics_port is not None:
+        _metrics(side, args.metrics_port, parser)
+    rls = RateLimitService(side.decider, headers=args.headers)
+    shared = args.workers > 1
+    server = _grpc(side, rls, grpc_at, args.threads, shared, parser) if grpc_at else None
     stop = threading.Event()
     reload_now = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload_now.set())
-    decider = service.decider
-    threading.Thread(target=_watch, args=(args.config, decider, stop, reload_now, args.reload_interval),
+    threading.Thread(target=_watch, args=(args.config, side, stop, reload_now, args.reload_interval),
                      name="config-watch", daemon=True).start()
-    stop.wait()
-    server.stop(grace=2).wait()
+    listening = [f"gRPC RateLimitService + Authorization on {args.grpc}"] if server else []
+    if http is None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: reload_now.set())
+        _started(domains, args.config, listening)
+        stop.wait()
+    else:
+        import asyncio
+
+        from fastguard.side.http import serve_http
+
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            done = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, done.set)
+            loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+            try:
+                listener = await serve_http(side, rls, http[0], http[1], reuse_port=shared)
+            except OSError as exc:
+                parser.exit(2, f"fastguard serve: cannot listen on {args.http} ({exc})\n")
+            port = listener.sockets[0].getsockname()[1]
+            _started(domains, args.config, listening + [f"HTTP on {http[0]}:{port}"])
+            await done.wait()
+            listener.close()
+        asyncio.run(run())
+    stop.set()
+    if server is not None:
+        server.stop(grace=2).wait()
     return 0
+
+
+def _started(domains: Any, config: str, listening: list[str]) -> None:
+    print(f"fastguard serve: {len(domains)} domain(s) from {config} ({', '.join(sorted(domains))}); "
+          f"{'; '.join(listening)}", file=sys.stderr, flush=True)
+
+
+def _grpc(side: Any, rls: Any, at: tuple[str, int], threads: int, shared: bool,
+          parser: argparse.ArgumentParser) -> Any:
+    from concurrent import futures
+
+    import grpc
+
+    from fastguard.side import authz
+    from fastguard.side import rls as rls_module
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
+                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                  ("grpc.so_reuseport", 1 if shared else 0)])
+    rls_module.add_to_server(rls, server)
+    authz.add_to_server(authz.AuthorizationService(side), server)
+    where = f"[{at[0]}]:{at[1]}" if ":" in at[0] else f"{at[0]}:{at[1]}"
+    try:
+        port = server.add_insecure_port(where)
+    except RuntimeError as exc:
+        parser.exit(2, f"fastguard serve: cannot listen on {where} ({exc})\n")
+    if not port:
+        parser.exit(2, f"fastguard serve: cannot listen on {where}\n")
+    server.start()
+    return server
+
+
+def _metrics(side: Any, port: int, parser: argparse.ArgumentParser) -> None:
+    """/metrics: every rule's limiter under its descriptor path (domain.key_value...), as fastguard.metrics names."""
+    try:
+        import fastguard.metrics as fm
+    except ImportError as exc:
+        parser.exit(2, f"fastguard serve: --metrics-port {exc}\n")
+    side.decider.on_new_limiter = lambda rule, limiter: fm.track(limiter, rule.path)
+    try:
+        fm.serve(port)
+    except OSError as exc:
+        parser.exit(2, f"fastguard serve: cannot serve metrics on 127.0.0.1:{port} ({exc})\n")
 
 
 def _stamp(path: str) -> tuple[tuple[str, int, int], ...]:
@@ -93,10 +220,11 @@ def _stamp(path: str) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
-def _watch(path: str, decider: Any, stop: threading.Event, reload_now: threading.Event, interval: float) -> None:
+def _watch(path: str, side: Any, stop: threading.Event, reload_now: threading.Event, interval: float) -> None:
     """Reload the domains when the config changes (or on SIGHUP): the new version is validated whole before it
     replaces the running one; one that does not load leaves the running policy in place, with one log line."""
-    from fastguard.side.policy import PolicyError, load_policies
+    from fastguard.side.gate import Side
+    from fastguard.side.policy import PolicyError
 
     seen = _stamp(path)
     while not stop.is_set():
@@ -107,10 +235,10 @@ def _watch(path: str, decider: Any, stop: threading.Event, reload_now: threading
             continue
         seen = stamp
         try:
-            domains = load_policies(path)
+            domains, http = Side.load(path)
         except PolicyError as exc:
             log.error("fastguard serve: the new configuration is not used (%s); the running one stays", exc)
             continue
-        kept = decider.swap(domains)
+        kept = side.swap(domains, http)
         log.warning("fastguard serve: configuration reloaded: %d domain(s) (%s); %d rule(s) kept their counts",
                     len(domains), ", ".join(sorted(domains)), kept)

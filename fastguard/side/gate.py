@@ -1,0 +1,179 @@
+"""One HTTP request → one answer, for every HTTP-side front end (forward-auth, ext_authz gRPC and HTTP): the JWT
+check, then the descriptors built by the domain's `rate_limits` actions, decided together by fastguard.side.decide.
+
+A domain's HTTP side is its file's top-level `fastguard:` block (envoyproxy/ratelimit ignores it):
+
+    fastguard:
+      trusted_proxies: [10.0.0.0/8]   # whose X-Forwarded-For is believed (default: loopback), as Kong's trusted_ips
+      jwt: {...}                       # fastguard.side.authn: Envoy jwt_authn provider fields
+      rate_limits: [...]               # fastguard.side.actions: Envoy route rate_limits actions
+
+A domain without that block is answered over RLS only: forward-auth refuses it (404) rather than allow everything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastguard.side.actions import ActionError, HttpRequest, RateLimitActions
+from fastguard.side.authn import JwtCheck
+from fastguard.side.decide import OVER_LIMIT, Decider, Verdict
+from fastguard.side.policy import Domain, PolicyError, load_policies
+
+__all__ = ["Answer", "HttpPolicy", "Side", "compile_http", "client_address", "LOOPBACK"]
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+_HTTP_KEYS = frozenset(("trusted_proxies", "jwt", "rate_limits"))
+#: Longest X-Forwarded-For entry believed as an address (anything longer is not one).
+_MAX_ADDRESS = 64
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the gateway should do: `status` 200 lets the request through with `upstream` set and `remove` removed
+    from it; 401/403/429 is the client's answer, with `downstream` headers; 404 an unknown domain."""
+
+    status: int
+    message: str = ""
+    upstream: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+    downstream: tuple[tuple[str, str], ...] = ()
+    verdict: Verdict | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == 200
+
+
+class HttpPolicy:
+    """A domain's `fastguard:` block, compiled."""
+
+    def __init__(self, block: Mapping[str, Any], where: str, base_dir: str = ".") -> None:
+        unknown = set(block) - _HTTP_KEYS
+        if unknown:
+            raise PolicyError(where, f"unknown key {sorted(unknown)[0]!r} (trusted_proxies, jwt, rate_limits)")
+        try:
+            self.trusted = _networks(block.get("trusted_proxies"), f"{where}.trusted_proxies")
+            self.jwt = JwtCheck(block["jwt"], f"{where}.jwt", base_dir) if block.get("jwt") is not None else None
+            self.actions = RateLimitActions(block.get("rate_limits") or [], f"{where}.rate_limits")
+        except ActionError as exc:
+            raise PolicyError(where, str(exc)) from None
+        if self.actions.uses_claims and self.jwt is None:
+            raise PolicyError(where, "a jwt_claim action needs a jwt block")
+        if self.jwt is None and not len(self.actions):
+            raise PolicyError(where, "the fastguard block needs jwt or rate_limits")
+        #: headers only fastguard may set upstream: removed from the client's request unless fastguard sets them
+        self.guarded = self.jwt.upstream_names if self.jwt is not None else ()
+
+
+def _networks(value: Any, where: str) -> tuple[Any, ...]:
+    if value is None:
+        return LOOPBACK
+    if not isinstance(value, list):
+        raise ActionError(f"{where}: a list of addresses or networks (CIDR)")
+    try:
+        return tuple(ipaddress.ip_network(str(v), strict=False) for v in value)
+    except ValueError as exc:
+        raise ActionError(f"{where}: {exc}") from None
+
+
+def _trusted(address: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in n for n in networks)
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted: tuple[Any, ...]) -> str:
+    """The client's address: the peer, unless it is a trusted proxy; then X-Forwarded-For read from the right,
+    past every trusted proxy (nginx's real_ip_recursive, Kong's trusted_ips)."""
+    if not forwarded_for or not _trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            return hop[:_MAX_ADDRESS]
+    return hops[0][:_MAX_ADDRESS] if hops else peer
+
+
+def compile_http(domains: Mapping[str, Domain]) -> dict[str, HttpPolicy]:
+    """The HTTP side of every domain that has a `fastguard:` block (PolicyError for the first that is wrong)."""
+    import os
+
+    return {name: HttpPolicy(d.extra, f"{d.source}: fastguard", os.path.dirname(os.path.abspath(d.source)))
+            for name, d in domains.items() if d.extra}
+
+
+def _rate_headers(verdict: Verdict) -> list[tuple[str, str]]:
+    s = verdict.tightest()
+    if s is None or s.rule is None:
+        return []
+    return [("RateLimit-Limit", str(s.rule.requests_per_unit)), ("RateLimit-Remaining", str(s.remaining)),
+            ("RateLimit-Reset", str(s.reset_seconds))]
+
+
+class Side:
+    """Every domain's decisions and HTTP side, swapped together on reload."""
+
+    def __init__(self, domains: Mapping[str, Domain], max_keys: int = 1_000_000) -> None:
+        self.decider = Decider(domains, max_keys=max_keys)
+        self.http = compile_http(domains)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def load(path: str) -> tuple[dict[str, Domain], dict[str, HttpPolicy]]:
+        """Every domain of a config path, HTTP sides included, validated whole (PolicyError otherwise)."""
+        domains = load_policies(path)
+        return domains, compile_http(domains)
+
+    def swap(self, domains: Mapping[str, Domain], http: Mapping[str, HttpPolicy]) -> int:
+        with self._lock:
+            kept = self.decider.swap(domains)
+            self.http = dict(http)
+        return kept
+
+    def default_domain(self) -> str | None:
+        """The one domain with an HTTP side, when there is exactly one (ext_authz without context_extensions)."""
+        http = self.http
+        return next(iter(http)) if len(http) == 1 else None
+
+    def policy(self, domain: str) -> HttpPolicy | None:
+        return self.http.get(domain)
+
+    def check(self, domain: str, req: HttpRequest) -> Answer:
+        """The whole answer for one request to `domain` (its client address already resolved)."""
+        policy = self.http.get(domain)
+        if policy is None:
+            return Answer(404, f"no forward-auth policy for domain {domain!r}")
+        claims, upstream, remove = None, [], list(policy.guarded)
+        if policy.jwt is not None:
+            outcome = policy.jwt.check(req)
+            if outcome.status:
+                challenge = 'Bearer realm="fastguard"' if outcome.token is None else \
+                    'Bearer realm="fastguard", error="invalid_token"'
+                return Answer(outcome.status, outcome.message, downstream=(("WWW-Authenticate", challenge),))
+            claims = outcome.claims
+            upstream = policy.jwt.upstream(outcome)
+            if not policy.jwt.forward:
+                remove.extend(policy.jwt.token_headers)
+        set_names = {n for n, _ in upstream}
+        remove = tuple(dict.fromkeys(n for n in remove if n not in set_names))
+        descriptors = policy.actions.descriptors(req, claims)
+        if not descriptors:
+            return Answer(200, "OK", tuple(upstream), remove)
+        verdict = self.decider.decide(domain, descriptors)
+        headers = _rate_headers(verdict)
+        if verdict.overall == OVER_LIMIT:
+            wait = verdict.retry_after
+            if math.isfinite(wait):
+                headers.append(("Retry-After", str(max(1, math.ceil(wait)))))
+            return Answer(429, "Too Many Requests", downstream=tuple(headers), verdict=verdict)
+        return Answer(200, "OK", tuple(upstream), remove, tuple(headers), verdict)

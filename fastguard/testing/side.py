@@ -1,0 +1,197 @@
+"""Real servers around the side service, for tests and benchmarks: `fastguard serve` itself, Debian's nginx and
+Caddy with the configurations docs/side-service.md shows (read from the docs, ports replaced), and an upstream that
+answers each request with the headers it received, as JSON.
+
+    side = SideService(config_path)                      # fastguard serve --http (and --grpc)
+    nginx = NginxServer(docs_block("nginx", side=side.http_port, gateway=port, upstream=echo.port))
+    ...
+    nginx.stop(); side.stop()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from fastguard.testing.servers import free_port
+
+__all__ = ["SideService", "NginxServer", "CaddyServer", "EchoUpstream", "docs_block", "DOCS"]
+
+#: docs/side-service.md in a checkout (the tests run from one).
+DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "side-service.md")
+#: The ports the docs' snippets use, and what each stands for.
+DOC_PORTS = {"side": 8080, "grpc": 8081, "gateway": 8000, "upstream": 9000}
+
+
+def docs_block(name: str, **ports: int) -> str:
+    """The code block after `<!-- tested: NAME -->` (or `checked:`) in docs/side-service.md, its example ports
+    replaced by the given ones (side=, grpc=, gateway=, upstream=)."""
+    with open(DOCS, encoding="utf-8") as fh:
+        text = fh.read()
+    found = re.search(rf"<!-- (?:tested|checked): {re.escape(name)} -->\n```[a-z-]*\n(.*?)```", text, re.S)
+    if found is None:
+        raise LookupError(f"no block marked {name!r} in {DOCS}")
+    block = found.group(1)
+    for what, port in ports.items():
+        block = re.sub(rf"(?<![0-9]){DOC_PORTS[what]}(?![0-9])", str(port), block)
+    return block
+
+
+def _wait_http(url: str, proc: subprocess.Popen[Any], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return                                # it answers: any status will do
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer {url} within {timeout:g} s")
+
+
+class _Child:
+    """A server run as a child process, stopped by its pid."""
+
+    proc: subprocess.Popen[bytes]
+    dir = ""
+    stop_signal = signal.SIGTERM
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SideService(_Child):
+    """`fastguard serve --config PATH --http 127.0.0.1:<free> [--grpc 127.0.0.1:<free>]` as a child process."""
+
+    def __init__(self, config: str, grpc: bool = False, args: tuple[str, ...] = (), http_port: int | None = None,
+                 grpc_port: int | None = None) -> None:
+        self.http_port = http_port or free_port()
+        self.grpc_port = (grpc_port or free_port()) if grpc else None
+        cmd = [sys.executable, "-m", "fastguard.cli", "serve", "--config", config,
+               "--http", f"127.0.0.1:{self.http_port}", *args]
+        if grpc:
+            cmd += ["--grpc", f"127.0.0.1:{self.grpc_port}"]
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            _wait_http(f"http://127.0.0.1:{self.http_port}/healthcheck", self.proc, "fastguard serve")
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"fastguard serve did not start: {self.log()}") from None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+
+class NginxServer(_Child):
+    """nginx (foreground, a temporary prefix) serving one `server`/`upstream` snippet inside a minimal http block."""
+
+    stop_signal = signal.SIGQUIT     # graceful
+
+    def __init__(self, snippet: str, port: int, workers: int = 1) -> None:
+        self.port = port
+        self.dir = tempfile.mkdtemp(prefix="fg-nginx-")
+        conf = os.path.join(self.dir, "nginx.conf")
+        with open(conf, "w") as fh:
+            fh.write(f"worker_processes {workers};\nerror_log {self.dir}/error.log warn;\n"
+                     f"pid {self.dir}/nginx.pid;\nevents {{ worker_connections 4096; }}\n"
+                     f"http {{\n  access_log off;\n  client_body_temp_path {self.dir}/body;\n"
+                     f"  proxy_temp_path {self.dir}/proxy;\n{snippet}\n}}\n")
+        self.proc = subprocess.Popen(["nginx", "-p", self.dir, "-c", conf, "-g", "daemon off;"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/__nginx_up", self.proc, "nginx")
+        except RuntimeError:
+            err = self.proc.stderr.read().decode() if self.proc.poll() is not None and self.proc.stderr else ""
+            self.stop()
+            raise RuntimeError(f"nginx did not start: {err}{self.error_log()}") from None
+
+    def error_log(self) -> str:
+        try:
+            with open(os.path.join(self.dir, "error.log")) as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+
+class CaddyServer(_Child):
+    """Caddy (`caddy run`) on one Caddyfile site, with its admin endpoint and automatic HTTPS off."""
+
+    def __init__(self, site: str, port: int) -> None:
+        self.port = port
+        self.dir = tempfile.mkdtemp(prefix="fg-caddy-")
+        path = os.path.join(self.dir, "Caddyfile")
+        with open(path, "w") as fh:
+            fh.write("{\n  admin off\n  auto_https off\n  persist_config off\n}\n" + site)
+        env = {**os.environ, "HOME": self.dir, "XDG_DATA_HOME": self.dir, "XDG_CONFIG_HOME": self.dir}
+        self.proc = subprocess.Popen(["caddy", "run", "--config", path, "--adapter", "caddyfile"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/__caddy_up", self.proc, "caddy")
+        except RuntimeError:
+            err = self.proc.stderr.read().decode() if self.proc.poll() is not None and self.proc.stderr else ""
+            self.stop()
+            raise RuntimeError(f"caddy did not start: {err}") from None
+
+
+
+class _Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        body = json.dumps({"path": self.path, "method": self.command,
+                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class EchoUpstream:
+    """An upstream answering 200 with the request's path, method and headers as JSON (what the gateway passed on)."""
+
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
