@@ -44,6 +44,8 @@ class Answer:
     remove: tuple[str, ...] = ()
     downstream: tuple[tuple[str, str], ...] = ()
     verdict: Verdict | None = None
+    guarded: tuple[str, ...] = ()        # the identity headers only fastguard may set upstream
+
 
     @property
     def allowed(self) -> bool:
@@ -168,7 +170,7 @@ class Side:
         remove = tuple(dict.fromkeys(n for n in remove if n not in set_names))
         descriptors = policy.actions.descriptors(req, claims)
         if not descriptors:
-            return Answer(200, "OK", tuple(upstream), remove)
+            return Answer(200, "OK", tuple(upstream), remove, guarded=policy.guarded)
         verdict = self.decider.decide(domain, descriptors)
         headers = _rate_headers(verdict)
         if verdict.overall == OVER_LIMIT:
@@ -176,4 +178,4 @@ class Side:
             if math.isfinite(wait):
                 headers.append(("Retry-After", str(max(1, math.ceil(wait)))))
             return Answer(429, "Too Many Requests", downstream=tuple(headers), verdict=verdict)
-        return Answer(200, "OK", tuple(upstream), remove, tuple(headers), verdict)
+        return Answer(200, "OK", tuple(upstream), remove, tuple(headers), verdict, policy.guarded)

@@ -275,7 +275,10 @@ class _App:
 
 def _auth_response(answer: Answer, via_nginx: bool, close: bool) -> bytes:
     if answer.status == 200:
-        return _response(200, answer.upstream + answer.downstream, close=close)
+        # A guarded header fastguard does not set goes out empty: the gateway copying it then overwrites a client's
+        # copy with nothing (Caddy 2.6 would otherwise set its unreplaced placeholder text, Traefik keep the client's).
+        blank = tuple((name, "") for name in answer.remove if name in answer.guarded)
+        return _response(200, answer.upstream + blank + answer.downstream, close=close)
     headers = list(answer.downstream)
     status = answer.status
     if status == 429 and via_nginx:

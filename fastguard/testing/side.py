@@ -152,7 +152,7 @@ class CaddyServer(_Child):
         self.dir = tempfile.mkdtemp(prefix="fg-caddy-")
         path = os.path.join(self.dir, "Caddyfile")
         with open(path, "w") as fh:
-            fh.write("{\n  admin off\n  auto_https off\n  persist_config off\n}\n" + site)
+            fh.write("{\n  admin off\n  auto_https off\n}\n" + site)
         env = {**os.environ, "HOME": self.dir, "XDG_DATA_HOME": self.dir, "XDG_CONFIG_HOME": self.dir}
         self.proc = subprocess.Popen(["caddy", "run", "--config", path, "--adapter", "caddyfile"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
