@@ -1,0 +1,99 @@
+"""`fastguard serve` as an operator runs it: --workers N processes sharing the ports, --metrics-port, and clear
+refusals of a bad command line or configuration."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytest.importorskip("httptools")
+
+from fastguard.testing.servers import free_port  # noqa: E402
+from fastguard.testing.side import SideService  # noqa: E402
+
+DOMAIN = """
+domain: edge
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: minute, requests_per_unit: 1000}
+fastguard:
+  rate_limits: [{actions: [{remote_address: {}}]}]
+"""
+
+
+def children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_workers_share_the_port_and_stop_together(tmp_path):
+    (tmp_path / "edge.yaml").write_text(DOMAIN)
+    side = SideService(str(tmp_path), args=("--workers", "2"), http_port=free_port())
+    try:
+        workers = children(side.proc.pid)
+        assert len(workers) == 2
+        assert "counts are per process" in side.log()
+        seen = set()
+        for _ in range(40):      # new connections are spread over the processes by the kernel
+            conn = http.client.HTTPConnection("127.0.0.1", side.http_port, timeout=5)
+            conn.request("GET", "/auth/edge", headers={"X-Forwarded-Uri": "/"})
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200
+            seen.add(r.getheader("RateLimit-Remaining"))
+            conn.close()
+        assert len(seen) >= 2
+        os.kill(workers[0], signal.SIGKILL)           # a worker that dies is started again
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (len(children(side.proc.pid)) < 2
+                                               or workers[0] in children(side.proc.pid)):
+            time.sleep(0.1)
+        assert len(children(side.proc.pid)) == 2
+    finally:
+        side.stop()
+    assert side.proc.returncode == 0
+    time.sleep(0.5)
+    assert all(not os.path.exists(f"/proc/{w}") or open(f"/proc/{w}/stat").read().split()[2] == "Z"
+               for w in workers[1:])
+
+
+def test_metrics_export_each_rule_by_its_descriptor_path(tmp_path):
+    pytest.importorskip("prometheus_client")
+    (tmp_path / "edge.yaml").write_text(DOMAIN)
+    port = free_port()
+    side = SideService(str(tmp_path), args=("--metrics-port", str(port)))
+    try:
+        for _ in range(3):
+            urllib.request.urlopen(urllib.request.Request(f"{side.url}/auth/edge",
+                                                          headers={"X-Forwarded-Uri": "/"})).read()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        assert 'fastguard_ratelimit_decisions_total{limiter="edge.remote_address",outcome="allowed"} 3.0' in text
+    finally:
+        side.stop()
+
+
+@pytest.mark.parametrize("args, says", [
+    ([], "give --http HOST:PORT, --grpc HOST:PORT or both"),
+    (["--http", "localhost"], "--http is HOST:PORT"),
+    (["--http", "127.0.0.1:0", "--workers", "2"], "needs fixed ports"),
+])
+def test_a_bad_command_line_is_refused(tmp_path, args, says):
+    (tmp_path / "edge.yaml").write_text(DOMAIN)
+    r = subprocess.run([sys.executable, "-m", "fastguard.cli", "serve", "--config", str(tmp_path), *args],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and says in r.stderr
+
+
+def test_a_bad_fastguard_block_stops_the_start_naming_file_and_field(tmp_path):
+    (tmp_path / "edge.yaml").write_text(DOMAIN.replace("remote_address: {}", "remote_adress: {}"))
+    r = subprocess.run([sys.executable, "-m", "fastguard.cli", "serve", "--config", str(tmp_path), "--http",
+                        f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "edge.yaml: fastguard" in r.stderr and "rate_limits[0].actions[0]" in r.stderr
