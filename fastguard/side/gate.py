@@ -13,6 +13,7 @@ A domain without that block is answered over RLS only: forward-auth refuses it (
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import threading
@@ -84,6 +85,7 @@ def _networks(value: Any, where: str) -> tuple[Any, ...]:
         raise ActionError(f"{where}: {exc}") from None
 
 
+@functools.lru_cache(maxsize=65536)     # parsing an address costs microseconds; a gateway's peers are few
 def _trusted(address: str, networks: tuple[Any, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
