@@ -2,7 +2,8 @@
 
 HTTP: one nginx worker with `auth_request`, wrk at 32 connections, the protected location proxying to an upstream
 server block of the same nginx. Cases: no auth; the floor (auth_request to an nginx server block answering 204:
-the subrequest's own cost); `fastguard serve` limiting by client address, verifying a JWT (cached), both; and the
+the subrequest's own cost); a minimal asyncio server answering with one RateLimiter.hit (bench/side_minimal.py: a
+reference, not a product); `fastguard serve` limiting by client address, verifying a JWT (cached), both; and the
 limit with `--workers 2`. Per case: requests/s, p50/p99, and the side service's CPU per decision (process CPU time
 over the run / requests).
 
@@ -63,7 +64,7 @@ def _domain_file(name: str, block: dict) -> str:
         "fastguard": block})   # JSON is YAML
 
 
-def _nginx_conf(side_port: int, upstream_port: int, floor_port: int, port: int) -> str:
+def _nginx_conf(side_port: int, upstream_port: int, floor_port: int, minimal_port: int, port: int) -> str:
     locations = "".join(f"""
     location /{name} {{
         auth_request /_auth_{name};
@@ -85,6 +86,7 @@ def _nginx_conf(side_port: int, upstream_port: int, floor_port: int, port: int) 
 upstream side {{ server 127.0.0.1:{side_port}; keepalive 64; }}
 upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
 upstream floor {{ server 127.0.0.1:{floor_port}; keepalive 64; }}
+upstream minimal {{ server 127.0.0.1:{minimal_port}; keepalive 64; }}
 server {{ listen 127.0.0.1:{upstream_port}; location / {{ return 200 "ok"; }} }}
 server {{ listen 127.0.0.1:{floor_port}; location / {{ return 204; }} }}
 server {{
@@ -93,6 +95,16 @@ server {{
     proxy_set_header Connection "";
     location /none {{ proxy_pass http://up; }}
     location /floor {{ auth_request /_floor; proxy_pass http://up; }}
+    location /minimal {{ auth_request /_minimal; proxy_pass http://up; }}
+    location = /_minimal {{
+        internal;
+        proxy_pass http://minimal;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_pass_request_body off;
+        proxy_set_header Content-Length "";
+        proxy_set_header X-Forwarded-For $remote_addr;
+    }}
     location = /_floor {{
         internal;
         proxy_pass http://floor;
@@ -115,11 +127,16 @@ def stack(request):
             fh.write(_domain_file(name, block))
     workers = request.param
     side = SideService(folder, args=("--workers", str(workers)) if workers > 1 else (), http_port=free_port())
-    port = free_port()
-    nginx = NginxServer(_nginx_conf(side.http_port, free_port(), free_port(), port), port)
+    port, minimal_port = free_port(), free_port()
+    minimal = subprocess.Popen([sys.executable, "-m", "bench.side_minimal", str(minimal_port)],
+                               cwd=os.path.dirname(os.path.dirname(__file__)))
+    nginx = NginxServer(_nginx_conf(side.http_port, free_port(), free_port(), minimal_port, port), port)
     nginx.url = f"http://127.0.0.1:{port}"
+    nginx.minimal = minimal
     yield side, nginx, workers
     nginx.stop()
+    minimal.terminate()
+    minimal.wait(10)
     side.stop()
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -129,9 +146,9 @@ def _side_pids(side: SideService) -> list[int]:
     return [side.proc.pid, *map(int, out.split())]
 
 
-CASES = ["no auth", "floor (auth_request to nginx 204)", "fastguard: limit by IP", "fastguard: JWT (cached)",
-         "fastguard: JWT + limit"]
-PATHS = dict(zip(CASES, ["/none", "/floor", "/limit", "/jwt", "/both"], strict=True))
+CASES = ["no auth", "floor (auth_request to nginx 204)", "minimal asyncio + RateLimiter.hit (reference)",
+         "fastguard: limit by IP", "fastguard: JWT (cached)", "fastguard: JWT + limit"]
+PATHS = dict(zip(CASES, ["/none", "/floor", "/minimal", "/limit", "/jwt", "/both"], strict=True))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -142,13 +159,13 @@ def test_side_http(benchmark, stack, case):
     headers = {"Authorization": f"Bearer {TOKEN}"}
     url = nginx.url + PATHS[case]
     _wrk(url, 32, headers, 2)                       # connections, caches (not counted)
-    pids = _side_pids(side)
+    pids = [nginx.minimal.pid] if case.startswith("minimal") else _side_pids(side)
     result: dict = {}
 
     def run() -> None:
         cpu = _cpu_seconds(*pids)
         result.update(_wrk(url, 32, headers, SECONDS))
-        if case.startswith("fastguard"):
+        if case.startswith(("fastguard", "minimal")):
             result["side_cpu_us_per_decision"] = (_cpu_seconds(*pids) - cpu) / result["requests"] * 1e6
 
     benchmark.group = "side http"
