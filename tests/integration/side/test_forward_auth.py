@@ -234,7 +234,7 @@ def test_twenty_reloads_under_wrk_lose_no_request_and_answer_no_5xx(config_dir, 
     script = tmp_path / "count.lua"
     script.write_text(WRK_COUNT)
     try:
-        wrk = subprocess.Popen(["wrk", "-t1", "-c8", "-d6s", "-s", str(script), f"http://127.0.0.1:{port}/login"],
+        wrk = subprocess.Popen(["wrk", "-t1", "-c8", "-d6s", "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}/login"],
                                stdout=subprocess.PIPE, text=True)
         path = folder / "api.yaml"
         text = path.read_text()
