@@ -64,12 +64,6 @@ class Verdict:
         return min(limited, key=lambda s: (s.code != OVER_LIMIT, s.remaining), default=None)
 
 
-def rule_signature(rule: Rule) -> tuple[Any, ...]:
-    """What a rule's counts depend on: a reloaded rule with the same signature keeps them."""
-    return (rule.path, tuple((x.count, x.period_ns) for x in rule.limits), rule.algorithm, rule.ban_after,
-            rule.ban_for)
-
-
 def counting_key(match: Match) -> bytes:
     """The key a rule counts a request descriptor under: its entries (a share_threshold pattern in place of the
     value it matched) as JSON, unambiguous whatever the bytes (a lone surrogate from undecodable input kept)."""
@@ -90,7 +84,7 @@ class Decider:
         self.on_new_limiter: Callable[[Rule, RateLimiter], Any] | None = None
 
     def limiter(self, rule: Rule) -> RateLimiter:
-        key = rule_signature(rule)
+        key = rule.signature     # computed once per rule, not per decision
         lim = self._limiters.get(key)
         if lim is None:
             with self._make_lock:
@@ -107,7 +101,7 @@ class Decider:
         """Decide with these domains from now on (a reload: validated whole by the caller). A rule that did not
         change — same place, same limits, algorithm and bans — keeps its counts; the others start afresh. How many
         rules kept their counts."""
-        keep = {rule_signature(r) for d in domains.values() for r in d.rules()}
+        keep = {r.signature for d in domains.values() for r in d.rules()}
         with self._make_lock:
             for name in domains:
                 self._locks.setdefault(name, threading.Lock())

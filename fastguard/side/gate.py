@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from fastguard.side.policy import Domain, PolicyError, load_policies
 
 __all__ = ["Answer", "HttpPolicy", "Side", "compile_http", "client_address", "LOOPBACK"]
 
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+#: Networks are frozensets: their hash is computed once, so `_trusted`'s cache key costs a string hash per call.
+LOOPBACK = frozenset((ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")))
 _HTTP_KEYS = frozenset(("trusted_proxies", "jwt", "rate_limits"))
 #: Longest X-Forwarded-For entry believed as an address (anything longer is not one).
 _MAX_ADDRESS = 64
@@ -74,19 +76,19 @@ class HttpPolicy:
         self.guarded = self.jwt.upstream_names if self.jwt is not None else ()
 
 
-def _networks(value: Any, where: str) -> tuple[Any, ...]:
+def _networks(value: Any, where: str) -> frozenset[Any]:
     if value is None:
         return LOOPBACK
     if not isinstance(value, list):
         raise ActionError(f"{where}: a list of addresses or networks (CIDR)")
     try:
-        return tuple(ipaddress.ip_network(str(v), strict=False) for v in value)
+        return frozenset(ipaddress.ip_network(str(v), strict=False) for v in value)
     except ValueError as exc:
         raise ActionError(f"{where}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=65536)     # parsing an address costs microseconds; a gateway's peers are few
-def _trusted(address: str, networks: tuple[Any, ...]) -> bool:
+def _trusted(address: str, networks: frozenset[Any]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -96,7 +98,7 @@ def _trusted(address: str, networks: tuple[Any, ...]) -> bool:
     return any(ip in n for n in networks)
 
 
-def client_address(peer: str, forwarded_for: str | None, trusted: tuple[Any, ...]) -> str:
+def client_address(peer: str, forwarded_for: str | None, trusted: frozenset[Any]) -> str:
     """The client's address: the peer, unless it is a trusted proxy; then X-Forwarded-For read from the right,
     past every trusted proxy (nginx's real_ip_recursive, Kong's trusted_ips)."""
     if not forwarded_for or not _trusted(peer, trusted):
@@ -110,8 +112,6 @@ def client_address(peer: str, forwarded_for: str | None, trusted: tuple[Any, ...
 
 def compile_http(domains: Mapping[str, Domain]) -> dict[str, HttpPolicy]:
     """The HTTP side of every domain that has a `fastguard:` block (PolicyError for the first that is wrong)."""
-    import os
-
     return {name: HttpPolicy(d.extra, f"{d.source}: fastguard", os.path.dirname(os.path.abspath(d.source)))
             for name, d in domains.items() if d.extra}
 

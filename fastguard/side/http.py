@@ -28,6 +28,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import httptools
+from envoy.service.ratelimit.v3 import rls_pb2
+from google.protobuf import json_format
 
 from fastguard.side.actions import HttpRequest
 from fastguard.side.gate import Answer, Side, client_address
@@ -77,11 +79,13 @@ class _Connection(asyncio.Protocol):
         self._queue: deque[Any] = deque()      # responses in request order: bytes or a pending future
         self._closing = False
         self._timer: Any = None
+        self._deadline = 0.0
         self._reset()
 
     # -- connection ----------------------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self._loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else "127.0.0.1"   # a Unix socket is local
         self._arm(IDLE_TIMEOUT)
@@ -103,12 +107,19 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _arm(self, seconds: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._expired)
+        """Move the connection's deadline: one timer per connection, re-armed only when it fires early (no timer
+        object made and cancelled per request)."""
+        self._deadline = self._loop.time() + seconds
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._expired)
 
     def _expired(self) -> None:
-        if self._in_request:
+        self._timer = None
+        if self._closing:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._expired)
+        elif self._in_request:
             self._fail(408)
         else:
             self.transport.close()
@@ -224,9 +235,6 @@ class _App:
         return _response(404, body=b"Not Found", close=close)
 
     def _json(self, method: str, body: bytes, close: bool) -> bytes:
-        from envoy.service.ratelimit.v3 import rls_pb2
-        from google.protobuf import json_format
-
         if method != "POST":
             return _response(405, [("Allow", "POST")], b"Method Not Allowed", close)
         try:

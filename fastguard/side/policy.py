@@ -30,6 +30,7 @@ and the top-level `fastguard:` block, which envoyproxy/ratelimit ignores (the HT
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,12 @@ class Rule:
     @property
     def blocked(self) -> bool:
         return not self.unlimited and self.requests_per_unit == 0
+
+    @functools.cached_property
+    def signature(self) -> tuple[Any, ...]:
+        """What the rule's counts depend on: a reloaded rule with the same signature keeps them."""
+        return (self.path, tuple((x.count, x.period_ns) for x in self.limits), self.algorithm, self.ban_after,
+                self.ban_for)
 
 
 @dataclass(eq=False)

@@ -81,6 +81,19 @@ class _Child:
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    def _start(self, cmd: list[str], url: str, what: str, env: dict[str, str] | None = None) -> None:
+        """Start the gateway and wait until `url` answers; its output goes to a file (a pipe nobody reads could
+        fill and stall it), shown when it does not start."""
+        self._output = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._output, stderr=subprocess.STDOUT)
+        try:
+            _wait_http(url, self.proc, what)
+        except RuntimeError as exc:
+            self._output.seek(0)
+            said = self._output.read().decode("utf-8", "replace")
+            self.stop()
+            raise RuntimeError(f"{exc}: {said}") from None
+
 
 class SideService(_Child):
     """`fastguard serve --config PATH --http 127.0.0.1:<free> [--grpc 127.0.0.1:<free>]` as a child process."""
@@ -93,24 +106,15 @@ class SideService(_Child):
                "--http", f"127.0.0.1:{self.http_port}", *args]
         if grpc:
             cmd += ["--grpc", f"127.0.0.1:{self.grpc_port}"]
-        self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            _wait_http(f"http://127.0.0.1:{self.http_port}/healthcheck", self.proc, "fastguard serve")
-        except RuntimeError:
-            self.stop()
-            raise RuntimeError(f"fastguard serve did not start: {self.log()}") from None
+        self._start(cmd, f"http://127.0.0.1:{self.http_port}/healthcheck", "fastguard serve")
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
+        self._output.seek(0)
+        return self._output.read().decode("utf-8", "replace")
 
 
 class NginxServer(_Child):
@@ -127,14 +131,8 @@ class NginxServer(_Child):
                      f"pid {self.dir}/nginx.pid;\nevents {{ worker_connections 4096; }}\n"
                      f"http {{\n  access_log off;\n  client_body_temp_path {self.dir}/body;\n"
                      f"  proxy_temp_path {self.dir}/proxy;\n{snippet}\n}}\n")
-        self.proc = subprocess.Popen(["nginx", "-p", self.dir, "-c", conf, "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            _wait_http(f"http://127.0.0.1:{port}/__nginx_up", self.proc, "nginx")
-        except RuntimeError:
-            err = self.proc.stderr.read().decode() if self.proc.poll() is not None and self.proc.stderr else ""
-            self.stop()
-            raise RuntimeError(f"nginx did not start: {err}{self.error_log()}") from None
+        self._start(["nginx", "-p", self.dir, "-c", conf, "-g", "daemon off;"],
+                    f"http://127.0.0.1:{port}/__nginx_up", "nginx")
 
     def error_log(self) -> str:
         try:
@@ -154,15 +152,8 @@ class CaddyServer(_Child):
         with open(path, "w") as fh:
             fh.write("{\n  admin off\n  auto_https off\n}\n" + site)
         env = {**os.environ, "HOME": self.dir, "XDG_DATA_HOME": self.dir, "XDG_CONFIG_HOME": self.dir}
-        self.proc = subprocess.Popen(["caddy", "run", "--config", path, "--adapter", "caddyfile"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            _wait_http(f"http://127.0.0.1:{port}/__caddy_up", self.proc, "caddy")
-        except RuntimeError:
-            err = self.proc.stderr.read().decode() if self.proc.poll() is not None and self.proc.stderr else ""
-            self.stop()
-            raise RuntimeError(f"caddy did not start: {err}") from None
-
+        self._start(["caddy", "run", "--config", path, "--adapter", "caddyfile"],
+                    f"http://127.0.0.1:{port}/__caddy_up", "caddy", env)
 
 
 class _Echo(BaseHTTPRequestHandler):

@@ -252,3 +252,39 @@ def test_twenty_reloads_under_wrk_lose_no_request_and_answer_no_5xx(config_dir, 
     finally:
         nginx.stop()
         side.stop()
+
+
+def test_a_slow_request_gets_408_and_an_idle_connection_is_closed(monkeypatch, config_dir):
+    """The connection's one timer: a request not finished in REQUEST_TIMEOUT is answered 408, a connection idle for
+    IDLE_TIMEOUT is closed, and a connection that keeps working is never cut short."""
+    import asyncio
+
+    from fastguard.side import http as side_http
+    from fastguard.side.gate import Side
+    from fastguard.side.rls import RateLimitService
+
+    monkeypatch.setattr(side_http, "REQUEST_TIMEOUT", 0.4)
+    monkeypatch.setattr(side_http, "IDLE_TIMEOUT", 0.6)
+    domains, _ = Side.load(config_dir)
+    side = Side(domains)
+
+    async def scenario():
+        server = await side_http.serve_http(side, RateLimitService(side.decider), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        slow_r, slow_w = await asyncio.open_connection("127.0.0.1", port)
+        slow_w.write(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n")          # never finished
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+        busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+        answers = 0
+        for _ in range(10):                                                # 1.5 s of work, 0.15 s apart
+            busy_w.write(b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n")
+            await busy_r.readuntil(b"\r\n\r\nOK")
+            answers += 1
+            await asyncio.sleep(0.15)
+        slow = await asyncio.wait_for(slow_r.read(), 2)
+        idle = await asyncio.wait_for(idle_r.read(), 2)
+        server.close()
+        return slow, idle, answers
+
+    slow, idle, answers = asyncio.run(scenario())
+    assert slow.startswith(b"HTTP/1.1 408") and idle == b"" and answers == 10
