@@ -275,10 +275,21 @@ class _App:
             loop = asyncio.get_running_loop()
             done = loop.create_future()
             work = loop.run_in_executor(None, self.side.check, domain, req)
-            work.add_done_callback(lambda f: done.set_result(_auth_response(f.result(), via_nginx, close))
-                                   if f.exception() is None else done.set_exception(f.exception()))
+            work.add_done_callback(lambda f: _settle(done, f, via_nginx, close))
             return done
         return _auth_response(self.side.check(domain, req), via_nginx, close)
+
+
+def _settle(done: asyncio.Future[bytes], work: asyncio.Future[Answer], via_nginx: bool, close: bool) -> None:
+    """Hand a threaded check's answer to its connection's queue: an error becomes the queue's 500, and a connection
+    already gone (its future cancelled) is left alone."""
+    if done.cancelled():
+        return
+    try:
+        done.set_result(_auth_response(work.result(), via_nginx, close))
+    except Exception as exc:          # the check failed: answered 500 by _flush, never an allow
+        log.exception("fastguard serve: request failed")
+        done.set_exception(exc)
 
 
 def _auth_response(answer: Answer, via_nginx: bool, close: bool) -> bytes:

@@ -288,3 +288,48 @@ def test_a_slow_request_gets_408_and_an_idle_connection_is_closed(monkeypatch, c
 
     slow, idle, answers = asyncio.run(scenario())
     assert slow.startswith(b"HTTP/1.1 408") and idle == b"" and answers == 10
+
+
+def test_a_remote_key_set_is_fetched_off_the_loop_within_its_deadline(tmp_path):
+    """remote_jwks: the first check of a token waits on the download on a thread (the loop keeps answering), a
+    slow IdP answers 401 once http_uri.timeout has passed, never a hang and never an allow."""
+    from support.jwks_server import JWKSServer
+
+    idp = JWKSServer()
+    idp.keys = JWKS["keys"]
+    (tmp_path / "api.yaml").write_text(f"""
+domain: api
+descriptors:
+  - key: sub
+    rate_limit: {{unit: minute, requests_per_unit: 100}}
+fastguard:
+  jwt:
+    issuer: https://issuer.example
+    audiences: [api]
+    remote_jwks: {{http_uri: {{uri: "{idp.url}", cluster: idp, timeout: 1s}}, cache_duration: 300s}}
+  rate_limits: [{{actions: [{{jwt_claim: {{claim_name: sub, descriptor_key: sub}}}}]}}]
+""")
+    side = SideService(str(tmp_path))
+    try:
+        auth = {"X-Forwarded-Uri": "/", "Authorization": f"Bearer {token('dave')}"}
+        idp.delay = 0.5
+        assert call(side.http_port, "/auth/api", headers=auth)[0] == 200          # fetched on a thread
+        assert call(side.http_port, "/auth/api", headers=auth)[0] == 200          # cached: on the loop
+        slow = SideService(str(tmp_path))
+        try:
+            import threading
+
+            idp.delay = 3.0                                                         # past the 1 s deadline
+            started, got = time.monotonic(), []
+            waiting = threading.Thread(target=lambda: got.append(call(slow.http_port, "/auth/api", headers=auth)))
+            waiting.start()
+            time.sleep(0.2)
+            assert call(slow.http_port, "/healthcheck")[0] == 200                  # the loop is not waiting
+            assert time.monotonic() - started < 0.9
+            waiting.join(10)
+            assert got[0][0] == 401 and time.monotonic() - started < 2.5
+        finally:
+            slow.stop()
+    finally:
+        side.stop()
+        idp.stop()
