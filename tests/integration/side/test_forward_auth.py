@@ -217,7 +217,8 @@ function done(summary, latency, requests)
   end
   for k, v in pairs(total) do out[#out + 1] = string.format('"%d": %d', k, v) end
   local e = summary.errors
-  out[#out + 1] = string.format('"errors": %d', e.connect + e.read + e.write + e.timeout)
+  out[#out + 1] = string.format('"errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d}',
+                                e.connect, e.read, e.write, e.timeout)
   io.write("STATUSES {" .. table.concat(out, ", ") .. "}\\n")
 end
 """
@@ -244,7 +245,8 @@ def test_twenty_reloads_under_wrk_lose_no_request_and_answer_no_5xx(config_dir, 
             path.write_text(text.replace("requests_per_unit: 10,", f"requests_per_unit: {limit},"))
         out, _ = wrk.communicate(timeout=60)
         statuses = json.loads(out.split("STATUSES ", 1)[1].splitlines()[0])
-        assert statuses.pop("errors") == 0                     # no request lost
+        errors = statuses.pop("errors")
+        assert errors == {"connect": 0, "read": 0, "write": 0, "timeout": 0}, errors   # no request lost
         assert set(statuses) <= {"200", "429"}, statuses        # and none answered 5xx
         assert sum(statuses.values()) > 100
         assert side.log().count("configuration reloaded") >= 10
