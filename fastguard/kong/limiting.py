@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 from typing import Any
 
 import fastguard as fg
+from fastguard.identity import rate_limit_key, shared_prefix
 from fastguard.kong import registry
 from fastguard.kong.pdk import PDKCall, json_exit
 from fastguard.kong.schemas import (
@@ -22,21 +22,6 @@ from fastguard.kong.schemas import (
 __all__ = ["Limiting", "Tiered", "rate_limit_key"]
 
 log = logging.getLogger("fastguard.kong")
-
-
-def rate_limit_key(kind: str, value: Any) -> bytes:
-    """A rate-limit key from a value Kong sent, whatever its type. Kong's strings are bytes (the plugin server
-    decodes them with surrogateescape, a msgpack bin arrives as bytes), so a key is made of those bytes: undecodable
-    bytes still name a caller. Never raises: an error here would be answered by fault_tolerant, i.e. let through."""
-    if isinstance(value, bytes):
-        raw = value
-    elif isinstance(value, str):
-        raw = value.encode("utf-8", "surrogateescape")
-    elif value is None:
-        raw = b""
-    else:  # a number, or a JSON-like structure (a claim): its compact JSON, anything else its repr
-        raw = json.dumps(value, separators=(",", ":"), default=repr).encode("utf-8", "surrogateescape")
-    return kind.encode() + b":" + raw
 
 
 class Limiting:
@@ -71,8 +56,7 @@ class Limiting:
 
                 try:
                     store = RedisStore.from_url(url, timeout=timeout, connect_timeout=timeout,
-                                                prefix=f"fg-kong-{scope}".replace(" ", "_").replace("{", "(")
-                                                .replace("}", ")"), **options)
+                                                prefix=shared_prefix(scope), **options)
                 except ValueError as exc:
                     # A Redis address Kong's schema cannot rule out (an `ip` that is no address): Redis cannot
                     # be reached, which fault_tolerant answers, as for a Redis that is down. Said once, here.

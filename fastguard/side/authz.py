@@ -23,7 +23,7 @@ from fastguard.side.gate import Answer, Side
 __all__ = ["AuthorizationService", "add_to_server"]
 
 _GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED, 404: code_pb2.PERMISSION_DENIED,
-              429: code_pb2.RESOURCE_EXHAUSTED}
+              429: code_pb2.RESOURCE_EXHAUSTED, 503: code_pb2.UNAVAILABLE}
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 

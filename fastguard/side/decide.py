@@ -11,7 +11,6 @@ decided together, under the domain's lock.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 from fastguard.ratelimit import RateLimiter
 from fastguard.side.policy import MAX_UINT32, Domain, Match, Rule
+from fastguard.side.shared import Counts, Stores
 
 __all__ = ["OK", "OVER_LIMIT", "Status", "Verdict", "Decider", "MAX_REQUEST_DESCRIPTORS", "MAX_ENTRIES"]
 
@@ -42,6 +42,7 @@ class Status:
     retry_after: float = 0.0
     shadowed: bool = False      # over its limit, but in shadow mode: OK
     banned: bool = False
+    fault: bool = False         # refused because the shared store cannot answer (on_error: deny)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,11 @@ class Verdict:
         return self.overall == OK
 
     @property
+    def fault(self) -> bool:
+        """Refused only because the shared store cannot answer (a domain with on_error: deny)."""
+        return any(s.fault for s in self.statuses)
+
+    @property
     def retry_after(self) -> float:
         """Seconds until every refusing descriptor admits again (0.0 when allowed)."""
         return max((s.retry_after for s in self.statuses if s.code == OVER_LIMIT), default=0.0)
@@ -64,34 +70,38 @@ class Verdict:
         return min(limited, key=lambda s: (s.code != OVER_LIMIT, s.remaining), default=None)
 
 
-def counting_key(match: Match) -> bytes:
-    """The key a rule counts a request descriptor under: its entries (a share_threshold pattern in place of the
-    value it matched) as JSON, unambiguous whatever the bytes (a lone surrogate from undecodable input kept)."""
-    return json.dumps(match.counted, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
-
-
 class Decider:
     """Decisions for a set of domains: one RateLimiter per rule (at most `max_keys` callers each), made when the
-    rule first decides."""
+    rule first decides; in process, or with `stores` in Redis under each domain's `fastguard.counts`."""
 
-    def __init__(self, domains: Mapping[str, Domain], max_keys: int = 1_000_000) -> None:
+    def __init__(self, domains: Mapping[str, Domain], max_keys: int = 1_000_000, stores: Stores | None = None) -> None:
         self.domains = dict(domains)
+        self.counts = {name: Counts.of(d) for name, d in self.domains.items()}
         self.max_keys = max_keys
+        self.stores = stores
         self._limiters: dict[tuple[Any, ...], RateLimiter] = {}
         self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in self.domains}
         self._make_lock = threading.Lock()
         #: called with (rule, limiter) when a rule's limiter is made (the metrics export it)
         self.on_new_limiter: Callable[[Rule, RateLimiter], Any] | None = None
 
-    def limiter(self, rule: Rule) -> RateLimiter:
-        key = rule.signature     # computed once per rule, not per decision
+    @property
+    def waits(self) -> bool:
+        """Every decision is a Redis round trip (strict mode): an event loop hands decisions to a thread."""
+        return self.stores is not None and self.stores.strict
+
+    def limiter(self, rule: Rule, counts: Counts) -> RateLimiter:
+        key = (rule.signature, counts)     # the rule's signature is computed once per rule, not per decision
         lim = self._limiters.get(key)
         if lim is None:
             with self._make_lock:
                 lim = self._limiters.get(key)
                 if lim is None:
+                    store = self.stores.store(counts.prefix) if self.stores is not None else None
                     lim = RateLimiter(list(rule.limits), algorithm=rule.algorithm, max_keys=self.max_keys,
-                                      ban_after=rule.ban_after, ban_for=rule.ban_for)
+                                      ban_after=rule.ban_after, ban_for=rule.ban_for, store=store,
+                                      sync=self.stores.sync if store is not None else None,
+                                      on_error=counts.on_error)
                     self._limiters[key] = lim
                     if self.on_new_limiter is not None:
                         self.on_new_limiter(rule, lim)
@@ -101,11 +111,15 @@ class Decider:
         """Decide with these domains from now on (a reload: validated whole by the caller). A rule that did not
         change — same place, same limits, algorithm and bans — keeps its counts; the others start afresh. How many
         rules kept their counts."""
-        keep = {r.signature for d in domains.values() for r in d.rules()}
+        counts = {name: Counts.of(d) for name, d in domains.items()}
+        keep = {(r.signature, counts[name]) for name, d in domains.items() for r in d.rules()}
         with self._make_lock:
             for name in domains:
                 self._locks.setdefault(name, threading.Lock())
-            self.domains = dict(domains)   # one assignment: a request sees the old domains or the new ones
+            # a request sees the old domains or the new ones (counts first: a new domain's are there before it)
+            self.counts = {**self.counts, **counts}
+            self.domains = dict(domains)
+            self.counts = counts
             kept = {k: v for k, v in self._limiters.items() if k in keep}
             self._limiters = kept
         return len(kept)
@@ -138,10 +152,11 @@ class Decider:
             else:
                 enforced.append(i)
         if enforced or shadowed:
+            counts = self.counts.get(domain) or Counts(f"domain:{domain}")
             with self._lock(domain):
-                self._enforce(enforced, matches, statuses, each, now)
+                self._enforce(enforced, matches, statuses, each, now, counts)
                 for i in shadowed:
-                    s = self._hit(matches[i], each[i], now)  # type: ignore[arg-type]
+                    s = self._hit(matches[i], each[i], now, counts)  # type: ignore[arg-type]
                     statuses[i] = s if s.code == OK else Status(OK, s.rule, 0, s.reset_seconds, 0.0, True, s.banned)
         done = tuple(s for s in statuses if s is not None)
         return Verdict(OVER_LIMIT if any(s.code == OVER_LIMIT for s in done) else OK, done)
@@ -154,10 +169,12 @@ class Decider:
         return lock
 
     def _enforce(self, indexes: list[int], matches: list[Match | None], statuses: list[Status | None],
-                 hits: list[int], now: float | None) -> None:
-        """Decide the enforced descriptors together: all count, or (one refuses) none counts."""
+                 hits: list[int], now: float | None, counts: Counts) -> None:
+        """Decide the enforced descriptors together: all count, or (one refuses) none counts. With Redis, each
+        descriptor's own decision is atomic; the peek-then-hit of several is atomic in this process only."""
         if len(indexes) == 1 and not matches[indexes[0]].rule.blocked:  # type: ignore[union-attr]
-            statuses[indexes[0]] = self._hit(matches[indexes[0]], hits[indexes[0]], now)  # type: ignore[arg-type]
+            statuses[indexes[0]] = self._hit(matches[indexes[0]], hits[indexes[0]], now,  # type: ignore[arg-type]
+                                             counts)
             return
         looks = {}
         for i in indexes:
@@ -166,7 +183,7 @@ class Decider:
             if m.rule.blocked:
                 looks[i] = None
                 continue
-            looks[i] = self.limiter(m.rule).peek(counting_key(m), now=now)
+            looks[i] = self.limiter(m.rule, counts).peek(counts.key(m), now=now)
         admits = all(d is not None and not d.banned and d.remaining >= hits[i] for i, d in looks.items())
         for i in indexes:
             m, d = matches[i], looks[i]
@@ -174,14 +191,21 @@ class Decider:
             if d is None:                                   # requests_per_unit: 0
                 statuses[i] = Status(OVER_LIMIT, m.rule, 0, 0, math.inf)
             elif admits or d.banned or d.remaining < hits[i]:  # counted, or refused (counts towards a ban)
-                statuses[i] = self._hit(m, hits[i], now)
+                statuses[i] = self._hit(m, hits[i], now, counts)
             else:                                           # would admit, but another refuses: not counted
                 statuses[i] = Status(OK, m.rule, d.remaining, math.ceil(d.reset_after))
 
-    def _hit(self, m: Match, hits: int, now: float | None) -> Status:
+    def _hit(self, m: Match, hits: int, now: float | None, counts: Counts) -> Status:
         if m.rule.blocked:
             return Status(OVER_LIMIT, m.rule, 0, 0, math.inf)
-        d = self.limiter(m.rule).hit(counting_key(m), hits, now=now)
+        lim = self.limiter(m.rule, counts)
+        d = lim.hit(counts.key(m), hits, now=now)
         if d.allowed:
             return Status(OK, m.rule, d.remaining, math.ceil(d.reset_after))
-        return Status(OVER_LIMIT, m.rule, 0, math.ceil(d.reset_after), d.retry_after, banned=d.banned)
+        fault = lim.on_error == "deny" and not lim.store_up
+        return Status(OVER_LIMIT, m.rule, 0, math.ceil(d.reset_after), d.retry_after, banned=d.banned, fault=fault)
+
+    def close(self) -> None:
+        """Close the shared stores (at exit)."""
+        if self.stores is not None:
+            self.stores.close()

@@ -7,8 +7,10 @@ A domain's HTTP side is its file's top-level `fastguard:` block (envoyproxy/rate
       trusted_proxies: [10.0.0.0/8]   # whose X-Forwarded-For is believed (default: loopback), as Kong's trusted_ips
       jwt: {...}                       # fastguard.side.authn: Envoy jwt_authn provider fields
       rate_limits: [...]               # fastguard.side.actions: Envoy route rate_limits actions
+      counts: {...}                    # fastguard.side.shared: Redis namespace, on_error, Kong's keys (not HTTP)
 
-A domain without that block is answered over RLS only: forward-auth refuses it (404) rather than allow everything.
+A domain without jwt or rate_limits is answered over RLS only: forward-auth refuses it (404) rather than allow
+everything.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from fastguard.side.actions import ActionError, HttpRequest, RateLimitActions
 from fastguard.side.authn import JwtCheck
 from fastguard.side.decide import OVER_LIMIT, Decider, Verdict
 from fastguard.side.policy import Domain, PolicyError, load_policies
+from fastguard.side.shared import Counts, Stores
 
 __all__ = ["Answer", "HttpPolicy", "Side", "compile_http", "client_address", "LOOPBACK"]
 
 #: Networks are frozensets: their hash is computed once, so `_trusted`'s cache key costs a string hash per call.
 LOOPBACK = frozenset((ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")))
 _HTTP_KEYS = frozenset(("trusted_proxies", "jwt", "rate_limits"))
+_BLOCK_KEYS = _HTTP_KEYS | {"counts"}
 #: Longest X-Forwarded-For entry believed as an address (anything longer is not one).
 _MAX_ADDRESS = 64
 
@@ -59,9 +63,10 @@ class HttpPolicy:
     """A domain's `fastguard:` block, compiled."""
 
     def __init__(self, block: Mapping[str, Any], where: str, base_dir: str = ".") -> None:
-        unknown = set(block) - _HTTP_KEYS
+        unknown = set(block) - _BLOCK_KEYS
         if unknown:
-            raise PolicyError(where, f"unknown key {sorted(unknown)[0]!r} (trusted_proxies, jwt, rate_limits)")
+            raise PolicyError(where, f"unknown key {sorted(map(str, unknown))[0]!r} (trusted_proxies, jwt, "
+                                     "rate_limits, counts)")
         try:
             self.trusted = _networks(block.get("trusted_proxies"), f"{where}.trusted_proxies")
             self.jwt = JwtCheck(block["jwt"], f"{where}.jwt", base_dir) if block.get("jwt") is not None else None
@@ -111,9 +116,9 @@ def client_address(peer: str, forwarded_for: str | None, trusted: frozenset[Any]
 
 
 def compile_http(domains: Mapping[str, Domain]) -> dict[str, HttpPolicy]:
-    """The HTTP side of every domain that has a `fastguard:` block (PolicyError for the first that is wrong)."""
+    """The HTTP side of every domain whose `fastguard:` block has one (PolicyError for the first that is wrong)."""
     return {name: HttpPolicy(d.extra, f"{d.source}: fastguard", os.path.dirname(os.path.abspath(d.source)))
-            for name, d in domains.items() if d.extra}
+            for name, d in domains.items() if d.extra and set(d.extra) != {"counts"}}
 
 
 def _rate_headers(verdict: Verdict) -> list[tuple[str, str]]:
@@ -127,16 +132,24 @@ def _rate_headers(verdict: Verdict) -> list[tuple[str, str]]:
 class Side:
     """Every domain's decisions and HTTP side, swapped together on reload."""
 
-    def __init__(self, domains: Mapping[str, Domain], max_keys: int = 1_000_000) -> None:
-        self.decider = Decider(domains, max_keys=max_keys)
+    def __init__(self, domains: Mapping[str, Domain], max_keys: int = 1_000_000, stores: Stores | None = None) -> None:
+        self.decider = Decider(domains, max_keys=max_keys, stores=stores)
         self.http = compile_http(domains)
         self._lock = threading.Lock()
 
     @staticmethod
     def load(path: str) -> tuple[dict[str, Domain], dict[str, HttpPolicy]]:
-        """Every domain of a config path, HTTP sides included, validated whole (PolicyError otherwise)."""
+        """Every domain of a config path, HTTP sides and counts blocks included, validated whole (PolicyError
+        otherwise)."""
         domains = load_policies(path)
+        for d in domains.values():
+            Counts.of(d)
         return domains, compile_http(domains)
+
+    @property
+    def waits(self) -> bool:
+        """Decisions wait for Redis (strict mode): an event loop hands checks to a thread."""
+        return self.decider.waits
 
     def swap(self, domains: Mapping[str, Domain], http: Mapping[str, HttpPolicy]) -> int:
         with self._lock:
@@ -174,6 +187,8 @@ class Side:
         if not descriptors:
             return Answer(200, "OK", tuple(upstream), remove, guarded=policy.guarded)
         verdict = self.decider.decide(domain, descriptors)
+        if verdict.fault:   # on_error: deny while Redis cannot answer: not a rate limit, and never an allow
+            return Answer(503, "rate limit store unavailable", verdict=verdict)
         headers = _rate_headers(verdict)
         if verdict.overall == OVER_LIMIT:
             wait = verdict.retry_after

@@ -45,7 +45,8 @@ REQUEST_TIMEOUT, IDLE_TIMEOUT = 10.0, 75.0
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large", 414: "URI Too Long",
-            429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+            429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 class _Refused(Exception):
@@ -271,7 +272,7 @@ class _App:
                              close=close)
         client = client_address(peer, headers.get("x-forwarded-for"), policy.trusted)
         req = HttpRequest(o_method, o_uri, host, headers, client, scheme)
-        if policy.jwt is not None and policy.jwt.needs_thread(req):
+        if self.side.waits or (policy.jwt is not None and policy.jwt.needs_thread(req)):
             loop = asyncio.get_running_loop()
             done = loop.create_future()
             work = loop.run_in_executor(None, self.side.check, domain, req)

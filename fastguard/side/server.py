@@ -41,8 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--http", metavar="HOST:PORT", help="forward-auth, /json and /healthcheck, e.g. 127.0.0.1:8080")
     p.add_argument("--grpc", metavar="HOST:PORT",
                    help="Envoy's RateLimitService and Authorization (ext_authz), e.g. 127.0.0.1:8081")
+    p.add_argument("--redis", metavar="URL",
+                   help="count in Redis, shared by every worker and node (and by a Kong plugin with the same "
+                        "namespace): redis://host:port/db, rediss://, unix://, redis+cluster://, redis+sentinel://")
+    p.add_argument("--sync", type=float, metavar="SECONDS",
+                   help="with --redis: decide in process and exchange counts with Redis this often (local-first); "
+                        "default: every decision in Redis (strict)")
+    p.add_argument("--redis-timeout", type=float, default=250, metavar="MS",
+                   help="with --redis: the deadline of each Redis call, in milliseconds (default 250); past it a "
+                        "decision follows the domain's fastguard.counts.on_error")
     p.add_argument("--workers", type=int, default=1,
-                   help="processes sharing the ports (SO_REUSEPORT; default 1). Counts are per process")
+                   help="processes sharing the ports (SO_REUSEPORT; default 1). Without --redis counts are per "
+                        "process")
     p.add_argument("--threads", type=int, default=8, help="gRPC worker threads per process (default 8)")
     p.add_argument("--max-keys", type=int, default=1_000_000,
                    help="callers counted per rule, most active kept (default 1,000,000)")
@@ -68,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     grpc_at = _address(args.grpc, parser, "--grpc") if args.grpc else None
     if args.workers > 1 and ((http and http[1] == 0) or (grpc_at and grpc_at[1] == 0)):
         parser.error("--workers above 1 needs fixed ports: the processes share them")
+    if args.redis is None and args.sync is not None:
+        parser.error("--sync needs --redis URL")
+    if args.sync is not None and not 0 < args.sync <= 3600:
+        parser.error(f"--sync is seconds between exchanges with Redis, above 0 and at most 3600, got {args.sync}")
+    if not 0 < args.redis_timeout <= 60_000:
+        parser.error(f"--redis-timeout is milliseconds above 0 and at most 60000, got {args.redis_timeout}")
     try:
         from fastguard.side.gate import Side
         from fastguard.side.policy import PolicyError
@@ -77,15 +93,28 @@ def main(argv: list[str] | None = None) -> int:
         domains, http_side = Side.load(args.config)
     except PolicyError as exc:
         parser.exit(2, f"fastguard serve: {exc}\n")
+    stores = None
+    if args.redis is not None:      # checked here, once: a worker that cannot start would be started forever
+        try:
+            from fastguard.side.shared import Stores
+
+            stores = Stores(args.redis, sync=args.sync, timeout=args.redis_timeout / 1000)
+        except ImportError as exc:
+            parser.exit(2, f"fastguard serve --redis needs its extra: pip install 'fastguard-gateway[serve,redis]' "
+                           f"({exc})\n")
+        except ValueError as exc:
+            parser.exit(2, f"fastguard serve: --redis cannot be used ({exc})\n")
     if args.workers > 1 and os.environ.get(_WORKER_ENV) is None:
         return _supervise(args, argv if argv is not None else sys.argv[2:])
-    return _worker(args, parser, domains, http_side, http, grpc_at)
+    return _worker(args, parser, domains, http_side, http, grpc_at, stores)
 
 
 def _supervise(args: Any, argv: list[str]) -> int:
     """Start `--workers` processes on the same ports, pass signals on, start again one that dies."""
-    print(f"fastguard serve: {args.workers} worker processes share the ports; counts are per process (each "
-          f"limit admits up to {args.workers}x its count in all)", file=sys.stderr, flush=True)
+    if args.redis is None:
+        print(f"fastguard serve: {args.workers} worker processes share the ports; counts are per process (each "
+              f"limit admits up to {args.workers}x its count in all; --redis URL shares them)", file=sys.stderr,
+              flush=True)
     cmd = [sys.executable, "-m", "fastguard", "serve", *argv]
     env = {**os.environ, _WORKER_ENV: "1"}
     stop = threading.Event()
@@ -115,11 +144,11 @@ def _supervise(args: Any, argv: list[str]) -> int:
 
 
 def _worker(args: Any, parser: argparse.ArgumentParser, domains: Any, http_side: Any,
-            http: tuple[str, int] | None, grpc_at: tuple[str, int] | None) -> int:
+            http: tuple[str, int] | None, grpc_at: tuple[str, int] | None, stores: Any) -> int:
     from fastguard.side.gate import Side
     from fastguard.side.rls import RateLimitService
 
-    side = Side(domains, max_keys=args.max_keys)
+    side = Side(domains, max_keys=args.max_keys, stores=stores)
     if args.metrics_port is not None:
         _metrics(side, args.metrics_port, parser)
     rls = RateLimitService(side.decider, headers=args.headers)
@@ -134,7 +163,7 @@ def _worker(args: Any, parser: argparse.ArgumentParser, domains: Any, http_side:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         signal.signal(signal.SIGHUP, lambda *_: reload_now.set())
-        _started(domains, args.config, listening)
+        _started(domains, args.config, listening, args)
         stop.wait()
     else:
         import asyncio
@@ -152,19 +181,22 @@ def _worker(args: Any, parser: argparse.ArgumentParser, domains: Any, http_side:
             except OSError as exc:
                 parser.exit(2, f"fastguard serve: cannot listen on {args.http} ({exc})\n")
             port = listener.sockets[0].getsockname()[1]
-            _started(domains, args.config, listening + [f"HTTP on {http[0]}:{port}"])
+            _started(domains, args.config, listening + [f"HTTP on {http[0]}:{port}"], args)
             await done.wait()
             listener.close()
         asyncio.run(run())
     stop.set()
     if server is not None:
         server.stop(grace=2).wait()
+    side.decider.close()
     return 0
 
 
-def _started(domains: Any, config: str, listening: list[str]) -> None:
+def _started(domains: Any, config: str, listening: list[str], args: Any) -> None:
+    counts = "counts in process" if args.redis is None else \
+        f"counts in Redis ({'strict' if args.sync is None else f'local-first, sync every {args.sync:g} s'})"
     print(f"fastguard serve: {len(domains)} domain(s) from {config} ({', '.join(sorted(domains))}); "
-          f"{'; '.join(listening)}", file=sys.stderr, flush=True)
+          f"{'; '.join(listening)}; {counts}", file=sys.stderr, flush=True)
 
 
 def _grpc(side: Any, rls: Any, at: tuple[str, int], threads: int, shared: bool,

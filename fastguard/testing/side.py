@@ -116,6 +116,15 @@ class SideService(_Child):
         self._output.seek(0)
         return self._output.read().decode("utf-8", "replace")
 
+    def reload(self, timeout: float = 10.0) -> None:
+        """SIGHUP, then wait for the service to say it reloaded (AssertionError with its log otherwise)."""
+        before = self.log().count("configuration reloaded")
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log().count("configuration reloaded") == before:
+            assert time.monotonic() < deadline, f"fastguard serve did not reload:\n{self.log()}"
+            time.sleep(0.05)
+
 
 class NginxServer(_Child):
     """nginx (foreground, a temporary prefix) serving one `server`/`upstream` snippet inside a minimal http block."""

@@ -41,3 +41,13 @@ def test_the_istio_extension_provider_uses_meshconfig_field_names():
     providers = yaml.safe_load(docs_block("istio"))["meshConfig"]["extensionProviders"]
     assert [set(p) for p in providers] == [{"name", "envoyExtAuthzGrpc"}]
     assert set(providers[0]["envoyExtAuthzGrpc"]) <= grpc_fields
+
+
+def test_the_counts_block_loads_as_documented():
+    from fastguard.side.policy import load_domain
+    from fastguard.side.shared import Counts
+
+    text = "domain: api\ndescriptors:\n  - key: remote_address\n    rate_limit: {unit: minute, requests_per_unit: 5}\n"
+    counts = Counts.of(load_domain(text + docs_block("counts"), "docs.yaml"))
+    assert counts.scope == "ns:api" and counts.on_error == "allow" and counts.prefix == "fg-kong-ns:api"
+    assert dict(counts.kong_keys) == {"remote_address": "ip", "api_key": "header"}

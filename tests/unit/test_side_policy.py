@@ -372,3 +372,49 @@ def test_a_swap_keeps_the_counts_of_rules_that_did_not_change():
     assert codes(d, "api", [("user", "a")], n=5) == [OK] * 5
     d.swap({})                                                            # the domain gone: no limits
     assert codes(d, "api", [("user", "a")]) == [OK]
+
+
+# -- fastguard.counts: where a domain's counts live (the Redis side is tested against a real Redis) --------------
+def counts_of(block):
+    from fastguard.side.shared import Counts
+
+    text = "domain: api\ndescriptors:\n  - key: remote_address\n    rate_limit: {unit: minute, requests_per_unit: 5}\n"
+    return Counts.of(load_domain(text + "fastguard:\n  counts: " + block + "\n", "api.yaml"))
+
+
+def test_counts_block_names_kong_scope_and_keys():
+    from fastguard.identity import shared_prefix
+    from fastguard.side.policy import Match, Rule
+
+    plain = counts_of("{}")
+    assert plain.scope == "domain:api" and plain.on_error == "allow"
+    shared = counts_of("{namespace: team a, on_error: local, kong_keys: {remote_address: ip, key: header}}")
+    # the prefix a Kong plugin with `namespace: team a` uses (spaces and braces replaced)
+    assert shared.prefix == shared_prefix("ns:team a") == "fg-kong-ns:team_a"
+    rule = Rule("api.remote_address", "minute", 5, ())
+    assert shared.key(Match(rule, (("remote_address", "203.0.113.7"),))) == b"ip:203.0.113.7"
+    assert shared.key(Match(rule, (("generic_key", "x"), ("key", "k\udcff")))) == b"header:k\xff"
+    # entries not named in kong_keys: the entries as JSON, different from any Kong key
+    assert plain.key(Match(rule, (("remote_address", "203.0.113.7"),))) == b'[["remote_address","203.0.113.7"]]'
+
+
+@pytest.mark.parametrize("block, says", [
+    ("[1]", "a mapping"),
+    ("{namespace: ''}", "non-empty string"),
+    ("{on_error: open}", "one of allow, deny, local"),
+    ("{kong_keys: {remote_address: address}}", "kong_keys.remote_address: one of ip"),
+    ("{redis: x}", "unknown key 'redis'"),
+])
+def test_counts_block_refused_with_its_place(block, says):
+    with pytest.raises(PolicyError, match="api.yaml: fastguard.counts") as exc:
+        counts_of(block)
+    assert says in str(exc.value)
+
+
+def test_counts_only_block_has_no_http_side():
+    """A domain whose fastguard block only says where it counts is answered over RLS; forward-auth refuses it."""
+    from fastguard.side.gate import compile_http
+
+    text = "domain: api\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 5}\n" \
+           "fastguard:\n  counts: {on_error: deny}\n"
+    assert compile_http({"api": load_domain(text)}) == {}
