@@ -71,8 +71,12 @@ class HttpPolicy:
             self.trusted = _networks(block.get("trusted_proxies"), f"{where}.trusted_proxies")
             self.jwt = JwtCheck(block["jwt"], f"{where}.jwt", base_dir) if block.get("jwt") is not None else None
             self.actions = RateLimitActions(block.get("rate_limits") or [], f"{where}.rate_limits")
-        except ActionError as exc:
-            raise PolicyError(where, str(exc)) from None
+        except ActionError as exc:     # its text starts with the place: "<where>.rate_limits[0]...: message"
+            text = str(exc)
+            if text.startswith(where):
+                field, _, message = text[len(where):].partition(": ")
+                raise PolicyError(where + field, message) from None
+            raise PolicyError(where, text) from None
         if self.actions.uses_claims and self.jwt is None:
             raise PolicyError(where, "a jwt_claim action needs a jwt block")
         if self.jwt is None and not len(self.actions):
@@ -142,9 +146,12 @@ class Side:
         """Every domain of a config path, HTTP sides and counts blocks included, validated whole (PolicyError
         otherwise)."""
         domains = load_policies(path)
-        for d in domains.values():
-            Counts.of(d)
-        return domains, compile_http(domains)
+        try:
+            for d in domains.values():
+                Counts.of(d)
+            return domains, compile_http(domains)
+        except PolicyError as exc:
+            raise exc.located() from None
 
     @property
     def waits(self) -> bool:

@@ -57,11 +57,55 @@ MAX_UINT32 = 2**32 - 1
 
 
 class PolicyError(ValueError):
-    """A domain file that cannot be used: the file and the place in it, and what is wrong."""
+    """A domain file that cannot be used: `source` (the file), `line` (1-based, when known), `field` (the place in
+    the file, e.g. "descriptors[1].rate_limit") and what is wrong — said on one line, `file:line: field: message`.
+    `where` is "<file>" or "<file>: <field>"."""
 
-    def __init__(self, where: str, message: str) -> None:
-        super().__init__(f"{where}: {message}")
-        self.where = where
+    def __init__(self, where: str, message: str, line: int | None = None) -> None:
+        source, _, field = where.partition(": ")
+        self.where, self.source, self.field, self.line = where, source, field, line
+        self.message = " ".join(message.split())      # one log line, whatever the parser said
+        at = f"{source}:{line}" if line else source
+        super().__init__(f"{at}: {field}: {self.message}" if field else f"{at}: {self.message}")
+
+    def located(self, text: str | None = None) -> PolicyError:
+        """This error with the line of its field in the file (`text`, or the file read again); itself when the
+        line is known or cannot be found."""
+        if self.line is not None or not self.field:
+            return self
+        if text is None:
+            try:
+                with open(self.source, encoding="utf-8") as fh:
+                    text = fh.read()
+            except (OSError, UnicodeDecodeError):
+                return self
+        line = _line_of(text, self.field)
+        return PolicyError(self.where, self.message, line) if line else self
+
+
+def _line_of(text: str, field: str) -> int | None:
+    """The 1-based line of `field` ("a.b[2].c") in a YAML document: of the deepest part of the path found."""
+    import re
+
+    import yaml
+
+    try:
+        node = yaml.compose(text, Loader=yaml.BaseLoader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", field):
+        if index and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
+            node = node.value[int(index)]
+            line = node.start_mark.line + 1
+        elif name and isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == name.strip()]
+            if not found:
+                break
+            line, node = found[0][0].start_mark.line + 1, found[0][1]
+        else:
+            break
+    return line
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,11 +252,12 @@ def _whole(value: Any, where: str, what: str, low: int, high: int) -> int:
 
 def _window(block: Mapping[str, Any], where: str) -> tuple[str, int, Limit | None]:
     """(unit, requests_per_unit, the Limit — None for 0) of a rate_limit block or one of its `windows`."""
-    unit = _text(block.get("unit"), where, "unit").lower()
+    unit = _text(block.get("unit"), f"{where}.unit", "unit").lower()
     if unit not in UNITS:
-        raise PolicyError(where, f"invalid rate limit unit {block.get('unit')!r}: {', '.join(UNITS)}")
-    count = _whole(block.get("requests_per_unit", 0), where, "requests_per_unit", 0, MAX_UINT32)
-    times = _whole(block.get("unit_multiplier", 1), where, "unit_multiplier", 1, 1_000_000)
+        raise PolicyError(f"{where}.unit", f"invalid rate limit unit {block.get('unit')!r}: {', '.join(UNITS)}")
+    count = _whole(block.get("requests_per_unit", 0), f"{where}.requests_per_unit", "requests_per_unit", 0,
+                   MAX_UINT32)
+    times = _whole(block.get("unit_multiplier", 1), f"{where}.unit_multiplier", "unit_multiplier", 1, 1_000_000)
     return unit, count, Limit(count, unit_seconds(unit) * times) if count else None
 
 
@@ -270,7 +315,7 @@ def _load(node: _Node, descriptors: Any, path: str, where: str, count: list[int]
     if not isinstance(descriptors, list):
         raise PolicyError(where, "descriptors must be a list")
     for i, d in enumerate(descriptors):
-        here = f"{where}.descriptors[{i}]"
+        here = f"{where}[{i}]"
         if not isinstance(d, Mapping):
             raise PolicyError(here, "a descriptor is a mapping")
         unknown = set(d) - _DESCRIPTOR_KEYS
@@ -286,7 +331,7 @@ def _load(node: _Node, descriptors: Any, path: str, where: str, count: list[int]
         full = f"{path}.{key}_{value}" if value else f"{path}.{key}"
         child = _Node()
         if d.get("rate_limit") is not None:
-            child.rule = _rule(full, here, d)
+            child.rule = _rule(full, f"{here}.rate_limit", d)
         child.share_threshold = _flag(d.get("share_threshold"), here, "share_threshold")
         if child.share_threshold and "*" not in value:
             raise PolicyError(here, f"share_threshold can only be used with wildcard values (containing '*'), "
@@ -304,7 +349,7 @@ def _load(node: _Node, descriptors: Any, path: str, where: str, count: list[int]
             if key in node.by_key:
                 raise PolicyError(here, duplicate)
             node.by_key[key] = child
-        _load(child, d.get("descriptors"), full, here, count, limit)
+        _load(child, d.get("descriptors"), full, f"{here}.descriptors", count, limit)
 
 
 #: The most descriptors one domain may configure (a bound on what a file can make the service hold).
@@ -318,7 +363,12 @@ def load_domain(text: str, source: str = "<string>", max_descriptors: int = MAX_
     try:
         doc = yaml.load(text, Loader=yaml.BaseLoader)  # every scalar as written: typed per field below
     except yaml.YAMLError as exc:
-        raise PolicyError(source, f"not YAML: {exc}") from None
+        mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context", None)
+        context_mark = getattr(exc, "context_mark", None)
+        said = getattr(exc, "problem", None) or str(exc)
+        if context and context_mark is not None:
+            said = f"{context} (line {context_mark.line + 1}): {said}"
+        raise PolicyError(source, f"not YAML: {said}", mark.line + 1 if mark else None) from None
     if not isinstance(doc, Mapping):
         raise PolicyError(source, "a domain file is a mapping with domain and descriptors")
     extra = doc.get("fastguard")
@@ -326,14 +376,18 @@ def load_domain(text: str, source: str = "<string>", max_descriptors: int = MAX_
         extra = yaml.safe_load(text).get("fastguard")
     unknown = set(doc) - {"domain", "descriptors", "fastguard"}
     if unknown:
-        raise PolicyError(source, f"config error, unknown key {sorted(unknown)[0]!r}")
-    name = _text(doc.get("domain"), source, "domain")
+        first = sorted(unknown)[0]
+        raise PolicyError(f"{source}: {first}", f"config error, unknown key {first!r}").located(text)
+    name = _text(doc.get("domain"), f"{source}: domain", "domain")
     if not name:
         raise PolicyError(source, "config file cannot have empty domain")
     root = _Node()
-    _load(root, doc.get("descriptors"), name, source, [0], max_descriptors)
+    try:
+        _load(root, doc.get("descriptors"), name, f"{source}: descriptors", [0], max_descriptors)
+    except PolicyError as exc:
+        raise exc.located(text) from None
     if extra is not None and not isinstance(extra, Mapping):
-        raise PolicyError(f"{source}: fastguard", "the fastguard block is a mapping")
+        raise PolicyError(f"{source}: fastguard", "the fastguard block is a mapping").located(text)
     return Domain(name, root, source, extra)
 
 

@@ -418,3 +418,29 @@ def test_counts_only_block_has_no_http_side():
     text = "domain: api\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 5}\n" \
            "fastguard:\n  counts: {on_error: deny}\n"
     assert compile_http({"api": load_domain(text)}) == {}
+
+
+@pytest.mark.parametrize("text, says", [
+    ("domain: api\ndescriptors:\n  - key: a\n    descriptors:\n      - key: b\n        rate_limit:\n"
+     "          unit: fortnight\n", "f.yaml:7: descriptors[0].descriptors[0].rate_limit.unit: invalid rate limit unit"),
+    ("domain: api\ndescriptors:\n  - key: a\n  - kee: b\n", "f.yaml:4: descriptors[1]: unknown key 'kee'"),
+    ("domain: api\nlimits: []\n", "f.yaml:2: limits: config error, unknown key 'limits'"),
+    ("domain: api\ndescriptors:\n  - {key: a, rate_limit: {unit: minute\n",
+     "f.yaml:4: not YAML: while parsing a flow mapping (line 3): expected ',' or '}'"),
+])
+def test_a_policy_error_names_file_line_and_field_on_one_line(text, says):
+    with pytest.raises(PolicyError) as exc:
+        load_domain(text, "f.yaml")
+    assert says in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+
+
+def test_errors_of_the_fastguard_block_name_their_line(tmp_path):
+    from fastguard.side.gate import Side
+
+    (tmp_path / "api.yaml").write_text("domain: api\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, "
+                                       "requests_per_unit: 5}\nfastguard:\n  rate_limits:\n    - actions:\n"
+                                       "        - {remote_adress: {}}\n")
+    with pytest.raises(PolicyError) as exc:
+        Side.load(str(tmp_path))
+    assert str(exc.value).startswith(f"{tmp_path}/api.yaml:8: fastguard.rate_limits[0].actions[0]: not an Envoy "
+                                     "rate limit action"), str(exc.value)

@@ -96,4 +96,4 @@ def test_a_bad_fastguard_block_stops_the_start_naming_file_and_field(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fastguard.cli", "serve", "--config", str(tmp_path), "--http",
                         f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
-    assert "edge.yaml: fastguard" in r.stderr and "rate_limits[0].actions[0]" in r.stderr
+    assert "edge.yaml:7: fastguard.rate_limits[0].actions[0]: not an Envoy rate limit action" in r.stderr
