@@ -34,7 +34,7 @@ from google.protobuf import json_format
 from fastguard.side.actions import HttpRequest
 from fastguard.side.gate import Answer, Side, client_address
 
-__all__ = ["serve_http", "LIMITS"]
+__all__ = ["serve_http", "LIMITS", "MAX_CONNECTIONS"]
 
 log = logging.getLogger("fastguard.side")
 
@@ -42,6 +42,8 @@ log = logging.getLogger("fastguard.side")
 LIMITS = {"url": 8192, "headers": 100, "header_bytes": 32768, "body": 65536}
 #: Seconds a connection may take to send a whole request once it started one, and may stay idle between requests.
 REQUEST_TIMEOUT, IDLE_TIMEOUT = 10.0, 75.0
+#: Open connections one process serves (each costs a few KiB; a gateway keeps a pool of tens).
+MAX_CONNECTIONS = 10_000
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large", 414: "URI Too Long",
@@ -81,18 +83,29 @@ class _Connection(asyncio.Protocol):
         self._closing = False
         self._timer: Any = None
         self._deadline = 0.0
+        self._counted = False
         self._reset()
 
     # -- connection ----------------------------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self._loop = asyncio.get_running_loop()
+        if self.app.open >= self.app.max_connections:   # memory stays bounded: refused, never queued
+            self._closing = True
+            transport.write(_response(503, body=b"too many connections", close=True))
+            transport.close()
+            return
+        self.app.open += 1
+        self._counted = True
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else "127.0.0.1"   # a Unix socket is local
         self._arm(IDLE_TIMEOUT)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._counted:
+            self._counted = False
+            self.app.open -= 1
         if self._timer is not None:
             self._timer.cancel()
         for item in self._queue:
@@ -214,9 +227,11 @@ class _Connection(asyncio.Protocol):
 class _App:
     """Routes a parsed request to its answer (bytes, or a future of bytes when it must wait on a thread)."""
 
-    def __init__(self, side: Side, rls: Any) -> None:
+    def __init__(self, side: Side, rls: Any, max_connections: int = MAX_CONNECTIONS) -> None:
         self.side = side
         self.rls = rls
+        self.max_connections = max_connections
+        self.open = 0               # connections being served (touched on the loop's thread only)
 
     def handle(self, method: str, url: bytes, headers: dict[str, str], body: bytes, peer: str,
                keep: bool) -> Any:
@@ -308,9 +323,11 @@ def _auth_response(answer: Answer, via_nginx: bool, close: bool) -> bytes:
                      close)
 
 
-async def serve_http(side: Side, rls: Any, host: str, port: int, reuse_port: bool = False) -> asyncio.AbstractServer:
-    """Start the HTTP listener on the running loop."""
-    app = _App(side, rls)
+async def serve_http(side: Side, rls: Any, host: str, port: int, reuse_port: bool = False,
+                     max_connections: int = MAX_CONNECTIONS) -> asyncio.AbstractServer:
+    """Start the HTTP listener on the running loop; past `max_connections` open connections a new one is answered
+    503 and closed."""
+    app = _App(side, rls, max_connections)
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: _Connection(app), host, port, reuse_port=reuse_port or None,
                                     backlog=1024)

@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="processes sharing the ports (SO_REUSEPORT; default 1). Without --redis counts are per "
                         "process")
     p.add_argument("--threads", type=int, default=8, help="gRPC worker threads per process (default 8)")
+    p.add_argument("--max-connections", type=int, default=10_000,
+                   help="open HTTP connections per process; past it a new one is answered 503 (default 10,000)")
     p.add_argument("--max-keys", type=int, default=1_000_000,
                    help="callers counted per rule, most active kept (default 1,000,000)")
     p.add_argument("--headers", action="store_true",
@@ -72,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.http and not args.grpc:
         parser.error("give --http HOST:PORT, --grpc HOST:PORT or both")
-    if args.threads < 1 or args.max_keys < 1 or args.workers < 1 or not args.reload_interval > 0:
-        parser.error("--threads, --workers and --max-keys must be at least 1, --reload-interval above 0")
+    if min(args.threads, args.max_keys, args.workers, args.max_connections) < 1 or not args.reload_interval > 0:
+        parser.error("--threads, --workers, --max-keys and --max-connections must be at least 1, "
+                     "--reload-interval above 0")
     http = _address(args.http, parser, "--http") if args.http else None
     grpc_at = _address(args.grpc, parser, "--grpc") if args.grpc else None
     if args.workers > 1 and ((http and http[1] == 0) or (grpc_at and grpc_at[1] == 0)):
@@ -177,7 +180,8 @@ def _worker(args: Any, parser: argparse.ArgumentParser, domains: Any, http_side:
                 loop.add_signal_handler(sig, done.set)
             loop.add_signal_handler(signal.SIGHUP, reload_now.set)
             try:
-                listener = await serve_http(side, rls, http[0], http[1], reuse_port=shared)
+                listener = await serve_http(side, rls, http[0], http[1], reuse_port=shared,
+                                            max_connections=args.max_connections)
             except OSError as exc:
                 parser.exit(2, f"fastguard serve: cannot listen on {args.http} ({exc})\n")
             port = listener.sockets[0].getsockname()[1]

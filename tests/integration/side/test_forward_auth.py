@@ -292,6 +292,40 @@ def test_a_slow_request_gets_408_and_an_idle_connection_is_closed(monkeypatch, c
     assert slow.startswith(b"HTTP/1.1 408") and idle == b"" and answers == 10
 
 
+def test_connections_past_the_cap_are_answered_503_and_closed(config_dir):
+    """max_connections bounds what one process holds: the connection past it is answered 503 and closed, the open
+    ones keep working, and a connection closed makes room for a new one."""
+    import asyncio
+
+    from fastguard.side import http as side_http
+    from fastguard.side.gate import Side
+    from fastguard.side.rls import RateLimitService
+
+    domains, _ = Side.load(config_dir)
+    side = Side(domains)
+    health = b"GET /healthcheck HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    async def scenario():
+        server = await side_http.serve_http(side, RateLimitService(side.decider), "127.0.0.1", 0, max_connections=2)
+        port = server.sockets[0].getsockname()[1]
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        extra_r, extra_w = await asyncio.open_connection("127.0.0.1", port)
+        refused = await asyncio.wait_for(extra_r.read(), 5)
+        held[0][1].write(health)
+        served = await asyncio.wait_for(held[0][0].readuntil(b"\r\n\r\nOK"), 5)
+        held[1][1].close()
+        await asyncio.sleep(0.2)
+        again_r, again_w = await asyncio.open_connection("127.0.0.1", port)
+        again_w.write(health)
+        admitted = await asyncio.wait_for(again_r.readuntil(b"\r\n\r\nOK"), 5)
+        server.close()
+        return refused, served, admitted
+
+    refused, served, admitted = asyncio.run(scenario())
+    assert refused.startswith(b"HTTP/1.1 503") and b"too many connections" in refused
+    assert served.startswith(b"HTTP/1.1 200") and admitted.startswith(b"HTTP/1.1 200")
+
+
 def test_a_remote_key_set_is_fetched_off_the_loop_within_its_deadline(tmp_path):
     """remote_jwks: the first check of a token waits on the download on a thread (the loop keeps answering), a
     slow IdP answers 401 once http_uri.timeout has passed, never a hang and never an allow."""
