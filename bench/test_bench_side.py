@@ -34,7 +34,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2  # noqa: E402
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc  # noqa: E402
 
 from fastguard.testing.servers import free_port  # noqa: E402
-from fastguard.testing.side import NginxServer, SideService  # noqa: E402
+from fastguard.testing.side import NginxServer, SideService, nginx_auth_location  # noqa: E402
 from fastguard.testing.tokens import jwk, sign  # noqa: E402
 
 from .conftest import QUICK  # noqa: E402
@@ -71,17 +71,7 @@ def _nginx_conf(side_port: int, upstream_port: int, floor_port: int, minimal_por
         auth_request_set $fg_sub $upstream_http_x_jwt_sub;
         proxy_set_header X-Jwt-Sub $fg_sub;
         proxy_pass http://up;
-    }}
-    location = /_auth_{name} {{
-        internal;
-        proxy_pass http://side/auth/{name}?via=nginx;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        proxy_pass_request_body off;
-        proxy_set_header Content-Length "";
-        proxy_set_header X-Original-URI $request_uri;
-        proxy_set_header X-Forwarded-For $remote_addr;
-    }}""" for name in DOMAINS)
+    }}{nginx_auth_location(f"/_auth_{name}", "side", name)}""" for name in DOMAINS)
     return f"""
 upstream side {{ server 127.0.0.1:{side_port}; keepalive 64; }}
 upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}

@@ -79,7 +79,7 @@ def _simulate(args: argparse.Namespace) -> int:
     opts = Options(requests=args.requests, consumers=args.consumers, concurrency=args.concurrency,
                    limits=args.limits, login_limits=args.login_limits, algorithm=args.algorithm, mix=mix,
                    redis=args.redis, seed=args.seed, ban_after=args.ban_after, ban_for=args.ban_for,
-                   gateway=args.gateway)
+                   gateway=args.gateway, side=args.side)
     from fastguard.simulate import GatewayMissing
 
     try:
@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--ban-for", type=float, default=30.0, help="seconds a ban lasts (default: %(default)s)")
     sim.add_argument("--gateway", choices=["nginx"], help="send the traffic as HTTP through a real nginx + Lua "
                                                           "gateway playing Kong (needs nginx-lua installed)")
+    sim.add_argument("--side", choices=["nginx", "caddy"],
+                     help="the same traffic as HTTP through a real nginx (auth_request) or Caddy (forward_auth) asking "
+                          "fastguard serve, with the same policies as domain files (needs that gateway installed "
+                          "and the serve extra)")
     sim.add_argument("--json", action="store_true", help="print only the summary, as JSON (progress on stderr)")
     sim.set_defaults(func=_simulate)
 

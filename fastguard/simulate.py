@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -52,6 +53,7 @@ class Options:
     ban_after: int = 20
     ban_for: float = 30.0
     gateway: str | None = None   # "nginx": HTTP through a real nginx + Lua gateway (fastguard.testing.gateway)
+    side: str | None = None      # "nginx" / "caddy": HTTP through that gateway asking `fastguard serve`
 
 
 def _b64(data: bytes) -> str:
@@ -203,16 +205,34 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
                       "answers: start Redis, or leave out --redis.\n")
     if opts.gateway not in (None, "nginx"):
         raise ValueError(f"--gateway takes nginx, not {opts.gateway!r}")
+    if opts.side not in (None, "nginx", "caddy"):
+        raise ValueError(f"--side takes nginx or caddy, not {opts.side!r}")
+    if opts.gateway and opts.side:
+        raise ValueError("--gateway (the Kong plugins) and --side (fastguard serve) are two ways to run the same "
+                         "traffic: give one")
     if opts.gateway:
         from fastguard.testing.gateway import missing
 
         if missing():
             raise GatewayMissing(f"--gateway nginx: {missing()}")
+    if opts.side:
+        from fastguard.testing.side import gateway_missing
+
+        if gateway_missing(opts.side):
+            raise GatewayMissing(f"--side {opts.side}: {gateway_missing(opts.side)}")
     servers = []
-    gateway = None
+    gateway: Any = None
+    http_port = 0
     ports: list[int] = []
     try:
-        for name in ("fastguard", "fastguard-rate-limiting"):
+        if opts.side:
+            gateway, metrics_port = _side_gateway(opts, signer.jwks, folder)
+            http_port = gateway.port
+            ports += [metrics_port] if metrics_port else []
+            say(f"  started fastguard serve (pid {gateway.side.proc.pid}) and {opts.side} (pid "
+                f"{gateway.gateway.proc.pid}) on 127.0.0.1:{http_port}: /api and /login guarded by the domain files "
+                f"in {folder}; keys and {len(tokens) + 40} tokens made in {time.perf_counter() - t_setup:.1f} s")
+        for name in ("fastguard", "fastguard-rate-limiting") if not opts.side else ():
             server, port = _metered_server(fastguard_server, name, folder)
             servers.append(server)
             ports += [port] if port else []
@@ -220,9 +240,10 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
         api_cfg = {"jwks": signer.jwks, "issuers": ["https://idp.simulated"], "audiences": ["api"],
                    "claims_to_verify": ["exp"], "algorithm": opts.algorithm, **api_limits, **policy, **bans}
         login_cfg = {"limit_by": "ip", "algorithm": opts.algorithm, **login_limits, **policy}
-        say(f"  started fastguard kong-server fastguard (pid {servers[0].proc.pid}) and fastguard-rate-limiting "
-            f"(pid {servers[1].proc.pid}) on {folder}; keys and {len(tokens) + 40} tokens made in "
-            f"{time.perf_counter() - t_setup:.1f} s")
+        if servers:
+            say(f"  started fastguard kong-server fastguard (pid {servers[0].proc.pid}) and fastguard-rate-limiting "
+                f"(pid {servers[1].proc.pid}) on {folder}; keys and {len(tokens) + 40} tokens made in "
+                f"{time.perf_counter() - t_setup:.1f} s")
         if opts.gateway:
             from fastguard.testing.gateway import GatewayPlugin, NginxGateway
 
@@ -232,6 +253,7 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
                                                                      login_cfg)},
                                    {"/api": ["simulated-api"], "/login": ["simulated-login"]},
                                    trusted_ips=("127.0.0.1",))
+            http_port = gateway.port
             say(f"  started nginx (pid {gateway.proc.pid}, {gateway.workers} workers) on {gateway.url}: HTTP from "
                 f"here, Kong's side of the protocol in Lua")
 
@@ -260,7 +282,7 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
         failures: list[BaseException] = []
 
         def play(part: list[tuple[str, str, Any]]) -> None:
-            if gateway is not None:
+            if http_port:
                 return play_http(part)
             try:
                 client = KongClient(servers[0].socket, connections=2)
@@ -292,7 +314,7 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
             import http.client
 
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)  # one keep-alive client
+                conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)  # one keep-alive client
                 mine = []
                 for route, kind, arg in part:
                     t0 = time.perf_counter()
@@ -302,12 +324,7 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
                     r = conn.getresponse()
                     body = r.read()
                     elapsed = time.perf_counter() - t0
-                    reason = "ok"
-                    if r.status != 200:
-                        try:
-                            reason = _reason(json.loads(body))
-                        except ValueError:
-                            reason = body.decode(errors="replace")[:60]
+                    reason = "ok" if r.status == 200 else _http_reason(body, r.getheader("WWW-Authenticate"))
                     mine.append((route, kind, r.status, str(reason), elapsed, 0))
                     progress.add()
                 conn.close()
@@ -345,6 +362,65 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
     return summary
 
 
+#: The side service's units, largest first: a period is written in the largest that divides it.
+_SIDE_UNITS = (("week", 604_800), ("day", 86_400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def _side_window(lim: Any) -> dict[str, Any]:
+    """One limit as an envoyproxy/ratelimit window (with fastguard's unit_multiplier for periods like 5 minutes)."""
+    seconds = lim.period
+    if seconds != int(seconds) or seconds < 1:
+        raise ValueError(f"limit {lim} has a period the side service cannot say (whole seconds)")
+    for unit, size in _SIDE_UNITS:
+        if int(seconds) % size == 0:
+            times = int(seconds) // size
+            return {"unit": unit, "requests_per_unit": lim.count, **({"unit_multiplier": times} if times > 1 else {})}
+    raise AssertionError("unreachable: every whole period is seconds")
+
+
+def _side_rule(text: str, algorithm: str, bans: dict[str, Any]) -> dict[str, Any]:
+    import fastguard as fg
+
+    first, *more = [_side_window(lim) for lim in fg.parse_limits(text)]
+    return {**first, "algorithm": algorithm, **({"windows": more} if more else {}), **bans}
+
+
+def _side_gateway(opts: Options, jwks: str, folder: str) -> tuple[Any, int | None]:
+    """The Kong routes' policies as side-service domain files (api: the JWT, then a limit per verified sub; login:
+    a limit per client address), `fastguard serve` on them and the gateway in front, with metrics when
+    prometheus_client is there. The domain files are what an operator would write (docs/side-service.md)."""
+    import yaml
+
+    from fastguard.testing.servers import free_port
+    from fastguard.testing.side import SideGateway
+
+    bans = {"ban_after": opts.ban_after, "ban_for": opts.ban_for} if opts.ban_after else {}
+    api = {"domain": "api",
+           "descriptors": [{"key": "sub", "rate_limit": _side_rule(opts.limits, opts.algorithm, bans)}],
+           "fastguard": {"jwt": {"issuer": "https://idp.simulated", "audiences": ["api"],
+                                 "local_jwks": {"inline_string": jwks},
+                                 "claim_to_headers": [{"header_name": "X-Jwt-Sub", "claim_name": "sub"}]},
+                         "rate_limits": [{"actions": [{"jwt_claim": {"claim_name": "sub",
+                                                                     "descriptor_key": "sub"}}]}]}}
+    login = {"domain": "login",
+             "descriptors": [{"key": "remote_address",
+                              "rate_limit": _side_rule(opts.login_limits, opts.algorithm, {})}],
+             "fastguard": {"rate_limits": [{"actions": [{"remote_address": {}}]}]}}
+    for doc in (api, login):
+        with open(os.path.join(folder, f"{doc['domain']}.yaml"), "w", encoding="utf-8") as fh:
+            yaml.safe_dump(doc, fh, sort_keys=False)
+    args: list[str] = ["--redis", opts.redis] if opts.redis else []
+    metrics_port = None
+    try:
+        import prometheus_client  # noqa: F401
+
+        metrics_port = free_port()
+        args += ["--metrics-port", str(metrics_port)]
+    except ImportError:
+        pass
+    return SideGateway(opts.side or "nginx", folder, {"/api": "api", "/login": "login"}, tuple(args)), metrics_port
+
+
 def _reason(body: Any) -> str:
     """The reason of a refusal: kong.response.error's message (a str), the message of an exit's {"message": ...}
     body (Kong's JSON), or the body itself as JSON."""
@@ -353,6 +429,20 @@ def _reason(body: Any) -> str:
     if isinstance(body, dict) and "message" in body:
         return str(body["message"])
     return json.dumps(body)
+
+
+def _http_reason(body: bytes, challenge: str | None) -> str:
+    """The reason of an HTTP refusal: Kong's JSON message, the side service's text, or — where nginx answered with
+    its own page (a 401 from auth_request) — the WWW-Authenticate error_description, else "missing token"."""
+    try:
+        return _reason(json.loads(body))
+    except ValueError:
+        pass
+    text = body.decode(errors="replace").strip()
+    if text.startswith("<"):
+        said = re.search(r'error_description="([^"]*)"', challenge or "")
+        return said.group(1) if said else ("missing token" if challenge else text[:60])
+    return text[:60]
 
 
 class GatewayMissing(RuntimeError):
@@ -432,7 +522,7 @@ def _summary(results: list[tuple[str, str, int, str, float, int]], elapsed: floa
         lat = sorted(r[4] for r in results if r[0] == route)
         calls = [r[5] for r in results if r[0] == route]
         routes[route] = {"requests": len(lat), "p50_ms": _pct(lat, 0.5) * 1e3, "p99_ms": _pct(lat, 0.99) * 1e3,
-                         "pdk_calls_per_request": None if opts.gateway else
+                         "pdk_calls_per_request": None if opts.gateway or opts.side else
                          (statistics.fmean(calls) if calls else 0.0)}
     return {
         "requests": len(results),
@@ -440,9 +530,10 @@ def _summary(results: list[tuple[str, str, int, str, float, int]], elapsed: floa
         "events_per_second": len(results) / elapsed if elapsed else 0.0,
         "latency_ms": {"p50": _pct(latencies, 0.5) * 1e3, "p99": _pct(latencies, 0.99) * 1e3},
         # through a gateway the PDK calls are nginx's: the servers' /metrics count the events instead
-        "pdk_calls_per_request": None if opts.gateway else (statistics.fmean(r[5] for r in results) if results
-                                                            else 0.0),
+        "pdk_calls_per_request": None if opts.gateway or opts.side else (
+            statistics.fmean(r[5] for r in results) if results else 0.0),
         "gateway": opts.gateway,
+        "side": opts.side,
         "outcomes": [{"route": route, "status": status, "reason": reason, "count": n}
                      for (route, status, reason), n in sorted(outcomes.items(), key=lambda kv: -kv[1])],
         "by_traffic": [{"traffic": kind, "status": status, "count": n}
@@ -458,10 +549,12 @@ def _summary(results: list[tuple[str, str, int, str, float, int]], elapsed: floa
 
 def _print(s: dict[str, Any], out: TextIO) -> None:
     w = out.write
-    side = ("HTTP client side, through nginx" if s.get("gateway") else "Kong side, protocol included")
+    side = (f"HTTP client side, through {s['side']} and fastguard serve" if s.get("side") else
+            "HTTP client side, through nginx" if s.get("gateway") else "Kong side, protocol included")
     calls = "" if s["pdk_calls_per_request"] is None else f"; {s['pdk_calls_per_request']:.2f} PDK calls per request"
     w(f"\n{s['requests']:,} requests in {s['seconds']:.2f} s: {s['events_per_second']:,.0f} "
-      f"{'requests' if s.get('gateway') else 'events'}/s; latency per request p50 {s['latency_ms']['p50']:.2f} ms, "
+      f"{'requests' if s.get('gateway') or s.get('side') else 'events'}/s; latency per request "
+      f"p50 {s['latency_ms']['p50']:.2f} ms, "
       f"p99 {s['latency_ms']['p99']:.2f} ms ({side}){calls}\n\n")
     w(f"{'route':<7} {'status':>6} {'count':>8} {'share':>7}  reason\n")
     for o in s["outcomes"]:
@@ -481,14 +574,16 @@ def _print(s: dict[str, Any], out: TextIO) -> None:
         w(f"  /{route:<6} {r['requests']:>7,} requests, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms{calls}\n")
     m = s.get("server_metrics")
     if m:
-        w("\nthe plugin servers' own metrics (their /metrics pages):\n")
+        w("\nthe side service's own metrics (its /metrics page):\n" if s.get("side") else
+          "\nthe plugin servers' own metrics (their /metrics pages):\n")
         for plugin, statuses in sorted(m["events"].items()):
             parts = ", ".join(f"{st}: {n:,}" for st, n in sorted(statuses.items()))
             w(f"  {plugin:<24} events {parts}; {m['event_ms'].get(plugin, 0.0):.3f} ms in the server per event\n")
         for plugin, d in sorted(m["decisions"].items()):
             bans = m["bans"].get(plugin, 0)
             w(f"  {plugin:<24} limiter: {d.get('allowed', 0):,} allowed, {d.get('denied', 0):,} denied"
-              + (f", {bans:,} callers banned (answered 403 while banned)" if bans else "") + "\n")
+              + (f", {bans:,} callers banned (answered {429 if s.get('side') else 403} while banned)" if bans else "")
+              + "\n")
         if m["verifications"]:
             parts = ", ".join(f"{k}: {v:,}" for k, v in sorted(m["verifications"].items(), key=lambda kv: -kv[1]))
             cache = m["token_cache"]

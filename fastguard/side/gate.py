@@ -125,6 +125,16 @@ def compile_http(domains: Mapping[str, Domain]) -> dict[str, HttpPolicy]:
             for name, d in domains.items() if d.extra and set(d.extra) != {"counts"}}
 
 
+def _challenge(message: str, invalid: bool) -> str:
+    """WWW-Authenticate for a 401/403 (RFC 6750 §3): for a token that does not verify, the reason in
+    error_description as well as in the body, since nginx's auth_request gives the client its own page instead of
+    the body (printable ASCII only, quotes left out); no error at all when no token came (§3.1)."""
+    if not invalid:
+        return 'Bearer realm="fastguard"'
+    said = "".join(c for c in message if " " <= c <= "~" and c not in '"\\')[:200]
+    return f'Bearer realm="fastguard", error="invalid_token", error_description="{said}"'
+
+
 def _rate_headers(verdict: Verdict) -> list[tuple[str, str]]:
     s = verdict.tightest()
     if s is None or s.rule is None:
@@ -181,8 +191,7 @@ class Side:
         if policy.jwt is not None:
             outcome = policy.jwt.check(req)
             if outcome.status:
-                challenge = 'Bearer realm="fastguard"' if outcome.token is None else \
-                    'Bearer realm="fastguard", error="invalid_token"'
+                challenge = _challenge(outcome.message, outcome.token is not None)
                 return Answer(outcome.status, outcome.message, downstream=(("WWW-Authenticate", challenge),))
             claims = outcome.claims
             upstream = policy.jwt.upstream(outcome)

@@ -26,7 +26,9 @@ from typing import Any
 
 from fastguard.testing.servers import free_port
 
-__all__ = ["SideService", "NginxServer", "CaddyServer", "EchoUpstream", "docs_block", "DOCS"]
+__all__ = ["SideService", "NginxServer", "CaddyServer", "EchoUpstream", "SideGateway", "docs_block", "gateway_missing",
+           "nginx_auth_location",
+           "DOCS"]
 
 #: docs/side-service.md in a checkout (the tests run from one).
 DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "side-service.md")
@@ -195,3 +197,129 @@ class EchoUpstream:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def gateway_missing(kind: str) -> str | None:
+    """What this machine lacks to run `kind` ("nginx" or "caddy") in front of the side service, or None."""
+    if kind not in ("nginx", "caddy"):
+        return f"the side gateway is nginx or caddy, not {kind!r}"
+    if shutil.which(kind) is None:
+        return f"{kind} is not installed (Debian: apt-get install {kind})"
+    try:
+        import grpc  # noqa: F401
+        import httptools  # noqa: F401
+        import yaml  # noqa: F401
+    except ImportError as exc:
+        return f"fastguard serve needs its extra: pip install 'fastguard-gateway[serve]' ({exc})"
+    return None
+
+
+def nginx_auth_location(location: str, upstream: str, domain: str, forwarded_for: str = "$remote_addr") -> str:
+    """The internal location an `auth_request` points at: the docs' subrequest to /auth/<domain>?via=nginx on a
+    keep-alive upstream, without the body, with the original URI, method and client address."""
+    return f"""
+    location = {location} {{
+        internal;
+        proxy_pass http://{upstream}/auth/{domain}?via=nginx;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_pass_request_body off;
+        proxy_set_header Content-Length "";
+        proxy_set_header X-Original-URI $request_uri;
+        proxy_set_header X-Original-Method $request_method;
+        proxy_set_header X-Forwarded-For {forwarded_for};
+    }}"""
+
+
+def _nginx_routes(routes: dict[str, str], side_port: int, port: int) -> str:
+    """nginx routing each path prefix through `auth_request` to /auth/<domain>?via=nginx (the docs' directives),
+    then to a second server block answering 200 (an upstream that costs nothing). The client's X-Forwarded-For is
+    passed on with nginx's address appended: the side service trusts loopback and reads past it."""
+    up = free_port()
+    locations = []
+    for prefix, domain in routes.items():
+        name = re.sub(r"[^a-z0-9]", "_", domain.lower())
+        locations.append(f"""
+    location {prefix} {{
+        auth_request /_fastguard_{name};
+        auth_request_set $fg_status $upstream_http_x_ratelimit_status;
+        auth_request_set $fg_retry $upstream_http_retry_after;
+        auth_request_set $fg_sub $upstream_http_x_jwt_sub;
+        error_page 403 = @fastguard_denied;
+        proxy_set_header X-Jwt-Sub $fg_sub;
+        proxy_pass http://127.0.0.1:{up};
+    }}
+{nginx_auth_location(f"/_fastguard_{name}", "fastguard", domain, "$proxy_add_x_forwarded_for")}""")
+    return f"""
+upstream fastguard {{
+    server 127.0.0.1:{side_port};
+    keepalive 32;
+}}
+server {{
+    listen 127.0.0.1:{up};
+    location / {{ return 200 "ok\\n"; }}
+}}
+server {{
+    listen 127.0.0.1:{port};
+    location = /__nginx_up {{ return 204; }}
+{"".join(locations)}
+    location @fastguard_denied {{
+        add_header Retry-After $fg_retry always;
+        if ($fg_status = 429) {{
+            return 429 "Too Many Requests\\n";
+        }}
+        return 403 "Forbidden\\n";
+    }}
+}}
+"""
+
+
+def _caddy_routes(routes: dict[str, str], side_port: int, port: int) -> str:
+    """Caddy's forward_auth per path prefix (the docs' directives), then a 200 answer; Caddy passes the client's
+    X-Forwarded-For on (its own address appended) because it trusts loopback clients."""
+    handles = []
+    for prefix, domain in routes.items():
+        handles.append(f"""
+    handle {prefix}* {{
+        forward_auth 127.0.0.1:{side_port} {{
+            uri /auth/{domain}
+            copy_headers X-Jwt-Sub
+            trusted_proxies 127.0.0.1/32
+        }}
+        respond "ok" 200
+    }}""")
+    return f""":{port} {{
+    bind 127.0.0.1
+    handle /__caddy_up {{
+        respond 204
+    }}
+{"".join(handles)}
+}}
+"""
+
+
+class SideGateway:
+    """`fastguard serve` behind a real nginx (`auth_request`) or Caddy (`forward_auth`): the domain files in
+    `config` (a folder), each of `routes` ({path prefix: domain}) guarded by its domain. `port` is the gateway's."""
+
+    def __init__(self, kind: str, config: str, routes: dict[str, str], serve_args: tuple[str, ...] = ()) -> None:
+        problem = gateway_missing(kind)
+        if problem is not None:
+            raise RuntimeError(problem)
+        self.kind = kind
+        self.side = SideService(config, args=serve_args)
+        self.port = free_port()
+        try:
+            if kind == "nginx":
+                self.gateway: _Child = NginxServer(_nginx_routes(routes, self.side.http_port, self.port), self.port)
+            else:
+                self.gateway = CaddyServer(_caddy_routes(routes, self.side.http_port, self.port), self.port)
+        except BaseException:
+            self.side.stop()
+            raise
+
+    def stop(self) -> None:
+        try:
+            self.gateway.stop()
+        finally:
+            self.side.stop()

@@ -137,8 +137,13 @@ def test_jwt_answers_as_envoy_jwt_authn_and_sets_or_removes_every_identity_heade
     side = side_with(JWT_BLOCK)
     missing = side.check("api", req())
     assert missing.status == 401 and missing.message == "Jwt is missing"
-    assert dict(missing.downstream)["WWW-Authenticate"].startswith("Bearer")
-    assert side.check("api", req(authorization="Bearer not.a.token")).status == 401
+    assert dict(missing.downstream)["WWW-Authenticate"] == 'Bearer realm="fastguard"'     # RFC 6750 §3.1
+    bad = side.check("api", req(authorization="Bearer not.a.token"))
+    # the reason also in error_description (nginx shows its own page, not the body): one quoted ASCII string
+    challenge = dict(bad.downstream)["WWW-Authenticate"]
+    assert bad.status == 401 and challenge.startswith('Bearer realm="fastguard", error="invalid_token", '
+                                                      'error_description="Jwt verification fails')
+    assert challenge.count('"') == 6 and challenge.isascii() and "\r" not in challenge and "\n" not in challenge
     assert side.check("api", req(authorization=f"Bearer {token(aud='other')}")).status == 403
     assert side.check("api", req(authorization=f"Bearer {token(iss='https://evil')}")).status == 401
     good = token(sub="bob")
