@@ -4,8 +4,10 @@ HTTP: one nginx worker with `auth_request`, wrk at 32 connections, the protected
 server block of the same nginx. Cases: no auth; the floor (auth_request to an nginx server block answering 204:
 the subrequest's own cost); a minimal asyncio server answering with one RateLimiter.hit (bench/side_minimal.py: a
 reference, not a product); `fastguard serve` limiting by client address, verifying a JWT (cached), both; and the
-limit with `--workers 2`. Per case: requests/s, p50/p99, and the side service's CPU per decision (process CPU time
-over the run / requests).
+limit with `--workers 2`; and the same three guards as fastguard's Kong plugins on `fastguard kong-server` behind the
+same nginx binary with one worker and lua-nginx-module playing Kong's side (fastguard.testing.gateway), where a
+Kong user would run them. Per case: requests/s, p50/p99, and the guard's CPU per decision (process CPU time over the
+run / requests: the side service, or the plugin server).
 
 gRPC: ShouldRateLimit decisions/s from a grpcio client keeping 64 calls in flight, against `fastguard serve --grpc`
 and against the framework's floor (bench/side_floor.py: the same server flavour answering a constant OK); p99 at
@@ -33,6 +35,8 @@ grpc = pytest.importorskip("grpc")
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2  # noqa: E402
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc  # noqa: E402
 
+from fastguard.kong.client import fastguard_server  # noqa: E402
+from fastguard.testing.gateway import GatewayPlugin, NginxGateway, missing  # noqa: E402
 from fastguard.testing.servers import free_port  # noqa: E402
 from fastguard.testing.side import NginxServer, SideService, nginx_auth_location  # noqa: E402
 from fastguard.testing.tokens import jwk, sign  # noqa: E402
@@ -70,6 +74,7 @@ def _nginx_conf(side_port: int, upstream_port: int, floor_port: int, minimal_por
         auth_request /_auth_{name};
         auth_request_set $fg_sub $upstream_http_x_jwt_sub;
         proxy_set_header X-Jwt-Sub $fg_sub;
+        proxy_set_header Connection "";     # a location's own proxy_set_header: the server's are not inherited
         proxy_pass http://up;
     }}{nginx_auth_location(f"/_auth_{name}", "side", name)}""" for name in DOMAINS)
     return f"""
@@ -162,6 +167,52 @@ def test_side_http(benchmark, stack, case):
     benchmark.pedantic(run, rounds=1, iterations=1)
     label = case if workers == 1 else f"{case}, --workers 2"
     benchmark.extra_info.update(ops=result["requests"], contender=label, algorithm="-", case=label, **result)
+
+
+#: The Kong path's plugins for the same three guards: limit by client address, the JWT (cached), both (the combined
+#: plugin limits by the verified sub: the cheapest key it offers after a verified token).
+KONG_CASES = {
+    "Kong path: limit by IP": ("fastguard-rate-limiting", {"second": HUGE, "limit_by": "ip"}),
+    "Kong path: JWT (cached)": ("fastguard-jwt", {"jwks": json.dumps(JWKS), "uri_param_names": []}),
+    "Kong path: JWT + limit": ("fastguard", {"jwks": json.dumps(JWKS), "second": HUGE, "uri_param_names": []}),
+}
+
+
+@pytest.fixture(scope="module")
+def kong_path():
+    if missing() is not None:
+        pytest.skip(missing())
+    folder = tempfile.mkdtemp(prefix="fg-side-kong-")
+    servers = {name: fastguard_server(name, folder) for name, _ in KONG_CASES.values()}
+    plugins = {f"e{i}": GatewayPlugin(name, servers[name].socket, cfg)
+               for i, (name, cfg) in enumerate(KONG_CASES.values())}
+    gw = NginxGateway(plugins, {f"/e{i}": [f"e{i}"] for i in range(len(KONG_CASES))}, workers=1)
+    gw.servers = servers
+    yield gw
+    gw.stop()
+    for server in servers.values():
+        server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case", list(KONG_CASES))
+def test_side_http_kong_path(benchmark, kong_path, case):
+    name, _ = KONG_CASES[case]
+    url = f"{kong_path.url}/e{list(KONG_CASES).index(case)}"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    _wrk(url, 32, headers, 2)
+    pid = kong_path.servers[name].proc.pid
+    result: dict = {}
+
+    def run() -> None:
+        cpu = _cpu_seconds(pid)
+        result.update(_wrk(url, 32, headers, SECONDS))
+        result["side_cpu_us_per_decision"] = (_cpu_seconds(pid) - cpu) / result["requests"] * 1e6
+
+    benchmark.group = "side http"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    assert "fastguard gateway: plugin" not in kong_path.error_log()   # every request decided by its plugin
+    benchmark.extra_info.update(ops=result["requests"], contender=case, algorithm="-", case=case, **result)
 
 
 def _request() -> object:

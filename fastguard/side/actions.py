@@ -39,7 +39,7 @@ class ActionError(ValueError):
     """A `rate_limits` entry that cannot be used (the message names the entry and the field)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)   # made per request: a frozen init costs a setattr per field
 class HttpRequest:
     """The client's request as a side service sees it: names lower-case, one value per header (the first),
     `path` with its query, `client` the address the service trusts as the client's."""

@@ -31,7 +31,7 @@ MAX_REQUEST_DESCRIPTORS = 256
 MAX_ENTRIES = 64
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)   # made per request: a frozen init costs a setattr per field
 class Status:
     """One descriptor's answer (Envoy's DescriptorStatus): `rule` None when no limit applies."""
 
@@ -45,7 +45,7 @@ class Status:
     fault: bool = False         # refused because the shared store cannot answer (on_error: deny)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)   # made per request: a frozen init costs a setattr per field
 class Verdict:
     overall: int
     statuses: tuple[Status, ...]
@@ -57,7 +57,7 @@ class Verdict:
     @property
     def fault(self) -> bool:
         """Refused only because the shared store cannot answer (a domain with on_error: deny)."""
-        return any(s.fault for s in self.statuses)
+        return self.overall == OVER_LIMIT and any(s.fault for s in self.statuses)
 
     @property
     def retry_after(self) -> float:
@@ -66,6 +66,9 @@ class Verdict:
 
     def tightest(self) -> Status | None:
         """The limited descriptor closest to its limit (for RateLimit-* headers), a refusing one first."""
+        if len(self.statuses) == 1:
+            s = self.statuses[0]
+            return s if s.rule is not None and not s.rule.unlimited else None
         limited = [s for s in self.statuses if s.rule is not None and not s.rule.unlimited]
         return min(limited, key=lambda s: (s.code != OVER_LIMIT, s.remaining), default=None)
 
@@ -130,6 +133,18 @@ class Decider:
         """The answer to ShouldRateLimit(domain, descriptors, hits_addend): `hits` for all descriptors or one per
         descriptor (0 counts as 1); `overrides`: per descriptor, a rule that replaces the configuration's (Envoy's
         per-descriptor `limit`), counted per its entries."""
+        if len(descriptors) == 1 and overrides is None:      # the common case, without the general bookkeeping
+            entries = descriptors[0]
+            dom = self.domains.get(domain)
+            m = dom.match(entries) if dom is not None and entries and len(entries) <= MAX_ENTRIES else None
+            rule = m.rule if m is not None else None
+            # (a rule's `replaces` only drops other descriptors' rules; unlimited, shadow and blocked: below)
+            if rule is not None and not (rule.unlimited or rule.shadow or rule.blocked):
+                n = hits if isinstance(hits, int) else hits[0]
+                counts = self.counts.get(domain) or Counts(f"domain:{domain}")
+                with self._lock(domain):
+                    status = self._hit(m, n or 1, now, counts)  # type: ignore[arg-type]
+                return Verdict(status.code, (status,))
         if len(descriptors) > MAX_REQUEST_DESCRIPTORS or any(len(d) > MAX_ENTRIES for d in descriptors):
             return Verdict(OVER_LIMIT, tuple(Status(OVER_LIMIT) for _ in descriptors))
         each = [hits or 1] * len(descriptors) if isinstance(hits, int) else [h or 1 for h in hits]

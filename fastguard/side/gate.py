@@ -40,7 +40,7 @@ _BLOCK_KEYS = _HTTP_KEYS | {"counts"}
 _MAX_ADDRESS = 64
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)   # made per request: a frozen init costs a setattr per field
 class Answer:
     """What the gateway should do: `status` 200 lets the request through with `upstream` set and `remove` removed
     from it; 401/403/429 is the client's answer, with `downstream` headers; 404 an unknown domain."""
@@ -187,21 +187,22 @@ class Side:
         policy = self.http.get(domain)
         if policy is None:
             return Answer(404, f"no forward-auth policy for domain {domain!r}")
-        claims, upstream, remove = None, [], list(policy.guarded)
-        if policy.jwt is not None:
-            outcome = policy.jwt.check(req)
+        claims, upstream, remove = None, (), ()
+        jwt = policy.jwt
+        if jwt is not None:
+            outcome = jwt.check(req)
             if outcome.status:
                 challenge = _challenge(outcome.message, outcome.token is not None)
                 return Answer(outcome.status, outcome.message, downstream=(("WWW-Authenticate", challenge),))
             claims = outcome.claims
-            upstream = policy.jwt.upstream(outcome)
-            if not policy.jwt.forward:
-                remove.extend(policy.jwt.token_headers)
-        set_names = {n for n, _ in upstream}
-        remove = tuple(dict.fromkeys(n for n in remove if n not in set_names))
+            upstream = tuple(jwt.upstream(outcome))
+            # identity headers fastguard did not set (and the token, unless forwarded) come off the request
+            set_names = {n for n, _ in upstream}
+            cleared = policy.guarded if jwt.forward else (*policy.guarded, *jwt.token_headers)
+            remove = tuple(dict.fromkeys(n for n in cleared if n not in set_names))
         descriptors = policy.actions.descriptors(req, claims)
         if not descriptors:
-            return Answer(200, "OK", tuple(upstream), remove, guarded=policy.guarded)
+            return Answer(200, "OK", upstream, remove, guarded=policy.guarded)
         verdict = self.decider.decide(domain, descriptors)
         if verdict.fault:   # on_error: deny while Redis cannot answer: not a rate limit, and never an allow
             return Answer(503, "rate limit store unavailable", verdict=verdict)
@@ -211,4 +212,4 @@ class Side:
             if math.isfinite(wait):
                 headers.append(("Retry-After", str(max(1, math.ceil(wait)))))
             return Answer(429, "Too Many Requests", downstream=tuple(headers), verdict=verdict)
-        return Answer(200, "OK", tuple(upstream), remove, tuple(headers), verdict, policy.guarded)
+        return Answer(200, "OK", upstream, remove, tuple(headers), verdict, policy.guarded)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import stat
 from collections import deque
 from typing import Any
 from urllib.parse import unquote
@@ -42,6 +44,7 @@ log = logging.getLogger("fastguard.side")
 LIMITS = {"url": 8192, "headers": 100, "header_bytes": 32768, "body": 65536}
 #: Seconds a connection may take to send a whole request once it started one, and may stay idle between requests.
 REQUEST_TIMEOUT, IDLE_TIMEOUT = 10.0, 75.0
+_MAX_RAW, _MAX_HEADER_BYTES = 2 * LIMITS["headers"], LIMITS["header_bytes"]
 #: Open connections one process serves (each costs a few KiB; a gateway keeps a pool of tens).
 MAX_CONNECTIONS = 10_000
 
@@ -58,15 +61,11 @@ class _Refused(Exception):
 
 def _response(status: int, headers: Any = (), body: bytes = b"", close: bool = False,
               content_type: bytes = b"text/plain; charset=utf-8") -> bytes:
-    lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, "Status").encode())]
-    for name, value in headers:
-        lines.append(f"{name}: {value}".encode("latin-1", "replace"))
+    head = "".join([f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n",
+                    *[f"{name}: {value}\r\n" for name, value in headers]]).encode("latin-1", "replace")
     if body:
-        lines.append(b"Content-Type: " + content_type)
-    lines.append(b"Content-Length: %d" % len(body))
-    if close:
-        lines.append(b"Connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+        head += b"Content-Type: " + content_type + b"\r\n"
+    return head + b"Content-Length: %d\r\n%s\r\n" % (len(body), b"Connection: close\r\n" if close else b"") + body
 
 
 def _text(raw: bytes) -> str:
@@ -159,8 +158,7 @@ class _Connection(asyncio.Protocol):
     # -- parser callbacks ----------------------------------------------------------------------------------------
     def _reset(self) -> None:
         self._url = b""
-        self._headers: dict[str, str] = {}
-        self._count = 0
+        self._raw: list[bytes] = []            # name, value, name, value... (decoded once, when complete)
         self._bytes = 0
         self._body = bytearray()
         self._in_request = False
@@ -176,13 +174,19 @@ class _Connection(asyncio.Protocol):
             raise _Refused(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count += 1
+        raw = self._raw
+        raw.append(name)
+        raw.append(value)
         self._bytes += len(name) + len(value)
-        if self._count > LIMITS["headers"] or self._bytes > LIMITS["header_bytes"]:
+        if len(raw) > _MAX_RAW or self._bytes > _MAX_HEADER_BYTES:
             raise _Refused(431)
-        key = _text(name).lower()
-        if key not in self._headers:               # the first value, as Envoy's actions read one
-            self._headers[key] = _text(value)
+
+    def _headers(self) -> dict[str, str]:
+        """Names lower-case, the first value of each (as Envoy's actions read one); undecodable bytes kept."""
+        raw = self._raw
+        # built from the last header to the first: the first value of a repeated name is the one left
+        return {raw[i].decode("utf-8", "surrogateescape").lower(): raw[i + 1].decode("utf-8", "surrogateescape")
+                for i in range(len(raw) - 2, -1, -2)}
 
     def on_body(self, body: bytes) -> None:
         self._body += body
@@ -195,7 +199,7 @@ class _Connection(asyncio.Protocol):
         self._in_request = False
         self._arm(IDLE_TIMEOUT)
         try:
-            out = self.app.handle(method, self._url, self._headers, bytes(self._body), self.peer, keep)
+            out = self.app.handle(method, self._url, self._headers(), bytes(self._body), self.peer, keep)
         except Exception:                           # never a crash, never an allow: a 500 is a refusal
             log.exception("fastguard serve: request failed")
             out = _response(500, body=b"Internal Server Error", close=True)
@@ -232,6 +236,7 @@ class _App:
         self.rls = rls
         self.max_connections = max_connections
         self.open = 0               # connections being served (touched on the loop's thread only)
+        self.waits = side.waits     # decisions wait for Redis: checks go to threads (fixed for the process)
 
     def handle(self, method: str, url: bytes, headers: dict[str, str], body: bytes, peer: str,
                keep: bool) -> Any:
@@ -265,8 +270,9 @@ class _App:
     def _auth(self, method: str, path: str, query: str, headers: dict[str, str], peer: str, close: bool) -> Any:
         rest = path[len("/auth/"):] if path.startswith("/auth/") else ""
         domain, slash, tail = rest.partition("/")
-        domain = unquote(domain, errors="surrogateescape")
-        via_nginx = "via=nginx" in query.split("&")
+        if "%" in domain:
+            domain = unquote(domain, errors="surrogateescape")
+        via_nginx = query == "via=nginx" or (bool(query) and "via=nginx" in query.split("&"))
         policy = self.side.policy(domain)
         if policy is None:
             return _response(404, body=f"no forward-auth policy for domain {domain!r}".encode(
@@ -287,7 +293,7 @@ class _App:
                              close=close)
         client = client_address(peer, headers.get("x-forwarded-for"), policy.trusted)
         req = HttpRequest(o_method, o_uri, host, headers, client, scheme)
-        if self.side.waits or (policy.jwt is not None and policy.jwt.needs_thread(req)):
+        if self.waits or (policy.jwt is not None and policy.jwt.needs_thread(req)):
             loop = asyncio.get_running_loop()
             done = loop.create_future()
             work = loop.run_in_executor(None, self.side.check, domain, req)
@@ -323,11 +329,16 @@ def _auth_response(answer: Answer, via_nginx: bool, close: bool) -> bytes:
                      close)
 
 
-async def serve_http(side: Side, rls: Any, host: str, port: int, reuse_port: bool = False,
-                     max_connections: int = MAX_CONNECTIONS) -> asyncio.AbstractServer:
-    """Start the HTTP listener on the running loop; past `max_connections` open connections a new one is answered
-    503 and closed."""
+async def serve_http(side: Side, rls: Any, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False,
+                     max_connections: int = MAX_CONNECTIONS, unix_path: str | None = None) -> asyncio.AbstractServer:
+    """Start the HTTP listener on the running loop, on host:port or on a Unix socket at `unix_path` (a stale socket
+    file there is replaced; anything else there is an OSError). Past `max_connections` open connections a new one
+    is answered 503 and closed. A Unix socket's peer is local: the loopback address for trusted_proxies."""
     app = _App(side, rls, max_connections)
     loop = asyncio.get_running_loop()
+    if unix_path is not None:
+        if os.path.exists(unix_path) and stat.S_ISSOCK(os.stat(unix_path).st_mode):
+            os.unlink(unix_path)
+        return await loop.create_unix_server(lambda: _Connection(app), unix_path, backlog=1024)
     return await loop.create_server(lambda: _Connection(app), host, port, reuse_port=reuse_port or None,
                                     backlog=1024)

@@ -161,7 +161,7 @@ def wildcard_match(parts: Sequence[str], value: str) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)   # made per request: a frozen init costs a setattr per field
 class Match:
     """A request descriptor's rule, and the entries counted for it (a share_threshold wildcard's pattern in place
     of the value it matched)."""

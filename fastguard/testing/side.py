@@ -50,11 +50,33 @@ def docs_block(name: str, **ports: int) -> str:
     return block
 
 
+def _unix_get(path: str, target: str) -> bytes:
+    """One HTTP/1.1 GET over a Unix socket: the raw answer."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: side\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
 def _wait_http(url: str, proc: subprocess.Popen[Any], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
+        if url.startswith("unix:"):                 # unix:PATH:TARGET
+            path, _, target = url[5:].rpartition(":")
+            try:
+                _unix_get(path, target)
+                return
+            except OSError:
+                time.sleep(0.05)
+                continue
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return
@@ -98,17 +120,22 @@ class _Child:
 
 
 class SideService(_Child):
-    """`fastguard serve --config PATH --http 127.0.0.1:<free> [--grpc 127.0.0.1:<free>]` as a child process."""
+    """`fastguard serve --config PATH --http 127.0.0.1:<free> [--grpc 127.0.0.1:<free>]` as a child process
+    (`unix`: a socket path, served instead of the HTTP port)."""
 
     def __init__(self, config: str, grpc: bool = False, args: tuple[str, ...] = (), http_port: int | None = None,
-                 grpc_port: int | None = None) -> None:
+                 grpc_port: int | None = None, unix: str | None = None) -> None:
         self.http_port = http_port or free_port()
         self.grpc_port = (grpc_port or free_port()) if grpc else None
-        cmd = [sys.executable, "-m", "fastguard.cli", "serve", "--config", config,
-               "--http", f"127.0.0.1:{self.http_port}", *args]
+        self.unix = unix
+        http = f"unix:{unix}" if unix else f"127.0.0.1:{self.http_port}"
+        cmd = [sys.executable, "-m", "fastguard.cli", "serve", "--config", config, "--http", http, *args]
+        if unix:
+            cmd += ["--socket-mode", "666"]        # the gateway's workers run as another user
         if grpc:
             cmd += ["--grpc", f"127.0.0.1:{self.grpc_port}"]
-        self._start(cmd, f"http://127.0.0.1:{self.http_port}/healthcheck", "fastguard serve")
+        self._start(cmd, f"unix:{unix}:/healthcheck" if unix else f"http://127.0.0.1:{self.http_port}/healthcheck",
+                    "fastguard serve")
 
     @property
     def url(self) -> str:
@@ -231,7 +258,7 @@ def nginx_auth_location(location: str, upstream: str, domain: str, forwarded_for
     }}"""
 
 
-def _nginx_routes(routes: dict[str, str], side_port: int, port: int) -> str:
+def _nginx_routes(routes: dict[str, str], side: str, port: int) -> str:
     """nginx routing each path prefix through `auth_request` to /auth/<domain>?via=nginx (the docs' directives),
     then to a second server block answering 200 (an upstream that costs nothing). The client's X-Forwarded-For is
     passed on with nginx's address appended: the side service trusts loopback and reads past it."""
@@ -247,12 +274,17 @@ def _nginx_routes(routes: dict[str, str], side_port: int, port: int) -> str:
         auth_request_set $fg_sub $upstream_http_x_jwt_sub;
         error_page 403 = @fastguard_denied;
         proxy_set_header X-Jwt-Sub $fg_sub;
-        proxy_pass http://127.0.0.1:{up};
+        proxy_set_header Connection "";     # a location's own proxy_set_header: the server's are not inherited
+        proxy_pass http://fastguard_upstream;
     }}
 {nginx_auth_location(f"/_fastguard_{name}", "fastguard", domain, "$proxy_add_x_forwarded_for")}""")
     return f"""
 upstream fastguard {{
-    server 127.0.0.1:{side_port};
+    server {side};
+    keepalive 32;
+}}
+upstream fastguard_upstream {{
+    server 127.0.0.1:{up};
     keepalive 32;
 }}
 server {{
@@ -261,6 +293,8 @@ server {{
 }}
 server {{
     listen 127.0.0.1:{port};
+    proxy_http_version 1.1;             # keep-alive to both upstreams
+    proxy_set_header Connection "";
     location = /__nginx_up {{ return 204; }}
 {"".join(locations)}
     location @fastguard_denied {{
@@ -274,14 +308,14 @@ server {{
 """
 
 
-def _caddy_routes(routes: dict[str, str], side_port: int, port: int) -> str:
+def _caddy_routes(routes: dict[str, str], side: str, port: int) -> str:
     """Caddy's forward_auth per path prefix (the docs' directives), then a 200 answer; Caddy passes the client's
     X-Forwarded-For on (its own address appended) because it trusts loopback clients."""
     handles = []
     for prefix, domain in routes.items():
         handles.append(f"""
     handle {prefix}* {{
-        forward_auth 127.0.0.1:{side_port} {{
+        forward_auth {side.replace("unix:", "unix/")} {{
             uri /auth/{domain}
             copy_headers X-Jwt-Sub
             trusted_proxies 127.0.0.1/32
@@ -302,18 +336,20 @@ class SideGateway:
     """`fastguard serve` behind a real nginx (`auth_request`) or Caddy (`forward_auth`): the domain files in
     `config` (a folder), each of `routes` ({path prefix: domain}) guarded by its domain. `port` is the gateway's."""
 
-    def __init__(self, kind: str, config: str, routes: dict[str, str], serve_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, config: str, routes: dict[str, str], serve_args: tuple[str, ...] = (),
+                 unix: str | None = None) -> None:
         problem = gateway_missing(kind)
         if problem is not None:
             raise RuntimeError(problem)
         self.kind = kind
-        self.side = SideService(config, args=serve_args)
+        self.side = SideService(config, args=serve_args, unix=unix)
         self.port = free_port()
+        side = f"unix:{unix}" if unix else f"127.0.0.1:{self.side.http_port}"
         try:
             if kind == "nginx":
-                self.gateway: _Child = NginxServer(_nginx_routes(routes, self.side.http_port, self.port), self.port)
+                self.gateway: _Child = NginxServer(_nginx_routes(routes, side, self.port), self.port)
             else:
-                self.gateway = CaddyServer(_caddy_routes(routes, self.side.http_port, self.port), self.port)
+                self.gateway = CaddyServer(_caddy_routes(routes, side, self.port), self.port)
         except BaseException:
             self.side.stop()
             raise

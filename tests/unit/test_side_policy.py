@@ -394,8 +394,10 @@ def test_counts_block_names_kong_scope_and_keys():
     rule = Rule("api.remote_address", "minute", 5, ())
     assert shared.key(Match(rule, (("remote_address", "203.0.113.7"),))) == b"ip:203.0.113.7"
     assert shared.key(Match(rule, (("generic_key", "x"), ("key", "k\udcff")))) == b"header:k\xff"
-    # entries not named in kong_keys: the entries as JSON, different from any Kong key
-    assert plain.key(Match(rule, (("remote_address", "203.0.113.7"),))) == b'[["remote_address","203.0.113.7"]]'
+    # entries not named in kong_keys: length-prefixed entries, never one of Kong's keys (a digit first)
+    assert plain.key(Match(rule, (("remote_address", "203.0.113.7"),))) == b"14:remote_address11:203.0.113.7"
+    # unambiguous: entries that would run together as plain text stay apart
+    assert plain.key(Match(rule, (("a", "b1:c"),))) != plain.key(Match(rule, (("a", "b"), ("c", ""))))
 
 
 @pytest.mark.parametrize("block, says", [

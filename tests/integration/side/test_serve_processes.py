@@ -97,3 +97,58 @@ def test_a_bad_fastguard_block_stops_the_start_naming_file_and_field(tmp_path):
                         f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert "edge.yaml:7: fastguard.rate_limits[0].actions[0]: not an Envoy rate limit action" in r.stderr
+
+
+def test_a_unix_socket_serves_a_gateway_on_the_same_host(tmp_path):
+    """--http unix:PATH: nginx asks over the socket (the client's address still read past loopback), the socket gets
+    --socket-mode, a stale socket file left by a killed service is replaced, and the file goes when it stops."""
+    import stat
+
+    from fastguard.testing.side import SideGateway, gateway_missing
+
+    if gateway_missing("nginx"):
+        pytest.skip(gateway_missing("nginx"))
+    import shutil
+    import tempfile
+
+    (tmp_path / "edge.yaml").write_text(DOMAIN.replace("1000", "2"))
+    sockets = tempfile.mkdtemp(prefix="fg-sock-")      # pytest's folders are 0700: nginx's workers could not enter
+    os.chmod(sockets, 0o755)
+    path = os.path.join(sockets, "side.sock")
+    gw = SideGateway("nginx", str(tmp_path), {"/": "edge"}, unix=path)
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666          # as the test asked (the default is 660)
+        statuses = []
+        for _ in range(3):
+            try:
+                statuses.append(urllib.request.urlopen(f"http://127.0.0.1:{gw.port}/x", timeout=10).status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+        assert statuses == [200, 200, 429], gw.side.log()
+        other = urllib.request.Request(f"http://127.0.0.1:{gw.port}/x", headers={"X-Forwarded-For": "192.0.2.9"})
+        assert urllib.request.urlopen(other, timeout=10).status == 200   # another client: its own count
+        os.kill(gw.side.proc.pid, signal.SIGKILL)                       # leaves its socket file behind
+        gw.side.proc.wait(10)
+        assert os.path.exists(path)
+        again = SideService(str(tmp_path), unix=path)
+        try:
+            assert "HTTP on unix:" in again.log()
+        finally:
+            again.stop()
+        assert not os.path.exists(path)
+    finally:
+        gw.stop()
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--http", "unix:"), "needs the socket's path"),
+    (("--http", "unix:/tmp/x.sock", "--workers", "2"), "processes cannot share a Unix socket"),
+    (("--http", "unix:/tmp/x.sock", "--socket-mode", "rw"), "--socket-mode is octal"),
+    (("--http", "unix:/tmp/x.sock", "--socket-mode", "7777"), "--socket-mode is octal"),
+])
+def test_bad_unix_socket_options_are_refused(tmp_path, args, says):
+    (tmp_path / "edge.yaml").write_text(DOMAIN)
+    r = subprocess.run([sys.executable, "-m", "fastguard.cli", "serve", "--config", str(tmp_path), *args],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
