@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from importlib import metadata
+from typing import Any
 
 #: The benchmark suite: bench/ of a checkout, or fastguard/_bench once installed (the same files).
 HERE = pathlib.Path(__file__).resolve().parent
@@ -192,6 +193,8 @@ def render(data: dict, verdicts: list[tuple[str, bool]] | None = None) -> str:
                   f"{k['rss_max_mib']:.1f} / {k['rss_last_mib']:.1f} MiB | {k['growth_mib']:+.2f} MiB |" for k in soaks]
         lines.append("")
 
+    lines += _side_tables(by_group)
+
     # Budgets (docs/design.md), judged on this run only.
     checks = []
 
@@ -360,10 +363,78 @@ def render(data: dict, verdicts: list[tuple[str, bool]] | None = None) -> str:
     for k in soaks:
         check(f"gateway soak: no growth after warm-up ({k['case']}, {k['soak_s']} s; ≤ 1 MiB)", k["growth_mib"],
               k["growth_mib"] <= 1, f"{k['growth_mib']:+.2f} MiB over {k['requests']:,} requests")
+    _side_budgets(by_group, check)
     lines += ["## Budgets (docs/design.md) in this run", "",
               "Ratios are judged (`--check`); \"(absolute)\" marks a time budget set on the reference machine, shown "
               "for this machine but not judged.", "", "| budget | measured | verdict |", "|---|---|---|", *checks, ""]
     return "\n".join(lines)
+
+
+#: The side service's published comparison: envoyproxy/ratelimit with Redis, as its users report it, per CPU.
+ENVOY_RATELIMIT_PER_CPU = 2500
+
+
+def _side_tables(by_group: dict[str, list[dict]]) -> list[str]:
+    """The side service's tables (bench/test_bench_side.py): through nginx auth_request, and over gRPC."""
+    lines: list[str] = []
+    http = [b["extra_info"] for b in by_group.get("side http", [])]
+    if http:
+        lines += ["## The side service through nginx `auth_request` (wrk, 32 connections, 1 nginx worker)", "",
+                  "| case | requests/s | p50 / p99 ms | guard's CPU per decision |", "|---|---:|---:|---:|"]
+        for e in http:
+            cpu = e.get("side_cpu_us_per_decision")
+            lines.append(f"| {e['case']} | {e['requests_per_s']:,.0f} | {e['p50_ms']:.2f} / {e['p99_ms']:.2f} | "
+                         f"{f'{cpu:.1f} µs' if cpu is not None else '–'} |")
+        lines.append("")
+    grpc = [b["extra_info"] for b in by_group.get("side grpc", [])]
+    if grpc:
+        lines += ["## The side service over gRPC (ShouldRateLimit, a grpcio client keeping 64 calls in flight)", "",
+                  "| case | decisions/s | p50 / p99 ms | server CPU per decision |", "|---|---:|---:|---:|"]
+        lines += [f"| {e['case']} | {e['decisions_per_s']:,.0f} | {e['p50_ms']:.2f} / {e['p99_ms']:.2f} | "
+                  f"{e['server_cpu_us_per_decision']:.0f} µs |" for e in grpc]
+        lines.append("")
+    return lines
+
+
+def _side_budgets(by_group: dict[str, list[dict]], check: Any) -> None:
+    """The side service's budgets (issue: the side service), judged on this run's figures."""
+    http = {e["case"]: e for e in (b["extra_info"] for b in by_group.get("side http", []))}
+    floor = http.get("floor (auth_request to nginx 204)")
+    for case, kong in (("fastguard: limit by IP", "Kong path: limit by IP"),
+                       ("fastguard: JWT (cached)", "Kong path: JWT (cached)"),
+                       ("fastguard: JWT + limit", "Kong path: JWT + limit")):
+        ours = http.get(case)
+        if ours and floor and case == "fastguard: limit by IP":
+            ratio = ours["requests_per_s"] / floor["requests_per_s"]
+            check("side service ≥ 0.8× the auth_request floor's requests/s (limit)", ratio, ratio >= 0.8,
+                  f"{ratio:.2f}×")
+        if ours and http.get(kong):
+            ratio = ours["requests_per_s"] / http[kong]["requests_per_s"]
+            check(f"side service ≥ 2× the Kong path's requests/s ({case.split(': ', 1)[1]})", ratio, ratio >= 2,
+                  f"{ratio:.2f}×")
+        if ours and case != "fastguard: JWT + limit":
+            cpu, bound = ours["side_cpu_us_per_decision"], 20 if case == "fastguard: limit by IP" else 25
+            check(f"side service CPU per decision ≤ {bound} µs ({case.split(': ', 1)[1]})", cpu, cpu <= bound,
+                  f"{cpu:.1f} µs", absolute=True)
+    one, two = http.get("fastguard: limit by IP"), http.get("fastguard: limit by IP, --workers 2")
+    if one and two:
+        ratio = two["requests_per_s"] / one["requests_per_s"]
+        check("side service --workers 2 ≥ 1.6× one worker", ratio, ratio >= 1.6, f"{ratio:.2f}×")
+    grpc = {e["case"]: e for e in (b["extra_info"] for b in by_group.get("side grpc", []))}
+    ours, floor = grpc.get("fastguard serve --grpc"), grpc.get("grpc floor (constant OK)")
+    if ours and floor:
+        ratio = ours["decisions_per_s"] / floor["decisions_per_s"]
+        check("gRPC ShouldRateLimit ≥ 0.7× the framework floor (same server flavour)", ratio, ratio >= 0.7,
+              f"{ratio:.2f}×")
+    if ours:
+        per_cpu = 1e6 / ours["server_cpu_us_per_decision"]
+        check(f"gRPC decisions per server CPU-second ≥ 1.5× envoyproxy/ratelimit's published "
+              f"~{ENVOY_RATELIMIT_PER_CPU:,}/s", per_cpu, per_cpu >= 1.5 * ENVOY_RATELIMIT_PER_CPU,
+              f"{per_cpu:,.0f}/s ({per_cpu / ENVOY_RATELIMIT_PER_CPU:.2f}×)", absolute=True)
+    half = grpc.get("fastguard at half its peak")
+    if half:
+        check("gRPC p99 < 2 ms at half the peak rate", half["p99_ms"], half["p99_ms"] < 2,
+              f"{half['p99_ms']:.2f} ms", absolute=True)
 
 
 def main(argv: list[str] | None = None) -> int:

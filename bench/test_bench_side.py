@@ -10,8 +10,8 @@ Kong user would run them. Per case: requests/s, p50/p99, and the guard's CPU per
 run / requests: the side service, or the plugin server).
 
 gRPC: ShouldRateLimit decisions/s from a grpcio client keeping 64 calls in flight, against `fastguard serve --grpc`
-and against the framework's floor (bench/side_floor.py: the same server flavour answering a constant OK); p99 at
-half of fastguard's peak rate.
+and against the framework's floor (bench/side_floor.py: the same server flavour — grpcio's asyncio server —
+answering a constant OK; grpcio's thread-pool server too, for context); p99 at half of fastguard's peak rate.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -68,7 +69,9 @@ def _domain_file(name: str, block: dict) -> str:
         "fastguard": block})   # JSON is YAML
 
 
-def _nginx_conf(side_port: int, upstream_port: int, floor_port: int, minimal_port: int, port: int) -> str:
+def _nginx_conf(side_port: int, upstream_port: int, floor_port: int, minimal_port: int, port: int,
+                unix_path: str) -> str:
+    routes = [(name, "side", name) for name in DOMAINS] + [("limit_unix", "side_unix", "limit")]
     locations = "".join(f"""
     location /{name} {{
         auth_request /_auth_{name};
@@ -76,9 +79,10 @@ def _nginx_conf(side_port: int, upstream_port: int, floor_port: int, minimal_por
         proxy_set_header X-Jwt-Sub $fg_sub;
         proxy_set_header Connection "";     # a location's own proxy_set_header: the server's are not inherited
         proxy_pass http://up;
-    }}{nginx_auth_location(f"/_auth_{name}", "side", name)}""" for name in DOMAINS)
+    }}{nginx_auth_location(f"/_auth_{name}", upstream, domain)}""" for name, upstream, domain in routes)
     return f"""
 upstream side {{ server 127.0.0.1:{side_port}; keepalive 64; }}
+upstream side_unix {{ server unix:{unix_path}; keepalive 64; }}
 upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
 upstream floor {{ server 127.0.0.1:{floor_port}; keepalive 64; }}
 upstream minimal {{ server 127.0.0.1:{minimal_port}; keepalive 64; }}
@@ -120,19 +124,33 @@ def stack(request):
     for name, block in DOMAINS.items():
         with open(os.path.join(folder, f"{name}.yaml"), "w") as fh:
             fh.write(_domain_file(name, block))
+    os.chmod(folder, 0o755)                         # nginx's workers reach the Unix socket in it
     workers = request.param
     side = SideService(folder, args=("--workers", str(workers)) if workers > 1 else (), http_port=free_port())
+    unix_path = os.path.join(folder, "side.sock")
+    side_unix = SideService(folder, unix=unix_path) if workers == 1 else None
     port, minimal_port = free_port(), free_port()
     minimal = subprocess.Popen([sys.executable, "-m", "bench.side_minimal", str(minimal_port)],
                                cwd=os.path.dirname(os.path.dirname(__file__)))
-    nginx = NginxServer(_nginx_conf(side.http_port, free_port(), free_port(), minimal_port, port), port)
+    deadline = time.monotonic() + 30
+    while True:                                     # the reference answers before nginx sends it anything
+        try:
+            socket.create_connection(("127.0.0.1", minimal_port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and minimal.poll() is None, "bench.side_minimal did not start"
+            time.sleep(0.05)
+    nginx = NginxServer(_nginx_conf(side.http_port, free_port(), free_port(), minimal_port, port, unix_path), port)
     nginx.url = f"http://127.0.0.1:{port}"
     nginx.minimal = minimal
+    nginx.side_unix = side_unix
     yield side, nginx, workers
     nginx.stop()
     minimal.terminate()
     minimal.wait(10)
     side.stop()
+    if side_unix is not None:
+        side_unix.stop()
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -142,8 +160,9 @@ def _side_pids(side: SideService) -> list[int]:
 
 
 CASES = ["no auth", "floor (auth_request to nginx 204)", "minimal asyncio + RateLimiter.hit (reference)",
-         "fastguard: limit by IP", "fastguard: JWT (cached)", "fastguard: JWT + limit"]
-PATHS = dict(zip(CASES, ["/none", "/floor", "/minimal", "/limit", "/jwt", "/both"], strict=True))
+         "fastguard: limit by IP", "fastguard: limit by IP, Unix socket", "fastguard: JWT (cached)",
+         "fastguard: JWT + limit"]
+PATHS = dict(zip(CASES, ["/none", "/floor", "/minimal", "/limit", "/limit_unix", "/jwt", "/both"], strict=True))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -154,7 +173,8 @@ def test_side_http(benchmark, stack, case):
     headers = {"Authorization": f"Bearer {TOKEN}"}
     url = nginx.url + PATHS[case]
     _wrk(url, 32, headers, 2)                       # connections, caches (not counted)
-    pids = [nginx.minimal.pid] if case.startswith("minimal") else _side_pids(side)
+    pids = [nginx.minimal.pid] if case.startswith("minimal") else \
+        [nginx.side_unix.proc.pid] if case.endswith("Unix socket") else _side_pids(side)
     result: dict = {}
 
     def run() -> None:
@@ -263,23 +283,33 @@ def grpc_servers():
     with open(os.path.join(folder, "limit.yaml"), "w") as fh:
         fh.write(_domain_file("limit", DOMAINS["limit"]))
     side = SideService(folder, grpc=True)
-    floor_port = free_port()
-    floor = subprocess.Popen([sys.executable, "-m", "bench.side_floor", str(floor_port)],
-                             cwd=os.path.dirname(os.path.dirname(__file__)))
-    yield side, floor_port, floor
-    floor.send_signal(signal.SIGTERM)
-    floor.wait(10)
+    floors = {}
+    for flavour in ("aio", "threads"):
+        port = free_port()
+        floors[flavour] = (port, subprocess.Popen([sys.executable, "-m", "bench.side_floor", str(port), flavour],
+                                                  cwd=os.path.dirname(os.path.dirname(__file__))))
+    yield side, floors
+    for _, proc in floors.values():
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
     side.stop()
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.parametrize("case", ["grpc floor (constant OK)", "fastguard serve --grpc", "fastguard at half its peak"])
+GRPC_CASES = ["grpc floor (constant OK)", "grpc floor, thread-pool server (context)", "fastguard serve --grpc",
+              "fastguard at half its peak"]
+
+
+@pytest.mark.parametrize("case", GRPC_CASES)
 def test_side_grpc(benchmark, grpc_servers, case):
-    side, floor_port, floor = grpc_servers
-    port = floor_port if case.startswith("grpc floor") else side.grpc_port
+    side, floors = grpc_servers
+    if case.startswith("grpc floor"):
+        port, proc = floors["threads" if "thread-pool" in case else "aio"]
+        pids = [proc.pid]
+    else:
+        port, pids = side.grpc_port, [side.proc.pid]
     _drive(port, 1)
     result: dict = {}
-    pids = [floor.pid] if port == floor_port else [side.proc.pid]
 
     def run() -> None:
         rate = None

@@ -11,6 +11,7 @@ client gets RateLimit-* (`response_headers_to_add`); a refused one gets `denied_
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -45,7 +46,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, side: Side) -> None:
         self.side = side
 
-    def answer(self, request: Any) -> Answer:
+    def _request(self, request: Any) -> tuple[str, HttpRequest] | Answer:
         attrs = request.attributes
         domain = attrs.context_extensions.get("domain") or self.side.default_domain()
         if domain is None:
@@ -53,24 +54,46 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
                                "fastguard block")
         http = attrs.request.http
         client = attrs.source.address.socket_address.address
-        req = HttpRequest(http.method or "GET", http.path or "/", http.host, _headers(http), client,
-                          http.scheme or "http")
+        return domain, HttpRequest(http.method or "GET", http.path or "/", http.host, _headers(http), client,
+                                   http.scheme or "http")
+
+    def _check(self, domain: str, req: HttpRequest) -> Answer:
         answer = self.side.check(domain, req)
         return Answer(403, answer.message, downstream=answer.downstream) if answer.status == 404 else answer
 
-    def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 - the proto's name
-        answer = self.answer(request)
-        if answer.allowed:
-            return external_auth_pb2.CheckResponse(
-                status=status_pb2.Status(code=code_pb2.OK),
-                ok_response=external_auth_pb2.OkHttpResponse(
-                    headers=_options(answer.upstream), headers_to_remove=list(answer.remove),
-                    response_headers_to_add=_options(answer.downstream)))
+    def answer(self, request: Any) -> Answer:
+        """The answer to a CheckRequest, decided on the calling thread."""
+        prepared = self._request(request)
+        return prepared if isinstance(prepared, Answer) else self._check(*prepared)
+
+    async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 - the proto's name
+        """On grpcio's asyncio server: answered on the loop, or on a thread when the decision waits (Redis in strict
+        mode, a remote key set not cached yet)."""
+        prepared = self._request(request)
+        if isinstance(prepared, Answer):
+            answer = prepared
+        else:
+            policy = self.side.policy(prepared[0])
+            if self.side.waits or (policy is not None and policy.jwt is not None
+                                   and policy.jwt.needs_thread(prepared[1])):
+                answer = await asyncio.get_running_loop().run_in_executor(None, self._check, *prepared)
+            else:
+                answer = self._check(*prepared)
+        return _response(answer)
+
+
+def _response(answer: Answer) -> Any:
+    if answer.allowed:
         return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=_GRPC_CODE.get(answer.status, code_pb2.PERMISSION_DENIED),
-                                     message=answer.message),
-            denied_response=external_auth_pb2.DeniedHttpResponse(
-                status={"code": answer.status}, headers=_options(answer.downstream), body=answer.message))
+            status=status_pb2.Status(code=code_pb2.OK),
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=_options(answer.upstream), headers_to_remove=list(answer.remove),
+                response_headers_to_add=_options(answer.downstream)))
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=_GRPC_CODE.get(answer.status, code_pb2.PERMISSION_DENIED),
+                                 message=answer.message),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status={"code": answer.status}, headers=_options(answer.downstream), body=answer.message))
 
 
 def add_to_server(service: AuthorizationService, server: Any) -> None:

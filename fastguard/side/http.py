@@ -255,9 +255,14 @@ class _App:
             return self._auth(method, path, query, headers, peer, close)
         return _response(404, body=b"Not Found", close=close)
 
-    def _json(self, method: str, body: bytes, close: bool) -> bytes:
+    def _json(self, method: str, body: bytes, close: bool) -> Any:
         if method != "POST":
             return _response(405, [("Allow", "POST")], b"Method Not Allowed", close)
+        if self.waits:          # every decision is a Redis round trip: on a thread, the loop answers meanwhile
+            return asyncio.get_running_loop().run_in_executor(None, self._json_answer, body, close)
+        return self._json_answer(body, close)
+
+    def _json_answer(self, body: bytes, close: bool) -> bytes:
         try:
             request = json_format.Parse(body.decode("utf-8"), rls_pb2.RateLimitRequest())
             response = self.rls.respond(request)

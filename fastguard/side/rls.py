@@ -10,6 +10,7 @@ per-route override) is limited by it, per its entries.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 from typing import Any
@@ -73,11 +74,14 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                     response.response_headers_to_add.add(key=name, value=str(value))
         return response
 
-    def ShouldRateLimit(self, request: Any, context: Any) -> Any:  # noqa: N802 - the proto's name
+    async def ShouldRateLimit(self, request: Any, context: Any) -> Any:  # noqa: N802 - the proto's name
+        """On grpcio's asyncio server: answered on the loop, or on a thread when decisions wait for Redis."""
         try:
+            if self.decider.waits:
+                return await asyncio.get_running_loop().run_in_executor(None, self.respond, request)
             return self.respond(request)
         except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
 def _status(status: Status) -> Any:

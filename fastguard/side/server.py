@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="processes sharing the ports (SO_REUSEPORT; default 1). Without --redis counts are per "
                         "process")
-    p.add_argument("--threads", type=int, default=8, help="gRPC worker threads per process (default 8)")
+    p.add_argument("--threads", type=int, default=8,
+                   help="threads per process for decisions that wait: Redis in strict mode, a key set's download "
+                        "(default 8); everything else is answered on the event loop")
     p.add_argument("--max-connections", type=int, default=10_000,
                    help="open HTTP connections per process; past it a new one is answered 503 (default 10,000)")
     p.add_argument("--max-keys", type=int, default=1_000_000,
@@ -168,6 +170,8 @@ def _supervise(args: Any, argv: list[str]) -> int:
 
 def _worker(args: Any, parser: argparse.ArgumentParser, domains: Any, http_side: Any,
             http: tuple[str, int | str] | None, grpc_at: tuple[str, int] | None, stores: Any) -> int:
+    """One process: the HTTP listener and the gRPC services on one event loop (a decision that waits — Redis in
+    strict mode, a key set's download — goes to one of `--threads` threads), the config watched by a thread."""
     from fastguard.side.gate import Side
     from fastguard.side.rls import RateLimitService
 
@@ -176,29 +180,28 @@ def _worker(args: Any, parser: argparse.ArgumentParser, domains: Any, http_side:
         _metrics(side, args.metrics_port, parser)
     rls = RateLimitService(side.decider, headers=args.headers)
     shared = args.workers > 1
-    server = _grpc(side, rls, grpc_at, args.threads, shared, parser) if grpc_at else None
     stop = threading.Event()
     reload_now = threading.Event()
     threading.Thread(target=_watch, args=(args.config, side, stop, reload_now, args.reload_interval),
                      name="config-watch", daemon=True).start()
-    listening = [f"gRPC RateLimitService + Authorization on {args.grpc}"] if server else []
-    if http is None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: reload_now.set())
-        _started(domains, args.config, listening, args)
-        stop.wait()
-    else:
+
+    async def run() -> None:
         import asyncio
+        from concurrent.futures import ThreadPoolExecutor
 
         from fastguard.side.http import serve_http
 
-        async def run() -> None:
-            loop = asyncio.get_running_loop()
-            done = asyncio.Event()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, done.set)
-            loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(args.threads, thread_name_prefix="fastguard-wait"))
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_now.set)
+        listening, listener, server = [], None, None
+        if grpc_at is not None:
+            server = await _grpc(side, rls, grpc_at, shared, parser)
+            listening.append(f"gRPC RateLimitService + Authorization on {args.grpc}")
+        if http is not None:
             try:
                 if http[0] == "unix":
                     listener = await serve_http(side, rls, unix_path=str(http[1]),
@@ -211,16 +214,19 @@ def _worker(args: Any, parser: argparse.ArgumentParser, domains: Any, http_side:
                     where = f"{http[0]}:{listener.sockets[0].getsockname()[1]}"
             except OSError as exc:
                 parser.exit(2, f"fastguard serve: cannot listen on {args.http} ({exc})\n")
-            _started(domains, args.config, listening + [f"HTTP on {where}"], args)
-            await done.wait()
+            listening.append(f"HTTP on {where}")
+        _started(domains, args.config, listening, args)
+        await done.wait()
+        if listener is not None:
             listener.close()
-            if http[0] == "unix":
+            if http is not None and http[0] == "unix":
                 with contextlib.suppress(OSError):
                     os.unlink(str(http[1]))
-        _run_loop(run())
+        if server is not None:
+            await server.stop(grace=2)
+
+    _run_loop(run())
     stop.set()
-    if server is not None:
-        server.stop(grace=2).wait()
     side.decider.close()
     return 0
 
@@ -245,18 +251,16 @@ def _started(domains: Any, config: str, listening: list[str], args: Any) -> None
           f"{'; '.join(listening)}; {counts}", file=sys.stderr, flush=True)
 
 
-def _grpc(side: Any, rls: Any, at: tuple[str, int], threads: int, shared: bool,
-          parser: argparse.ArgumentParser) -> Any:
-    from concurrent import futures
-
+async def _grpc(side: Any, rls: Any, at: tuple[str, int], shared: bool, parser: argparse.ArgumentParser) -> Any:
+    """grpcio's asyncio server on the running loop: measured faster for these services than its thread-pool server
+    (bench/test_bench_side.py), and one loop with the HTTP listener instead of a second set of threads."""
     import grpc
 
     from fastguard.side import authz
     from fastguard.side import rls as rls_module
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
-                         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                  ("grpc.so_reuseport", 1 if shared else 0)])
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                      ("grpc.so_reuseport", 1 if shared else 0)])
     rls_module.add_to_server(rls, server)
     authz.add_to_server(authz.AuthorizationService(side), server)
     where = f"[{at[0]}]:{at[1]}" if ":" in at[0] else f"{at[0]}:{at[1]}"
@@ -266,7 +270,7 @@ def _grpc(side: Any, rls: Any, at: tuple[str, int], threads: int, shared: bool,
         parser.exit(2, f"fastguard serve: cannot listen on {where} ({exc})\n")
     if not port:
         parser.exit(2, f"fastguard serve: cannot listen on {where}\n")
-    server.start()
+    await server.start()
     return server
 
 
