@@ -12,6 +12,7 @@ client gets RateLimit-* (`response_headers_to_add`); a refused one gets `denied_
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -22,6 +23,8 @@ from fastguard.side.actions import HttpRequest
 from fastguard.side.gate import Answer, Side
 
 __all__ = ["AuthorizationService", "add_to_server"]
+
+log = logging.getLogger("fastguard.side")
 
 _GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED, 404: code_pb2.PERMISSION_DENIED,
               429: code_pb2.RESOURCE_EXHAUSTED, 503: code_pb2.UNAVAILABLE}
@@ -69,16 +72,20 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     async def Check(self, request: Any, context: Any) -> Any:  # noqa: N802 - the proto's name
         """On grpcio's asyncio server: answered on the loop, or on a thread when the decision waits (Redis in strict
         mode, a remote key set not cached yet)."""
-        prepared = self._request(request)
-        if isinstance(prepared, Answer):
-            answer = prepared
-        else:
-            policy = self.side.policy(prepared[0])
-            if self.side.waits or (policy is not None and policy.jwt is not None
-                                   and policy.jwt.needs_thread(prepared[1])):
-                answer = await asyncio.get_running_loop().run_in_executor(None, self._check, *prepared)
+        try:
+            prepared = self._request(request)
+            if isinstance(prepared, Answer):
+                answer = prepared
             else:
-                answer = self._check(*prepared)
+                policy = self.side.policy(prepared[0])
+                if self.side.waits or (policy is not None and policy.jwt is not None
+                                       and policy.jwt.needs_thread(prepared[1])):
+                    answer = await asyncio.get_running_loop().run_in_executor(None, self._check, *prepared)
+                else:
+                    answer = self._check(*prepared)
+        except Exception:  # noqa: BLE001 - an RPC error is an allow under failure_mode_allow: answer a refusal
+            log.exception("fastguard serve: Check failed; answered 500")
+            answer = Answer(500, "Internal Server Error")
         return _response(answer)
 
 

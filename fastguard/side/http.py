@@ -21,9 +21,11 @@ The client's address: the peer, or X-Forwarded-For past the domain's trusted_pro
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
+import socket
 import stat
 from collections import deque
 from typing import Any
@@ -337,13 +339,22 @@ def _auth_response(answer: Answer, via_nginx: bool, close: bool) -> bytes:
 async def serve_http(side: Side, rls: Any, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False,
                      max_connections: int = MAX_CONNECTIONS, unix_path: str | None = None) -> asyncio.AbstractServer:
     """Start the HTTP listener on the running loop, on host:port or on a Unix socket at `unix_path` (a stale socket
-    file there is replaced; anything else there is an OSError). Past `max_connections` open connections a new one
-    is answered 503 and closed. A Unix socket's peer is local: the loopback address for trusted_proxies."""
+    file there is replaced; a live one, or anything else there, is an OSError). Past `max_connections` open
+    connections a new one is answered 503 and closed. A Unix socket's peer is local: the loopback address for
+    trusted_proxies."""
     app = _App(side, rls, max_connections)
     loop = asyncio.get_running_loop()
     if unix_path is not None:
         if os.path.exists(unix_path) and stat.S_ISSOCK(os.stat(unix_path).st_mode):
-            os.unlink(unix_path)
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(unix_path)
+            except OSError:
+                os.unlink(unix_path)        # left by a process that is gone
+            else:
+                raise OSError(errno.EADDRINUSE, f"another process listens on {unix_path}")
+            finally:
+                probe.close()
         return await loop.create_unix_server(lambda: _Connection(app), unix_path, backlog=1024)
     return await loop.create_server(lambda: _Connection(app), host, port, reuse_port=reuse_port or None,
                                     backlog=1024)

@@ -11,6 +11,7 @@ per-route override) is limited by it, per its entries.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 from typing import Any
@@ -24,6 +25,7 @@ from fastguard.side.policy import MAX_UINT32, Rule
 
 __all__ = ["RateLimitService", "add_to_server"]
 
+log = logging.getLogger("fastguard.side")
 _Response = rls_pb2.RateLimitResponse
 _UNIT_NAMES = {v: k.lower() for k, v in _Response.RateLimit.Unit.items()}
 _CODES = {OK: _Response.OK, OVER_LIMIT: _Response.OVER_LIMIT}
@@ -80,8 +82,12 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             if self.decider.waits:
                 return await asyncio.get_running_loop().run_in_executor(None, self.respond, request)
             return self.respond(request)
-        except ValueError as exc:
+        except ValueError as exc:      # envoyproxy/ratelimit's answer to an empty domain or descriptor list
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception:             # noqa: BLE001 - an RPC error is an allow to Envoy (failure_mode_deny: false)
+            log.exception("fastguard serve: ShouldRateLimit failed; answered OVER_LIMIT")
+            return _Response(overall_code=_Response.OVER_LIMIT, statuses=[
+                _Response.DescriptorStatus(code=_Response.OVER_LIMIT) for _ in request.descriptors])
 
 
 def _status(status: Status) -> Any:

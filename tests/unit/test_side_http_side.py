@@ -187,3 +187,33 @@ def test_a_domain_without_http_side_is_refused_not_allowed():
     domain = load_domain("domain: rls\ndescriptors:\n  - key: a\n"
                          "    rate_limit: {unit: second, requests_per_unit: 1}\n")
     assert Side({"rls": domain}).check("rls", req()).status == 404
+
+
+def test_a_failure_inside_a_grpc_service_is_a_refusal_never_an_rpc_error(monkeypatch):
+    """Envoy lets a request through when the rate limit call fails (failure_mode_deny: false, its default) and when
+    ext_authz fails under failure_mode_allow: an unexpected error inside fastguard must answer a refusal instead."""
+    import asyncio
+
+    from envoy.service.auth.v3 import external_auth_pb2
+    from envoy.service.ratelimit.v3 import rls_pb2
+
+    from fastguard.side.authz import AuthorizationService
+    from fastguard.side.rls import RateLimitService
+
+    side = side_with("rate_limits: [{actions: [{remote_address: {}}]}]\n",
+                     "  - key: remote_address\n    rate_limit: {unit: minute, requests_per_unit: 5}\n")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(side.decider, "decide", broken)
+    rls = RateLimitService(side.decider)
+    request = rls_pb2.RateLimitRequest(domain="api", descriptors=[
+        {"entries": [{"key": "remote_address", "value": "1.2.3.4"}]}, {"entries": [{"key": "k", "value": "v"}]}])
+    answer = asyncio.run(rls.ShouldRateLimit(request, None))
+    assert answer.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT and len(answer.statuses) == 2
+    check = external_auth_pb2.CheckRequest()
+    check.attributes.request.http.path = "/"
+    check.attributes.source.address.socket_address.address = "1.2.3.4"
+    denied = asyncio.run(AuthorizationService(side).Check(check, None))
+    assert denied.status.code != 0 and denied.denied_response.status.code == 500

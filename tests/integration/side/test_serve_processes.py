@@ -127,6 +127,9 @@ def test_a_unix_socket_serves_a_gateway_on_the_same_host(tmp_path):
         assert statuses == [200, 200, 429], gw.side.log()
         other = urllib.request.Request(f"http://127.0.0.1:{gw.port}/x", headers={"X-Forwarded-For": "192.0.2.9"})
         assert urllib.request.urlopen(other, timeout=10).status == 200   # another client: its own count
+        second = subprocess.run([sys.executable, "-m", "fastguard.cli", "serve", "--config", str(tmp_path),
+                                 "--http", f"unix:{path}"], capture_output=True, text=True, timeout=30)
+        assert second.returncode == 2 and "another process listens on" in second.stderr   # a live one is kept
         os.kill(gw.side.proc.pid, signal.SIGKILL)                       # leaves its socket file behind
         gw.side.proc.wait(10)
         assert os.path.exists(path)
