@@ -71,12 +71,13 @@ class HostileProxy:
                     with self._lock:
                         if self._replies:
                             data = self._replies.popleft()
-                    if self.trickle is None:
+                    trickle = self.trickle       # read once: a test may turn it off while a reply trickles
+                    if trickle is None:
                         client.sendall(data)
                         continue
                     for i in range(len(data)):   # every read of the client gets a byte in time: no read times out
                         client.sendall(data[i:i + 1])
-                        time.sleep(self.trickle)
+                        time.sleep(trickle)
         except OSError:
             return
         finally:
