@@ -267,7 +267,7 @@ class GuardPlugin(JWTPlugin):
         cfg = self.checked(config)
         self.config = cfg
         entity = entity_of(cfg)
-        self.verifying = Verifying(cfg, entity)
+        self.verifying = Verifying(cfg, entity, "fastguard")
         try:
             self.limiting = Tiered(cfg, entity)
         except BaseException:

@@ -466,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"connections served at once (default {MAX_CONNECTIONS}); more wait until one closes")
     parser.add_argument("--socket-mode", default="600",
                         help="permissions of the socket file, octal (default 600: only this user can connect)")
+    parser.add_argument("--exit-with-parent", choices=["auto", "yes", "no"], default="auto",
+                        help="stop when the process that started this one exits: auto (default) when that is Kong "
+                             "(its nginx master runs start_cmd), never under systemd, tini, a shell or a container")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
     if not args.timeout > 0:
@@ -519,7 +522,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"the socket's folder {folder} does not exist")
     listener = RPCServer(server, os.path.join(folder, sock_name), mode=mode, max_connections=args.max_connections,
                          deadline=args.timeout)
-    threading.Thread(target=_exit_with_parent, daemon=True, name="parent-watch").start()
+    parent = os.getppid()
+    watch = args.exit_with_parent == "yes" or (args.exit_with_parent == "auto" and _started_by_kong(parent))
+    if watch and parent > 1:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
+    from fastguard import __version__
+
+    print(f"fastguard kong-server {__version__}: {args.name} on {os.path.join(folder, sock_name)} (pid {os.getpid()}"
+          f"{f'; stops when its parent, pid {parent}, exits' if watch and parent > 1 else ''})", file=sys.stderr,
+          flush=True)
     try:
         listener.serve_forever()
     except KeyboardInterrupt:
@@ -556,10 +567,23 @@ def bound_allocator() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 128 * 1024)) and bool(mallopt(_M_ARENA_MAX, 2))
 
 
-def _exit_with_parent() -> None:
-    """Kong starts the server; when Kong exits (the server is adopted by init), the server exits too."""
+def _started_by_kong(ppid: int) -> bool:
+    """Whether the parent is Kong: Kong runs a plugin server's start_cmd from its nginx master process, whose name
+    (argv[0], "nginx: master process ...") says nginx. Only the name: a shell's arguments may mention anything."""
+    if ppid <= 1:
+        return False
+    try:
+        with open(f"/proc/{ppid}/cmdline", "rb") as fh:
+            name = fh.read().split(b"\0", 1)[0]
+    except OSError:
+        return False
+    return b"nginx" in os.path.basename(name.split(b" ", 1)[0]) or name.startswith(b"nginx:")
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Kong started the server; when Kong exits (the server is adopted by init or a subreaper), it exits too."""
     while True:
-        if os.getppid() == 1:
-            log.warning("fastguard kong-server: Kong exited; stopping")
+        if os.getppid() != parent:
+            log.warning("fastguard kong-server: Kong (pid %d) exited; stopping", parent)
             os._exit(0)
         time.sleep(1)

@@ -79,7 +79,8 @@ def kong_secret_jwks(jwks: str) -> str:
 class Verifying:
     """The JWT half: a shared verifier and Kong's jwt plugin answers."""
 
-    def __init__(self, cfg: dict[str, Any], entity: str) -> None:
+    def __init__(self, cfg: dict[str, Any], entity: str, plugin: str = "fastguard-jwt") -> None:
+        self.plugin = plugin            # the plugin's name in log lines (fastguard-jwt, or the combined fastguard)
         self.header_names = tuple(cfg["header_names"])
         self.uri_param_names = tuple(cfg["uri_param_names"])
         self.cookie_names = tuple(cfg["cookie_names"])
@@ -115,8 +116,8 @@ class Verifying:
                 fg.KeySet.from_jwks(jwks)
             except (ValueError, TypeError) as exc:  # binascii and Unicode errors are ValueErrors
                 self.broken = f"jwks: {exc}"
-                log.error("fastguard-jwt (plugin %s): the configured jwks cannot be used (%s); every request is "
-                          "answered 500 until the configuration is fixed", entity, exc)
+                log.error("%s (plugin %s): the configured jwks cannot be used (%s); every request is "
+                          "answered 500 until the configuration is fixed", plugin, entity, exc)
         self._key = ("verifier", entity, jwks, cfg["jwks_uri"], tuple(cfg["issuers"] or ()),
                      tuple(cfg["audiences"] or ()), cfg["leeway"], tuple(cfg["algorithms"] or ()), required,
                      cfg["cache_size"])
@@ -216,7 +217,7 @@ class Verifying:
         consumer = yield ("kong.client.load_consumer", [self.anonymous, True])
         if not isinstance(consumer, dict) or not consumer.get("id"):
             message = f"anonymous consumer {self.anonymous} is configured but doesn't exist"
-            log.error("fastguard-jwt: %s", message)
+            log.error("%s: %s", self.plugin, message)
             return {}, ("kong.response.error", [500, message])
         upstream = yield from self.authenticate(consumer, anonymous=True)
         return upstream, None
