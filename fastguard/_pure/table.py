@@ -28,13 +28,15 @@ from fastguard.limits import MAX_LIMITS, Limit
 
 
 class Decision:
-    """One rate-limit decision. Times in float seconds; `retry_after` is 0.0 when allowed, inf when never."""
+    """One rate-limit decision. Times in float seconds; `retry_after` is 0.0 when allowed, inf when never.
+    `fallback`: made by on_error because the shared store could not decide (never set by the in-process table)."""
 
-    __slots__ = ("allowed", "banned", "limit", "remaining", "reset_after", "retry_after", "period", "limits",
-                 "remainings")
+    __slots__ = ("allowed", "banned", "fallback", "limit", "remaining", "reset_after", "retry_after", "period",
+                 "limits", "remainings")
 
     allowed: bool
     banned: bool
+    fallback: bool
     limit: int
     remaining: int
     reset_after: float
@@ -49,12 +51,14 @@ class Decision:
 
     @staticmethod
     def of(*, allowed: bool, limit: int, remaining: int, reset_after: float, retry_after: float, period: float,
-           limits: tuple[Limit, ...], remainings: Sequence[int], banned: bool = False) -> Decision:
+           limits: tuple[Limit, ...], remainings: Sequence[int], banned: bool = False,
+           fallback: bool = False) -> Decision:
         """A Decision made elsewhere (a cluster store, a fallback). Raises ValueError on mismatched lengths."""
         if len(limits) > MAX_LIMITS or len(remainings) != len(limits):
             raise ValueError(f"a Decision holds 1 to {MAX_LIMITS} limits with one remaining each")
         d = Decision()
         d.allowed, d.banned, d.limit, d.remaining = bool(allowed), bool(banned), int(limit), int(remaining)
+        d.fallback = bool(fallback)
         d.reset_after, d.retry_after, d.period = float(reset_after), float(retry_after), float(period)
         d.limits, d.remainings = limits, tuple(int(r) for r in remainings)
         return d
@@ -65,7 +69,7 @@ class Decision:
     def __repr__(self) -> str:
         return (f"Decision(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
                 f"reset_after={self.reset_after:.3f}, retry_after={self.retry_after:.3f}"
-                f"{', banned=True' if self.banned else ''})")
+                f"{', banned=True' if self.banned else ''}{', fallback=True' if self.fallback else ''})")
 
 
 class Table:
@@ -152,6 +156,7 @@ class Table:
         d = Decision()
         d.allowed = allowed
         d.banned = False
+        d.fallback = False
         d.limit = self.limits[best].count
         d.remaining = remainings[best]
         d.reset_after = seconds(self._algs[best].reset_after(after[best], now))

@@ -92,10 +92,12 @@ cdef int _charge_locked(fg_params *p, fg_shard *s, uint64_t kid, uint64_t h, int
 @cython.freelist(256)
 @cython.no_gc
 cdef class Decision:
-    """One rate-limit decision. Times in float seconds; `retry_after` is 0.0 when allowed, inf when never."""
+    """One rate-limit decision. Times in float seconds; `retry_after` is 0.0 when allowed, inf when never.
+    `fallback`: made by on_error because the shared store could not decide (never set by the in-process table)."""
 
     cdef readonly bint allowed
     cdef readonly bint banned
+    cdef readonly bint fallback
     cdef readonly int64_t limit
     cdef readonly int64_t remaining
     cdef readonly double reset_after
@@ -115,7 +117,7 @@ cdef class Decision:
 
     @staticmethod
     def of(*, bint allowed, int64_t limit, int64_t remaining, double reset_after, double retry_after,
-           double period, tuple limits, remainings, bint banned=False):
+           double period, tuple limits, remainings, bint banned=False, bint fallback=False):
         """A Decision made elsewhere (a cluster store, a fallback): limits is the tuple of Limits, remainings one
         int per limit. Raises ValueError when they differ in length or exceed the core's limit count."""
         cdef Py_ssize_t i, n = len(limits)
@@ -124,6 +126,7 @@ cdef class Decision:
         cdef Decision d = Decision.__new__(Decision)
         d.allowed = allowed
         d.banned = banned
+        d.fallback = fallback
         d.limit = limit
         d.remaining = remaining
         d.reset_after = reset_after
@@ -140,7 +143,7 @@ cdef class Decision:
     def __repr__(self):
         return (f"Decision(allowed={self.allowed}, limit={self.limit}, remaining={self.remaining}, "
                 f"reset_after={self.reset_after:.3f}, retry_after={self.retry_after:.3f}"
-                f"{', banned=True' if self.banned else ''})")
+                f"{', banned=True' if self.banned else ''}{', fallback=True' if self.fallback else ''})")
 
 
 cdef class Table:
@@ -297,6 +300,7 @@ cdef class Table:
         cdef Decision d = Decision.__new__(Decision)
         d.allowed = v.allowed
         d.banned = v.banned
+        d.fallback = False
         d.limit = self.p.lim[v.best].count
         d.remaining = v.remaining[v.best]
         d.reset_after = <double>v.reset_ns / 1e9

@@ -198,7 +198,7 @@ class StrictTable:
         retry = 0.0 if allowed else DENY_RETRY_AFTER
         return Decision.of(allowed=allowed, limit=lim.count, remaining=remaining, reset_after=retry, retry_after=retry,
                            period=lim.period, limits=self.limits,
-                           remainings=self._counts if allowed else [0] * len(self.limits))
+                           remainings=self._counts if allowed else [0] * len(self.limits), fallback=True)
 
     # -- the table API (fastguard._core.Table's) -------------------------------------------------------------
     def _hit_remote(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision:

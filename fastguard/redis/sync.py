@@ -166,7 +166,7 @@ class SyncTable:
             lim = self.limits[0]
             return Decision.of(allowed=False, limit=lim.count, remaining=0, reset_after=DENY_RETRY_AFTER,
                                retry_after=DENY_RETRY_AFTER, period=lim.period, limits=self.limits,
-                               remainings=[0] * len(self.limits))
+                               remainings=[0] * len(self.limits), fallback=True)
         return self._local.hit(key, cost, now)
 
     def hit_many(self, keys: Any, costs: Any, now: float | None) -> tuple[Any, Any, Any, Any]:

@@ -217,7 +217,7 @@ class Decider:
         d = lim.hit(counts.key(m), hits, now=now)
         if d.allowed:
             return Status(OK, m.rule, d.remaining, math.ceil(d.reset_after))
-        fault = lim.on_error == "deny" and not lim.store_up
+        fault = d.fallback and lim.on_error == "deny"   # Redis could not decide: not a rate limit
         return Status(OVER_LIMIT, m.rule, 0, math.ceil(d.reset_after), d.retry_after, banned=d.banned, fault=fault)
 
     def close(self) -> None:
