@@ -10,7 +10,7 @@ from typing import Any
 
 from fastguard.limits import window_name
 
-__all__ = ["decision_headers", "BatchDecision", "numpy"]
+__all__ = ["decision_headers", "window_reset", "BatchDecision", "numpy"]
 
 #: What to install for hit_many (the only part of fastguard that needs numpy).
 NUMPY_EXTRA = "pip install 'fastguard-gateway[batch]'"
@@ -30,10 +30,22 @@ def _ceil_seconds(seconds: float) -> int:
     return int(math.ceil(seconds)) if seconds > 0 else 0
 
 
+def window_reset(decision: Any) -> float:
+    """Seconds until the window of the limit a decision describes resets, never more than that window (Kong's and
+    Rate Limiting Advanced's RateLimit-Reset): fixed window, its end; sliding window, the end of the current window
+    (a key's state outlives it: the previous window still weighs); token bucket, until the bucket is full again;
+    GCRA, until the key is as fresh as a new one. `reset_after` itself is when the key's state is forgotten."""
+    reset = decision.reset_after
+    if reset > decision.period:     # only a sliding window's state outlives its window (by at most one window)
+        reset -= decision.period
+    return reset
+
+
 def decision_headers(decision: Any, style: str = "ietf") -> dict[str, str]:
     """Response headers for a Decision.
 
-    "ietf": RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset (whole seconds, rounded up), plus Retry-After
+    "ietf": RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset (whole seconds, rounded up, never more than the
+    window: see window_reset), plus Retry-After
     when denied (at least 1 s; left out when the hit can never be admitted, its cost exceeding the limit).
     "kong": X-RateLimit-Limit-<Window> and X-RateLimit-Remaining-<Window> for every limit, plus the IETF ones.
     """
@@ -47,7 +59,7 @@ def decision_headers(decision: Any, style: str = "ietf") -> dict[str, str]:
             headers[f"X-RateLimit-Remaining-{name}"] = str(remaining)
     headers["RateLimit-Limit"] = str(decision.limit)
     headers["RateLimit-Remaining"] = str(decision.remaining)
-    headers["RateLimit-Reset"] = str(_ceil_seconds(decision.reset_after))
+    headers["RateLimit-Reset"] = str(_ceil_seconds(window_reset(decision)))
     if not decision.allowed and math.isfinite(decision.retry_after):
         headers["Retry-After"] = str(max(1, _ceil_seconds(decision.retry_after)))
     return headers

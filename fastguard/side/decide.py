@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fastguard.decision import window_reset
 from fastguard.ratelimit import RateLimiter
 from fastguard.side.policy import MAX_UINT32, Domain, Match, Rule
 from fastguard.side.shared import Counts, Stores
@@ -208,7 +209,7 @@ class Decider:
             elif admits or d.banned or d.remaining < hits[i]:  # counted, or refused (counts towards a ban)
                 statuses[i] = self._hit(m, hits[i], now, counts)
             else:                                           # would admit, but another refuses: not counted
-                statuses[i] = Status(OK, m.rule, d.remaining, math.ceil(d.reset_after))
+                statuses[i] = Status(OK, m.rule, d.remaining, math.ceil(window_reset(d)))
 
     def _hit(self, m: Match, hits: int, now: float | None, counts: Counts) -> Status:
         if m.rule.blocked:
@@ -216,9 +217,9 @@ class Decider:
         lim = self.limiter(m.rule, counts)
         d = lim.hit(counts.key(m), hits, now=now)
         if d.allowed:
-            return Status(OK, m.rule, d.remaining, math.ceil(d.reset_after))
+            return Status(OK, m.rule, d.remaining, math.ceil(window_reset(d)))
         fault = d.fallback and lim.on_error == "deny"   # Redis could not decide: not a rate limit
-        return Status(OVER_LIMIT, m.rule, 0, math.ceil(d.reset_after), d.retry_after, banned=d.banned, fault=fault)
+        return Status(OVER_LIMIT, m.rule, 0, math.ceil(window_reset(d)), d.retry_after, banned=d.banned, fault=fault)
 
     def close(self) -> None:
         """Close the shared stores (at exit)."""

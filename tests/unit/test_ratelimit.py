@@ -603,3 +603,19 @@ def test_numpy_integer_costs_are_accepted(impl):
         lim.hit("k", np.bool_(True), now=1.0)
     with pytest.raises(TypeError):
         lim.hit("k", np.float64(1.0), now=1.0)
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket", "gcra"])
+def test_ratelimit_reset_never_exceeds_the_window_it_describes(impl, algorithm):
+    """Kong reports at most the window: an hourly sliding window once read 6,088 s (its state outlives the window)."""
+    lim = fg.RateLimiter("10/hour", algorithm=algorithm, _core=impl)
+    start = 3600 * 1000.0
+    for i, t in enumerate([start + 100, start + 1800, start + 3599, start + 3700, start + 7000, start + 7300]):
+        d = lim.hit("k", 3 if i % 2 else 1, now=t)
+        reset = int(d.headers()["RateLimit-Reset"])
+        assert 0 <= reset <= 3600, (algorithm, t, d.reset_after, reset)
+    if algorithm == "sliding_window":     # the time left in the current window, as Rate Limiting Advanced says
+        fresh = fg.RateLimiter("10/hour", algorithm=algorithm, _core=impl)
+        fresh.hit("k", now=start + 100)
+        assert fresh.hit("k", now=start + 3700).headers()["RateLimit-Reset"] == str(3600 - 100)
+        assert fresh.hit("k", now=start + 100 + 3600 * 2).headers()["RateLimit-Reset"] == str(3600 - 100)
