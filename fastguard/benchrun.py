@@ -1,7 +1,7 @@
 """`fastguard bench`: run the comparison suites and write report.md, chart.png and bench.json.
 
 The suites (bench/ in a checkout) are installed with the package as `fastguard._bench`, so this runs wherever
-fastguard is installed, with the `bench` extra: `pip install 'fastguard-gateway[bench]'`. `--quick` runs a subset
+fastguard is installed, with the `bench` extra (from a checkout: `pip install '.[bench]'`). `--quick` runs a subset
 with fewer rounds (under 2 minutes); `--check` exits 1 when a budget judged in the run is missed.
 """
 
@@ -14,12 +14,14 @@ import pathlib
 import subprocess
 import sys
 
+from fastguard.extras import install_hint
+
 __all__ = ["run_bench", "chart", "QUICK_SELECTION", "BENCH_EXTRA"]
 
 #: The comparisons `--quick` keeps: hot-key limiting, JWT cached / HS256 / RS256, Redis strict, Kong at concurrency 1.
 QUICK_SELECTION = ("test_hot or test_cached or (uncached and (HS256 or RS256)) or raw_crypto or strict_fastguard "
                    "or raw_evalsha or limits_redis or (kong_events and -1]) or test_pair")
-BENCH_EXTRA = "pip install 'fastguard-gateway[bench]'"
+BENCH_EXTRA = install_hint("bench")
 #: What the suites import (the competitors included), by import name.
 _NEEDED = ("pytest", "pytest_benchmark", "numpy", "limits", "jwt", "joserfc", "pyrate_limiter", "redis", "kong_pdk",
            "msgpack", "matplotlib", "prometheus_client")

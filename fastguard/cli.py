@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 
 import fastguard as fg
+from fastguard.extras import install_hint
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -88,7 +89,7 @@ def _simulate(args: argparse.Namespace) -> int:
         sys.stderr.write(f"fastguard simulate {exc}\n")
         return 2
     except ImportError as exc:
-        sys.stderr.write(f"fastguard simulate needs the Kong extra: pip install 'fastguard-gateway[kong]' ({exc})\n")
+        sys.stderr.write(f"fastguard simulate needs the Kong extra: {install_hint('kong')} ({exc})\n")
         return 2
     return 0
 
@@ -151,7 +152,7 @@ def _bans(args: argparse.Namespace) -> int:
         from fastguard.redis import RedisStore
         from fastguard.redis.bans import lift_ban, list_bans, set_ban
     except ImportError as exc:
-        sys.stderr.write(f"fastguard bans needs the Redis extra: pip install 'fastguard-gateway[redis]' ({exc})\n")
+        sys.stderr.write(f"fastguard bans needs the Redis extra: {install_hint('redis')} ({exc})\n")
         return 2
     if args.action != "list" and not args.key:
         raise _Usage(f"{args.action} needs a key")
@@ -293,7 +294,7 @@ def _main(argv: list[str]) -> int:
         try:
             from fastguard.kong.server import main as kong_server
         except ImportError as exc:
-            sys.stderr.write(f"fastguard kong-server needs kong-pdk: pip install 'fastguard-gateway[kong]' ({exc})\n")
+            sys.stderr.write(f"fastguard kong-server needs kong-pdk: {install_hint('kong')} ({exc})\n")
             return 2
         return kong_server(argv[1:])
     parser = build_parser()

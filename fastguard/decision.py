@@ -8,12 +8,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fastguard.extras import install_hint
 from fastguard.limits import window_name
 
 __all__ = ["decision_headers", "window_reset", "BatchDecision", "numpy"]
 
 #: What to install for hit_many (the only part of fastguard that needs numpy).
-NUMPY_EXTRA = "pip install 'fastguard-gateway[batch]'"
+NUMPY_EXTRA = install_hint("batch")
 
 
 def numpy() -> Any:

@@ -1,6 +1,6 @@
 """fastguard.metrics: what the limiters and verifiers decided, in the Prometheus text format.
 
-    pip install 'fastguard-gateway[metrics]'            # prometheus_client
+    pip install prometheus-client                # the `metrics` extra
     import fastguard.metrics as fm
     fm.track(limiter, "api")                    # a RateLimiter (in process, strict Redis or local-first)
     fm.track(verifier, "idp")                   # a JWTVerifier
@@ -36,12 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from fastguard.extras import install_hint
+
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("fastguard.metrics needs prometheus_client: pip install 'fastguard-gateway[metrics]'") from exc
+    raise ImportError(f"fastguard.metrics needs prometheus_client: {install_hint('metrics')}") from exc
 
 import fastguard as fg
 from fastguard.tables import StoreStats

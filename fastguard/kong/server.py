@@ -40,6 +40,7 @@ from kong_pdk.pdk import Kong
 from kong_pdk.server import PluginServer
 
 import fastguard
+from fastguard.extras import install_hint
 from fastguard.kong.pdk import MAY_WAIT
 from fastguard.kong.plugins import PLUGINS, PRIORITIES, TERMINAL, PDKError
 from fastguard.kong.rpc import MAX_CONNECTIONS, METHODS, Deferred, RPCServer
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="close an instance after this many seconds without an event, and after twice its "
                              f"limits' longest window and its ban (default {IDLE_TIMEOUT:g}; 0: never)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (needs "
-                                                         "fastguard-gateway[metrics])")
+                                                         "prometheus_client: the metrics extra)")
     parser.add_argument("--metrics-addr", default="127.0.0.1", help="address of /metrics (default 127.0.0.1)")
     parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
                         help=f"connections served at once (default {MAX_CONNECTIONS}); more wait until one closes")
@@ -507,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             import fastguard.metrics as fm
             from fastguard.kong import registry
         except ImportError as exc:
-            parser.error(f"--metrics-port needs prometheus_client: pip install 'fastguard-gateway[metrics]' ({exc})")
+            parser.error(f"--metrics-port needs prometheus_client: {install_hint('metrics')} ({exc})")
         from prometheus_client import REGISTRY
 
         server.metrics = _EventMetrics(REGISTRY)

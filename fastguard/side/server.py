@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any
 
+from fastguard.extras import install_hint
+
 __all__ = ["main"]
 
 log = logging.getLogger("fastguard.side")
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         from fastguard.side.gate import Side
         from fastguard.side.policy import PolicyError
     except ImportError as exc:
-        parser.exit(2, f"fastguard serve needs its extra: pip install 'fastguard-gateway[serve]' ({exc})\n")
+        parser.exit(2, f"fastguard serve needs its extra: {install_hint('serve')} ({exc})\n")
     try:
         domains, http_side = Side.load(args.config)
     except PolicyError as exc:
@@ -125,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
             stores = Stores(args.redis, sync=args.sync, timeout=args.redis_timeout / 1000)
         except ImportError as exc:
-            parser.exit(2, f"fastguard serve --redis needs its extra: pip install 'fastguard-gateway[serve,redis]' "
-                           f"({exc})\n")
+            parser.exit(2, f"fastguard serve --redis needs its extra: {install_hint('redis')} ({exc})\n")
         except ValueError as exc:
             parser.exit(2, f"fastguard serve: --redis cannot be used ({exc})\n")
     if args.workers > 1 and os.environ.get(_WORKER_ENV) is None:

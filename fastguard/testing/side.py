@@ -24,6 +24,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fastguard.extras import install_hint
 from fastguard.testing.servers import free_port
 
 __all__ = ["SideService", "NginxServer", "CaddyServer", "EchoUpstream", "SideGateway", "docs_block", "gateway_missing",
@@ -237,7 +238,7 @@ def gateway_missing(kind: str) -> str | None:
         import httptools  # noqa: F401
         import yaml  # noqa: F401
     except ImportError as exc:
-        return f"fastguard serve needs its extra: pip install 'fastguard-gateway[serve]' ({exc})"
+        return f"fastguard serve needs its extra: {install_hint('serve')} ({exc})"
     return None
 
 

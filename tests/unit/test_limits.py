@@ -84,7 +84,7 @@ def test_window_names():
 class _D:
     def __init__(self, allowed, retry_after):
         self.allowed, self.limit, self.remaining = allowed, 10, 0 if not allowed else 3
-        self.reset_after, self.retry_after = 12.2, retry_after
+        self.reset_after, self.retry_after, self.period = 12.2, retry_after, 60.0
         self.limits, self.remainings = (fg.Limit(10, 60), fg.Limit(100, 3600)), (3, 50)
 
 
