@@ -23,6 +23,14 @@ else:
     try:
         from fastguard import _core as _impl
     except ImportError as exc:  # a broken build must be loud, never a silent slow path
+        _here = os.path.dirname(os.path.abspath(__file__))
+        if os.path.isfile(os.path.join(os.path.dirname(_here), "pyproject.toml")):
+            # a source checkout's folder found first on sys.path (Python puts the current directory there)
+            raise ImportError(
+                f"`import fastguard` found the source folder {_here}, which has no compiled core, before any "
+                "installed fastguard: run Python from another directory (the installed package is then found), "
+                "or build the core in place with `pip install -e .`. Set FASTGUARD_NO_EXTENSIONS=1 to run the "
+                f"pure-Python core from the source. Cause: {exc}") from exc
         raise ImportError(
             "fastguard's compiled core (fastguard._core) is not built or failed to load: reinstall with "
             "`pip install .` (needs a C compiler and the Python headers), or set FASTGUARD_NO_EXTENSIONS=1 "

@@ -10,10 +10,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import fastguard as fg
 from fastguard.extras import install_hint
@@ -70,8 +73,8 @@ def _simulate(args: argparse.Namespace) -> int:
         mix = {}
         for part in args.mix.split(","):
             name, sep, value = part.partition("=")
-            if not sep or name.strip() not in MIX:
-                raise ValueError(f"--mix takes name=weight pairs for {', '.join(MIX)}, got {part!r}")
+            if not sep or name.strip() not in (*MIX, "login"):
+                raise ValueError(f"--mix takes name=weight pairs for {', '.join(MIX)} and login, got {part!r}")
             try:
                 mix[name.strip()] = float(value)
             except ValueError:
@@ -104,6 +107,9 @@ def _verify(args: argparse.Namespace) -> int:
         if args.jwks is not None:
             if args.jwks.startswith(("https://", "http://")):
                 keys: fg.KeySet | fg.RemoteKeySet = fg.RemoteKeySet(args.jwks)
+                logging.getLogger("fastguard").setLevel(logging.ERROR)   # the failure is said below, once
+                if not keys.refresh():      # no key set: the environment's problem, not the token's (exit 2)
+                    raise _Usage(f"--jwks {args.jwks}: the key set cannot be fetched ({keys.last_error})")
             else:
                 with open(args.jwks, "rb") as fh:
                     keys = fg.KeySet.from_jwks(fh.read())
@@ -192,6 +198,46 @@ def _bans(args: argparse.Namespace) -> int:
     return 0
 
 
+def _whole(low: int | None = None) -> Any:
+    """An argparse type: a whole number, at least `low` (argparse's error names the option, exit status 2)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a whole number, got {text!r}") from None
+        if low is not None and n < low:
+            raise argparse.ArgumentTypeError(f"at least {low}, got {n}")
+        return n
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _seconds(positive: bool = False) -> Any:
+    """An argparse type: finite seconds, >= 0 (> 0 when `positive`)."""
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a number of seconds, got {text!r}") from None
+        if not math.isfinite(x) or x < 0 or (positive and x == 0):
+            raise argparse.ArgumentTypeError(f"{'above 0' if positive else 'at least 0'} and finite, got {text}")
+        return x
+    parse.__name__ = "seconds"
+    return parse
+
+
+def _limits_text(text: str) -> str:
+    """An argparse type: limits as parse_limits reads them ("100/minute; 10/second", "100/5m")."""
+    try:
+        fg.parse_limits(text)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+_limits_text.__name__ = "limits"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastguard",
@@ -200,28 +246,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastguard {fg.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="show the limiter deciding a burst of traffic")
-    demo.add_argument("--limits", default="5/second; 12/minute", help="limits (default: %(default)s)")
+    demo.add_argument("--limits", type=_limits_text, default="5/second; 12/minute",
+                      help="limits (default: %(default)s)")
     demo.add_argument("--algorithm", default="sliding_window", choices=fg.ALGORITHMS)
-    demo.add_argument("--requests", type=int, default=20, help="requests from the client (default: %(default)s)")
-    demo.add_argument("--gap", type=float, default=0.1, help="seconds between requests (default: %(default)s)")
-    demo.add_argument("--keys", type=int, default=1_000_000, help="size of the batch part (default: %(default)s)")
+    demo.add_argument("--requests", type=_whole(1), default=20,
+                      help="requests from the client (default: %(default)s)")
+    demo.add_argument("--gap", type=_seconds(), default=0.1, help="seconds between requests (default: %(default)s)")
+    demo.add_argument("--keys", type=_whole(1), default=1_000_000, help="size of the batch part (default: %(default)s)")
     demo.set_defaults(func=_demo)
 
     sim = sub.add_parser("simulate", help="real plugin servers guarding a simulated Kong route (the main job)")
-    sim.add_argument("--requests", type=int, default=20_000, help="requests to play (default: %(default)s)")
-    sim.add_argument("--consumers", type=int, default=1000, help="distinct JWT subjects (default: %(default)s)")
-    sim.add_argument("--concurrency", type=int, default=4, help="Kong-side threads (default: %(default)s)")
-    sim.add_argument("--limits", default="20/second; 600/minute", help="per consumer on /api (default: %(default)s)")
-    sim.add_argument("--login-limits", default="5/minute", help="per IP on /login (default: %(default)s)")
+    sim.add_argument("--requests", type=_whole(1), default=20_000, help="requests to play (default: %(default)s)")
+    sim.add_argument("--consumers", type=_whole(4), default=1000, help="distinct JWT subjects (default: %(default)s)")
+    sim.add_argument("--concurrency", type=_whole(1), default=4, help="Kong-side threads (default: %(default)s)")
+    sim.add_argument("--limits", type=_limits_text, default="20/second; 600/minute",
+                     help="per consumer on /api, any periods: '100/5m' (default: %(default)s)")
+    sim.add_argument("--login-limits", type=_limits_text, default="5/minute",
+                     help="per IP on /login (default: %(default)s)")
     sim.add_argument("--algorithm", default="sliding_window", choices=fg.ALGORITHMS)
     sim.add_argument("--mix", help="traffic weights, e.g. valid=0.7,abusive=0.15,expired=0.05,forged=0.05,"
                                    "malformed=0.05")
     sim.add_argument("--redis", metavar="URL", help="keep the counts in Redis: redis://host:port/db or "
                                                     "redis+cluster://host:port,...")
-    sim.add_argument("--seed", type=int, default=1, help="random seed of the traffic plan (default: %(default)s)")
-    sim.add_argument("--ban-after", type=int, default=20, help="denials within a second that ban a caller on /api "
-                                                               "(0: no bans; default: %(default)s)")
-    sim.add_argument("--ban-for", type=float, default=30.0, help="seconds a ban lasts (default: %(default)s)")
+    sim.add_argument("--seed", type=_whole(), default=1,
+                     help="random seed of the traffic plan (default: %(default)s)")
+    sim.add_argument("--ban-after", type=_whole(0), default=20,
+                     help="denials within a second that ban a caller on /api (0: no bans; default: %(default)s)")
+    sim.add_argument("--ban-for", type=_seconds(positive=True), default=30.0,
+                     help="seconds a ban lasts (default: %(default)s)")
     sim.add_argument("--gateway", choices=["nginx"], help="send the traffic as HTTP through a real nginx + Lua "
                                                           "gateway playing Kong (needs nginx-lua installed)")
     sim.add_argument("--side", choices=["nginx", "caddy"],
@@ -241,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--alg", help="the algorithm of a --secret/--secret-file/--pem key (default HS256 for secrets)")
     ver.add_argument("--issuer", action="append", help="accepted iss (repeatable)")
     ver.add_argument("--audience", action="append", help="accepted aud (repeatable)")
-    ver.add_argument("--leeway", type=float, default=0.0, help="seconds of clock skew allowed (default 0)")
+    ver.add_argument("--leeway", type=_seconds(), default=0.0, help="seconds of clock skew allowed (default 0)")
     ver.set_defaults(func=_verify)
 
     ben = sub.add_parser("bench", help="run the benchmarks and write report.md and chart.png (the bench extra); "
@@ -260,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     bans.add_argument("--prefix", default="fg", help="the limiters' key prefix (default: %(default)s; the Kong "
                                                      "plugins use fg-kong-<plugin id>; list and unban also cover "
                                                      "its tiers, <prefix>#tier=<value>; taken literally)")
-    bans.add_argument("--limits", help="ban: the limits of the limiter, e.g. '100/minute; 10/second'")
+    bans.add_argument("--limits", type=_limits_text,
+                      help="ban: the limits of the limiter, e.g. '100/minute; 10/second'")
     bans.add_argument("--algorithm", default="sliding_window", choices=fg.ALGORITHMS,
                       help="ban: the limiter's algorithm (default: %(default)s)")
     bans.add_argument("--local-first", action="store_true", help="ban: the limiter runs in local-first mode (sync)")
@@ -299,12 +352,10 @@ def _main(argv: list[str]) -> int:
         return kong_server(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "requests", 1) < 0 or getattr(args, "keys", 1) < 0 or getattr(args, "gap", 1.0) < 0:
-        parser.error("--requests, --keys and --gap must not be negative")
     try:
         return int(args.func(args))
     except (ValueError, TypeError, _Usage) as exc:
-        parser.exit(2, f"fastguard: error: {exc}\n")
+        parser.exit(2, f"fastguard {args.command}: error: {exc}\n")
 
 
 if __name__ == "__main__":

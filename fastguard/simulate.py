@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from fastguard.extras import install_hint
+
 __all__ = ["run", "MIX", "Options"]
 
 MIX = {"valid": 0.72, "abusive": 0.13, "expired": 0.05, "forged": 0.05, "malformed": 0.05}
@@ -86,19 +88,18 @@ class _Signer:
         return f"{header}.{payload}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
-def _limit_fields(text: str) -> dict[str, int]:
-    """Kong's window fields from a limit string ("10/second; 200/minute")."""
+def _limit_fields(text: str) -> dict[str, Any]:
+    """The plugin's window fields for a limit string: Kong's (`second` ... `year`) when every period is one of its
+    windows ("10/second; 200/minute"), else Rate Limiting Advanced's `limit` / `window_size` ("100/5m")."""
     import fastguard as fg
 
     names = {1: "second", 60: "minute", 3600: "hour", 86_400: "day", 30 * 86_400: "month", 365 * 86_400: "year"}
-    out = {}
-    for lim in fg.parse_limits(text):
-        name = names.get(int(lim.period)) if lim.period == int(lim.period) else None
-        if name is None:
-            raise ValueError(f"limit {lim} does not fit one of Kong's windows (second, minute, hour, day, month, "
-                             "year)")
-        out[name] = lim.count
-    return out
+    parsed = fg.parse_limits(text)
+    if all(lim.period == int(lim.period) and int(lim.period) in names for lim in parsed):
+        return {names[int(lim.period)]: lim.count for lim in parsed}
+    if any(lim.period != int(lim.period) for lim in parsed):
+        raise ValueError(f"limits {text!r}: a plugin's windows are whole seconds")
+    return {"limit": [lim.count for lim in parsed], "window_size": [int(lim.period) for lim in parsed]}
 
 
 def _redis_config(url: str) -> dict[str, Any]:
@@ -169,10 +170,16 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
     from fastguard.kong.client import KongClient, fastguard_server
 
     mix = dict(opts.mix or MIX)
+    # "login" (the /login traffic) may be weighed with the rest; otherwise it is LOGIN_SHARE of all requests
+    login = mix.pop("login", None)
+    if login is not None and not login >= 0:
+        raise ValueError(f"--mix weights are >= 0, got login={login}")
+    api = sum(mix.values())
+    login_share = LOGIN_SHARE if login is None else (login / (login + api) if login + api > 0 else 0.0)
     if opts.requests < 1 or opts.consumers < 4 or opts.concurrency < 1:
         raise ValueError("--requests must be at least 1, --consumers at least 4, --concurrency at least 1")
-    if any(k not in MIX for k in mix) or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
-        raise ValueError(f"--mix takes weights >= 0 for {', '.join(MIX)}, got {mix}")
+    if any(k not in MIX for k in mix) or any(not v >= 0 for v in mix.values()) or (api <= 0 and login_share < 1):
+        raise ValueError(f"--mix takes weights >= 0 for {', '.join(MIX)} and login (some above 0), got {opts.mix}")
     api_limits = _limit_fields(opts.limits)
     login_limits = _limit_fields(opts.login_limits)
     rng = random.Random(opts.seed)
@@ -191,7 +198,11 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
     expired = {sub: signer.token(claims(sub, now - 120)) for sub in consumers[:20]}
     forged = {sub: signer.token(claims(sub, now + 3600), forged=True) for sub in consumers[:20]}
 
-    folder = tempfile.mkdtemp(prefix="fastguard-simulate-")
+    if opts.redis:
+        try:
+            import redis  # noqa: F401 - the plugin servers need it for policy: redis
+        except ImportError:
+            raise GatewayMissing(f"--redis needs the redis extra: {install_hint('redis')}") from None
     policy: dict[str, Any] = {"policy": "redis", "redis": _redis_config(opts.redis),
                               "fault_tolerant": False} if opts.redis else {}
     say(f"fastguard simulate: {opts.requests:,} requests from {opts.consumers} consumers, concurrency "
@@ -224,6 +235,7 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
     gateway: Any = None
     http_port = 0
     ports: list[int] = []
+    folder = tempfile.mkdtemp(prefix="fastguard-simulate-")   # after every check: removed by the finally below
     try:
         if opts.side:
             gateway, metrics_port = _side_gateway(opts, signer.jwks, folder)
@@ -261,7 +273,7 @@ def run(opts: Options, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_js
         kinds, weights = zip(*mix.items(), strict=True)
         plan = []
         for _ in range(opts.requests):
-            if rng.random() < LOGIN_SHARE:
+            if rng.random() < login_share:
                 plan.append(("login", "login", f"198.51.100.{rng.randrange(1, 40)}"))
                 continue
             kind = rng.choices(kinds, weights)[0]
@@ -446,7 +458,8 @@ def _http_reason(body: bytes, challenge: str | None) -> str:
 
 
 class GatewayMissing(RuntimeError):
-    """--gateway nginx on a machine without nginx-lua (the message says what to install)."""
+    """What this run needs is not installed: a gateway (--gateway, --side) or an extra (--redis); the message says
+    what to install."""
 
 
 def _metered_server(start: Any, name: str, folder: str) -> tuple[Any, int | None]:

@@ -78,10 +78,9 @@ def test_simulate_with_redis_keeps_the_counts_in_redis(redis_server):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--requests", "0"], "--requests must be at least 1"),
+    (["--requests", "0"], "argument --requests: at least 1"),
     (["--mix", "valid=1,sneaky=2"], "--mix takes name=weight"),
     (["--limits", "5/fortnight"], "unknown unit"),
-    (["--limits", "5/7s"], "does not fit one of Kong's windows"),
     (["--redis", "http://x"], "--redis takes"),
 ])
 def test_simulate_refuses_bad_arguments(args, message):
