@@ -20,6 +20,8 @@ import tempfile
 from importlib import metadata
 from typing import Any
 
+from fastguard.extras import DISTRIBUTION
+
 #: The benchmark suite: bench/ of a checkout, or fastguard/_bench once installed (the same files).
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -68,7 +70,7 @@ def render(data: dict, verdicts: list[tuple[str, bool]] | None = None) -> str:
 
     lines = ["# fastguard benchmarks", "",
              f"Machine: {_cpu()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; "
-             f"Python {platform.python_version()}; fastguard {_version('fastguard')}, limits {_version('limits')}, "
+             f"Python {platform.python_version()}; fastguard {_version(DISTRIBUTION)}, limits {_version('limits')}, "
              f"numpy {_version('numpy')}, Cython {_version('Cython')}, redis-py {_version('redis')}, "
              f"hiredis {_version('hiredis')}, {_redis_server_version()}, pyrate-limiter {_version('pyrate-limiter')}, "
              f"PyJWT {_version('PyJWT')}, joserfc {_version('joserfc')}, cryptography {_version('cryptography')}, "

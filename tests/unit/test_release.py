@@ -56,3 +56,17 @@ def test_the_distribution_name_is_the_one_the_docs_install():
     readme = (ROOT / "README.md").read_text()
     assert name == "fastguard-gateway" and f"'{name}[kong,redis]'" in readme
     assert "not on the package index yet" in readme
+
+
+def test_the_benchmark_report_names_the_installed_version():
+    """report.md said "fastguard not installed": it looked up the distribution's old name."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench.report import render
+    finally:
+        sys.path.remove(str(ROOT))
+    from fastguard import __version__
+
+    assert f"fastguard {__version__}," in render({"benchmarks": []})
