@@ -40,36 +40,66 @@ def _venv_run_step() -> str:
     return steps[0]
 
 
+#: Image tags known to exist (the official `kong` image ends at 3.9.x; 3.10+ is `kong/kong-gateway`).
+KNOWN_KONG_TAGS = {"kong:3.9", "kong:3.9.1", "kong/kong-gateway:3.10", "kong/kong-gateway:3.11"}
+
+
+def _build_stage_step() -> str:
+    """The build stage's RUN step that makes the wheels."""
+    steps = [s for s in re.findall(r"^RUN (.+)$", DOCKERFILE, re.M) if "pip wheel" in s]
+    assert len(steps) == 1, steps
+    return steps[0]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> pathlib.Path:
-    dist = tmp_path_factory.mktemp("dist")
-    # From a copy of the sources only: an in-tree build would reuse the checkout's build/ and its compiled files.
-    src = tmp_path_factory.mktemp("src") / "fastguard"
+    """fastguard's wheel, made by the Dockerfile's build-stage step as written (/src, /tmp/build and /tmp/dist moved
+    under a temporary folder), with the wheels of its kong and redis extras beside it."""
+    base = tmp_path_factory.mktemp("build")
+    dist = base / "dist"
+    # From a copy of the sources only (.dockerignore's list): an in-tree build would reuse the checkout's build/.
+    src = base / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "*.so",
                                                              "*.c", "*.html", "__pycache__", "results", ".*cache"))
-    run = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-w", str(dist)],
-                         capture_output=True, text=True, timeout=900)
+    step = _build_stage_step().replace("/src[", f"{src}[").replace("/tmp/dist", str(dist)).replace(
+        "/tmp/build", str(base / "venv"))
+    os.symlink(sys.executable, base / "python3")
+    env = {**os.environ, "PATH": f"{base}:{os.environ['PATH']}"}
+    run = subprocess.run(["/bin/sh", "-c", step], cwd=base, env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     wheels = list(dist.glob("fastguard_gateway-*.whl"))
     assert len(wheels) == 1, wheels
+    assert list(dist.glob("kong_pdk-*.whl")) and list(dist.glob("redis-*.whl"))   # the extras' wheels too
     return wheels[0]
+
+
+def test_every_image_tag_exists():
+    """`FROM kong:3.10` named a tag the official image never had."""
+    default = re.search(r"^ARG KONG_IMAGE=(\S+)$", DOCKERFILE, re.M).group(1)
+    froms = re.findall(r"^FROM (\S+)", DOCKERFILE, re.M)
+    assert default in KNOWN_KONG_TAGS and froms and all(f == "${KONG_IMAGE}" for f in froms), (default, froms)
+    named = set(re.findall(r"(kong(?:/kong-gateway)?:\d[\w.]*)", DOCKERFILE))
+    assert named <= KNOWN_KONG_TAGS, named - KNOWN_KONG_TAGS
 
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory, wheel) -> dict[str, pathlib.Path]:
     """The Dockerfile's venv step, as written, with /opt/fastguard and /tmp/dist moved under a temporary folder and
-    a PATH holding only what the step calls (python3, ls, head): no compiler to fall back on."""
+    a PATH holding only what the step calls (python3, rm): no compiler to fall back on, and no package index
+    (--no-index: the wheels of the build stage only)."""
     base = tmp_path_factory.mktemp("image")
     tools = base / "tools"
     tools.mkdir()
     os.symlink(sys.executable, tools / "python3")
     # ls and head for the RUN step; redis-server for the Redis benchmarks (an image would reach its Redis instead)
-    for tool in ("ls", "head", "redis-server", "redis-cli"):
+    for tool in ("ls", "head", "rm", "redis-server", "redis-cli"):
         os.symlink(shutil.which(tool), tools / tool)
     path = str(tools)
     assert not any(shutil.which(c, path=path) for c in COMPILERS)
     prefix = base / "opt" / "fastguard"
-    step = _venv_run_step().replace(IMAGE_PREFIX, str(prefix)).replace("/tmp/dist/", f"{wheel.parent}/")
+    copied = base / "dist"                  # the step removes its wheels once installed: a copy of them
+    shutil.copytree(wheel.parent, copied)
+    step = _venv_run_step().replace(IMAGE_PREFIX, str(prefix)).replace("/tmp/dist", str(copied))
     env = {"PATH": path, "HOME": str(base), "CC": "/nonexistent/cc", "CXX": "/nonexistent/c++",
            "PIP_DISABLE_PIP_VERSION_CHECK": "1", **{k: v for k, v in os.environ.items() if k.startswith("PIP_")}}
     run = subprocess.run(["/bin/sh", "-c", step], cwd=base, env=env, capture_output=True, text=True, timeout=900)
