@@ -156,40 +156,51 @@ def _bans(args: argparse.Namespace) -> int:
 
     try:
         from fastguard.redis import RedisStore
-        from fastguard.redis.bans import lift_ban, list_bans, set_ban
+        from fastguard.redis.bans import lift_ban, list_bans, prefixes, set_ban
     except ImportError as exc:
         sys.stderr.write(f"fastguard bans needs the Redis extra: {install_hint('redis')} ({exc})\n")
         return 2
     if args.action != "list" and not args.key:
         raise _Usage(f"{args.action} needs a key")
     if args.action == "ban" and args.seconds is None:
-        raise _Usage("ban needs the seconds the ban lasts: fastguard bans ban KEY SECONDS --limits ...")
-    store = RedisStore.from_url(args.redis, prefix=args.prefix, timeout=5, connect_timeout=5)
+        raise _Usage("ban needs the seconds the ban lasts: fastguard bans ban KEY SECONDS")
+    glob = "*" in args.prefix
+    if glob and args.limits:
+        raise _Usage("--limits names one limiter: give one --prefix with it, not a pattern")
+    store = RedisStore.from_url(args.redis, prefix=args.prefix.replace("*", "_") if glob else args.prefix,
+                                timeout=5, connect_timeout=5)
+    stores = []
     try:
+        # a pattern (`fg-kong-*`: every Kong plugin) is the prefixes whose limiters have decided
+        stores = [RedisStore(store.client, prefix=p) for p in prefixes(store.client, args.prefix)] if glob \
+            else [store]
         if args.action == "list":
-            bans = list_bans(store)
+            bans = [(s.prefix, b) for s in stores for b in list_bans(s)]
             if args.json:
-                print(json.dumps([b.as_dict() for b in bans]))
+                print(json.dumps([{**b.as_dict(), "prefix": p} for p, b in bans]))
             elif not bans:
                 print(f"no active bans under {args.prefix!r}")
             else:
-                print(f"{'key':<32} {'left':>10}  {'started by':<24} limiter")
-                for b in bans:
+                print(f"{'key':<32} {'left':>10}  {'started by':<24} {'prefix':<28} limiter")
+                for p, b in bans:
                     tier = f" (tier {b.tier})" if b.tier is not None else ""
-                    print(f"{b.key:<32} {b.seconds_left:>9.1f}s  {b.started_by:<24} {b.algorithm} {b.limits}{tier}")
+                    print(f"{b.key:<32} {b.seconds_left:>9.1f}s  {b.started_by:<24} {p:<28} {b.algorithm} "
+                          f"{b.limits}{tier}")
         elif args.action == "unban":
-            n = lift_ban(store, args.key)
+            n = sum(lift_ban(s, args.key) for s in stores)
             print(json.dumps({"key": args.key, "lifted": n}) if args.json else f"{args.key}: lifted {n} ban(s)")
         else:
-            if not args.limits:
-                raise _Usage("ban needs --limits (and --algorithm, or --local-first): the limiter it applies to")
             try:
                 seconds = float(args.seconds)
             except ValueError:
                 raise _Usage(f"a ban lasts a number of seconds, got {args.seconds!r}") from None
-            name = set_ban(store, args.key, seconds, args.limits, args.algorithm, args.local_first)
-            print(json.dumps({"key": args.key, "seconds": seconds, "name": name}) if args.json
-                  else f"{args.key}: banned for {seconds:g} s ({name})")
+            if not stores:
+                raise _Usage(f"no limiter has decided under a prefix matching {args.prefix!r} yet, so none would "
+                             "honour the ban")
+            names = [n for s in stores for n in set_ban(s, args.key, seconds, args.limits, args.algorithm,
+                                                          args.local_first)]
+            print(json.dumps({"key": args.key, "seconds": seconds, "names": names}) if args.json
+                  else f"{args.key}: banned for {seconds:g} s in {len(names)} limiter(s): {', '.join(names)}")
     except fg.StoreError as exc:
         sys.stderr.write(f"fastguard bans: {exc}\n")
         return 1
@@ -309,13 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     bans.add_argument("key", nargs="?", help="the key to ban or unban (as the limiter sees it, e.g. ip:10.0.0.1)")
     bans.add_argument("seconds", nargs="?", help="how long a ban lasts")
     bans.add_argument("--redis", required=True, help="redis://, rediss://, redis+cluster://... (as RedisStore)")
-    bans.add_argument("--prefix", default="fg", help="the limiters' key prefix (default: %(default)s; the Kong "
-                                                     "plugins use fg-kong-<plugin id>; list and unban also cover "
-                                                     "its tiers, <prefix>#tier=<value>; taken literally)")
+    bans.add_argument("--prefix", default="fg",
+                      help="the limiters' key prefix (default: %(default)s; a Kong plugin's is fg-kong-<plugin id>, "
+                           "or fg-kong-ns:<namespace>; `*` matches any run of characters: 'fg-kong-*' is every "
+                           "plugin's). A prefix covers its tiers, <prefix>#tier=<value>")
     bans.add_argument("--limits", type=_limits_text,
-                      help="ban: the limits of the limiter, e.g. '100/minute; 10/second'")
-    bans.add_argument("--algorithm", default="sliding_window", choices=fg.ALGORITHMS,
-                      help="ban: the limiter's algorithm (default: %(default)s)")
+                      help="ban: only the limiter with these limits (default: every limiter that has decided under "
+                           "the prefix, whatever its algorithm, limits or ban_after)")
+    bans.add_argument("--algorithm", choices=fg.ALGORITHMS,
+                      help="ban with --limits: the limiter's algorithm (the Kong plugins default to fixed_window)")
     bans.add_argument("--local-first", action="store_true", help="ban: the limiter runs in local-first mode (sync)")
     bans.add_argument("--json", action="store_true", help="print JSON")
     bans.set_defaults(func=_bans)

@@ -37,7 +37,7 @@ do
   if p then path, ban_after, ban_window, ban_for, ban_limit = p, tonumber(a), tonumber(w), tonumber(f), tonumber(l) end
 end
 local function ban_left(key)  -- ms left of the key's ban, 0 when none (or lifted by an operator: "lifted")
-  if ban_for == 0 then return 0 end
+  -- checked whatever ban_after says: an operator's ban (`fastguard bans ban`) reaches every limiter of the key
   local left = redis.call("PTTL", key .. "~ban")
   if left > 0 and redis.call("GET", key .. "~ban") == "lifted" then return 0 end
   return left > 0 and left or 0

@@ -18,7 +18,7 @@ from fastguard.limits import Limit, limit_from_ns, parse_limits
 from fastguard.redis.health import store_errors
 from fastguard.redis.store import ALG_CODES, LIFTED, LIFTED_MS, STATE_VERSION, RedisStore, tagged
 
-__all__ = ["Ban", "list_bans", "lift_ban", "set_ban"]
+__all__ = ["Ban", "list_bans", "lift_ban", "set_ban", "limiter_namespaces", "prefixes"]
 
 _ALGORITHM_OF = {code.decode(): name for name, code in ALG_CODES.items()}
 _STARTED_BY = {"auto": "ban_after", "manual": "operator", "shared": "ban_after (local-first)"}
@@ -126,20 +126,63 @@ def lift_ban(store: RedisStore, key: str | bytes) -> int:
     return len(names)
 
 
-def set_ban(store: RedisStore, key: str | bytes, seconds: float, limits: str | Sequence[Limit],
-            algorithm: str = "sliding_window", local_first: bool = False) -> str:
-    """Ban `key` for `seconds` for the limiters of this algorithm and these limits (strict mode, or local-first
-    with local_first=True); every node honours it (those that cached a longer one within BANS_POLL s). The name."""
+def limiter_namespaces(client: Any, pattern: str) -> dict[str, set[bytes]]:
+    """The limiters that have decided under the prefixes matching `pattern` (a prefix, `*` matching any run of
+    characters: `fg-kong-*` is every Kong plugin's): {prefix: {their namespaces, `<prefix>:v2:<kind>:<limits>:`}}.
+    Found from the states in Redis (a SCAN of every master: an operator's command, not a request's)."""
+    version = f":v{STATE_VERSION}:".encode()
+    glob = "*".join(_glob(part) for part in pattern.split("*"))
+    out: dict[str, set[bytes]] = {}
+    for name in client.scan_iter(match=f"{glob}:v{STATE_VERSION}:*".encode(), count=1000):
+        at = name.find(version)
+        if at <= 0:
+            continue
+        kind, sep, rest = name[at + len(version):].partition(b":")
+        spec, sep2, _ = rest.partition(b":")
+        if not sep or not sep2 or (kind != b"sync" and kind.decode("latin-1") not in _ALGORITHM_OF):
+            continue
+        prefix = name[:at].decode("utf-8", "backslashreplace")
+        out.setdefault(prefix, set()).add(name[:at + len(version)] + kind + b":" + spec + b":")
+    return out
+
+
+def prefixes(client: Any, pattern: str) -> list[str]:
+    """The plugin (or limiter) prefixes matching `pattern` whose limiters have decided, tiers folded into their
+    plugin's prefix (`<prefix>#tier=<value>` is listed and lifted with `<prefix>`)."""
+    return sorted({p.split(TIER_MARK, 1)[0] for p in limiter_namespaces(client, pattern)})
+
+
+def set_ban(store: RedisStore, key: str | bytes, seconds: float, limits: str | Sequence[Limit] | None = None,
+            algorithm: str | None = None, local_first: bool = False) -> list[str]:
+    """Ban `key` for `seconds`; every node honours it (those that cached a longer one within BANS_POLL s). Without
+    `limits`: in every limiter that has decided under the store's prefix (its tiers included), whatever their
+    algorithm, windows or ban_after — ValueError when none has (nothing would honour the ban). With `limits`: for
+    the limiters of this algorithm and these limits (strict mode, or local-first with local_first=True) only.
+    The names written."""
     seconds = ban_seconds(seconds)
-    parsed = parse_limits(limits if isinstance(limits, str) else list(limits))
-    if local_first:
-        spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in parsed)
-        name = f"{store.prefix}:v{STATE_VERSION}:sync:{spec}:".encode() + tagged(key) + b"~ban"
+    if limits is None:
+        found = limiter_namespaces(store.client, store.prefix) | limiter_namespaces(
+            store.client, store.prefix + TIER_MARK + "*")
+        spaces = sorted(ns for p, group in found.items() if p.split(TIER_MARK, 1)[0] == store.prefix for ns in group)
+        if not spaces:
+            raise ValueError(f"no limiter has decided under the prefix {store.prefix!r} yet, so none would honour "
+                             "the ban (check --prefix: fastguard bans list --prefix 'fg-kong-*' shows the Kong "
+                             "plugins'); give --limits with --algorithm or --local-first to write it anyway")
+        names = [ns + tagged(key) + b"~ban" for ns in spaces]
     else:
-        name = store.namespace(check_algorithm(algorithm), parsed) + tagged(key) + b"~ban"
+        parsed = parse_limits(limits if isinstance(limits, str) else list(limits))
+        if local_first:
+            spec = ",".join(f"{lim.count}/{lim.period_ns}" for lim in parsed)
+            names = [f"{store.prefix}:v{STATE_VERSION}:sync:{spec}:".encode() + tagged(key) + b"~ban"]
+        else:
+            if algorithm is None:
+                raise ValueError("with --limits, give --algorithm (the Kong plugins default to fixed_window) or "
+                                 "--local-first")
+            names = [store.namespace(check_algorithm(algorithm), parsed) + tagged(key) + b"~ban"]
     with store_errors("ban"):
-        store.client.set(name, b"manual", px=max(1, round(seconds * 1000)))
+        for name in names:
+            store.client.set(name, b"manual", px=max(1, round(seconds * 1000)))
         store.bans_changed()
-    return name.decode("utf-8", "backslashreplace")
+    return [name.decode("utf-8", "backslashreplace") for name in names]
 
 

@@ -169,3 +169,50 @@ def test_a_kong_plugins_tier_bans_are_listed_and_lifted_under_its_prefix(redis_s
         client.close()
     finally:
         server.stop()
+
+
+def test_an_operator_ban_reaches_kong_plugins_with_default_settings(redis_server, tmp_path):
+    """`fastguard bans ban KEY SECONDS --prefix 'fg-kong-*'`: every plugin that limits that key honours it —
+    a fixed_window plugin with ban_after 0 (the defaults) and a sliding_window one — without naming their ids,
+    algorithms or limits; `bans list` finds them by the same pattern and says whose they are; unban lifts them.
+    Through real plugin servers. Before: the command wrote a sliding_window ban nobody read, and ban_after 0
+    plugins ignored any ban."""
+    from fastguard.kong.client import fastguard_server
+
+    server = fastguard_server("fastguard-rate-limiting", str(tmp_path))
+    client = server.client()
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    redis_cfg = {"host": "127.0.0.1", "port": redis_server.port}
+    ip = {"kong.client.get_forwarded_ip": "198.51.100.200"}
+    try:
+        a = client.start("fastguard-rate-limiting", {"minute": 100, "limit_by": "ip", "policy": "redis",
+                                                     "redis": redis_cfg})
+        b = client.start("fastguard-rate-limiting", {"second": 50, "limit_by": "ip", "policy": "redis",
+                                                     "algorithm": "sliding_window", "redis": redis_cfg})
+        assert client.event(a, ip).status == 200 and client.event(b, ip).status == 200
+        banned = fastguard_bans("ban", "ip:198.51.100.200", "600", "--redis", url, "--prefix", "fg-kong-*", "--json")
+        assert banned.returncode == 0, banned.stderr
+        assert len(json.loads(banned.stdout)["names"]) >= 2
+        assert client.event(a, ip).status == 429 and client.event(b, ip).status == 429
+        listed = fastguard_bans("list", "--redis", url, "--prefix", "fg-kong-*", "--json")
+        rows = [r for r in json.loads(listed.stdout) if r["key"] == "ip:198.51.100.200"]
+        assert {r["algorithm"] for r in rows} >= {"fixed_window", "sliding_window"}
+        assert all(r["prefix"].startswith("fg-kong-") and r["started_by"] == "operator" for r in rows)
+        lifted = fastguard_bans("unban", "ip:198.51.100.200", "--redis", url, "--prefix", "fg-kong-*", "--json")
+        assert json.loads(lifted.stdout)["lifted"] >= 2
+        time.sleep(0.1)
+        assert client.event(a, ip).status == 200 and client.event(b, ip).status == 200
+        other = {"kong.client.get_forwarded_ip": "198.51.100.201"}
+        assert client.event(a, other).status == 200
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_ban_nothing_would_honour_is_refused(redis_server):
+    r = fastguard_bans("ban", "ip:1.2.3.4", "60", "--redis", f"redis://127.0.0.1:{redis_server.port}/0", "--prefix",
+            "no-such-prefix")
+    assert r.returncode == 2 and "none would honour the ban" in r.stderr and "Traceback" not in r.stderr
+    r = fastguard_bans("ban", "ip:1.2.3.4", "60", "--redis", f"redis://127.0.0.1:{redis_server.port}/0", "--prefix",
+            "nothing-*")
+    assert r.returncode == 2 and "none would honour the ban" in r.stderr
