@@ -61,6 +61,29 @@ def _ns(bench: dict) -> float:
     return bench["stats"]["median"] / bench["extra_info"].get("ops", 1) * 1e9
 
 
+def comparisons(data: dict) -> dict[str, list[dict[str, Any]]]:
+    """Per group where fastguard meets other contenders, each row: contender, algorithm, ns per call, and its time
+    over fastguard's for the same algorithm (None for fastguard's own rows or with no fastguard row) — the one
+    source of the report's tables and of the chart."""
+    by_group: dict[str, list[dict]] = {}
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "contender" in info and "algorithm" in info and b.get("group"):
+            by_group.setdefault(b["group"], []).append(b)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for group, rows in by_group.items():
+        fastest = {b["extra_info"]["algorithm"]: _ns(b) for b in sorted(rows, key=_ns)
+                   if b["extra_info"]["contender"] == "fastguard"}
+        table = []
+        for b in sorted(rows, key=_ns):
+            info, ns = b["extra_info"], _ns(b)
+            ref = fastest.get(info["algorithm"])
+            table.append({"contender": info["contender"], "algorithm": info["algorithm"], "ns": ns,
+                          "ratio": ns / ref if ref and info["contender"] != "fastguard" else None})
+        out[group] = table
+    return out
+
+
 def render(data: dict, verdicts: list[tuple[str, bool]] | None = None) -> str:
     """The Markdown report; each judged budget is also appended to `verdicts` as (budget, met)."""
     benches = data["benchmarks"]
@@ -78,21 +101,19 @@ def render(data: dict, verdicts: list[tuple[str, bool]] | None = None) -> str:
              "", "Times are per call, medians over rounds of loops of 1,000-100,000 calls (the loop's cost is included "
              "for every contender). **Smaller is better.** Produced by `python -m bench.report`.", ""]
 
+    compared = comparisons(data)
+
     def table(group: str, title: str) -> dict[tuple[str, str], float]:
-        rows = sorted(by_group.get(group, []), key=_ns)
+        rows = compared.get(group, [])
         found: dict[tuple[str, str], float] = {}
         if not rows:
             return found
         lines.extend([f"## {title}", "", "| contender | algorithm | ns / decision | vs fastguard |",
                       "|---|---|---:|---:|"])
-        fg_best = {b["extra_info"]["algorithm"]: _ns(b) for b in rows if b["extra_info"]["contender"] == "fastguard"}
-        for b in rows:
-            info = b["extra_info"]
-            ns = _ns(b)
-            found[(info["contender"], info["algorithm"])] = ns
-            ref = fg_best.get(info["algorithm"])
-            ratio = f"{ns / ref:.1f}×" if ref and info["contender"] != "fastguard" else ""
-            lines.append(f"| {info['contender']} | {info['algorithm']} | {ns:,.0f} | {ratio} |")
+        for r in rows:
+            found[(r["contender"], r["algorithm"])] = r["ns"]
+            ratio = f"{r['ratio']:.1f}×" if r["ratio"] is not None else ""
+            lines.append(f"| {r['contender']} | {r['algorithm']} | {r['ns']:,.0f} | {ratio} |")
         lines.append("")
         return found
 
@@ -450,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "bench.json"
     cmd = [sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider",
-           f"--benchmark-json={raw}", "--benchmark-columns=mean,median,rounds"]
+           f"--benchmark-json={raw}", "--benchmark-columns=rounds"]   # times per call: in the report below
     if args.keyword:
         cmd += ["-k", args.keyword]
     print("running:", " ".join(cmd), file=sys.stderr, flush=True)

@@ -54,46 +54,64 @@ def run_bench(out: str = "bench/results", quick: bool = False, keyword: str | No
 
 
 def chart(raw: pathlib.Path, png: pathlib.Path) -> pathlib.Path:
-    """One horizontal bar chart per comparison group (time per call, log scale; smaller is better)."""
+    """One panel per comparison group: how many times longer each other contender takes than fastguard for the
+    same algorithm, as bars on a linear axis from zero with the ratio written on each (a bar past the 1× line:
+    fastguard is faster), fastguard's own time per call in the panel's title in its unit. The numbers are the
+    report's (fastguard._bench.report.comparisons): the chart and report.md never disagree."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    data = json.loads(raw.read_text())
-    groups: dict[str, list[tuple[str, float]]] = {}
-    for b in data["benchmarks"]:
-        info = b.get("extra_info", {})
-        if "contender" not in info:
+    try:
+        from fastguard._bench.report import comparisons
+    except ImportError:                     # a checkout run without the package installed
+        from bench.report import comparisons
+
+    panels = []
+    for group, rows in comparisons(json.loads(raw.read_text())).items():
+        bars = [r for r in rows if r["ratio"] is not None]
+        if not bars:
             continue
-        if b["group"] == "kong events":
-            label = f"{info['case']} · {info['server']} · c={info['concurrency']}"
-            value = info["p50_us"] * 1e3
-        else:
-            label = f"{info['contender']} ({info.get('algorithm', '-')})"
-            value = b["stats"]["median"] / info.get("ops", 1) * 1e9
-        groups.setdefault(b["group"] or b["name"], []).append((label, value))
-    groups = {g: sorted(rows, key=lambda r: r[1]) for g, rows in groups.items() if len(rows) > 1}
-    if not groups:
-        groups = {"(no comparison in this run)": [("-", 1.0)]}
-    heights = [max(1.2, 0.32 * len(rows) + 0.8) for rows in groups.values()]
-    fig, axes = plt.subplots(len(groups), 1, figsize=(10, sum(heights)), squeeze=False,
+        own = {r["algorithm"]: r["ns"] for r in rows if r["contender"] == "fastguard"}
+        panels.append((group, bars, own))
+    if not panels:
+        panels = [("(no comparison in this run)", [], {})]
+    heights = [max(1.4, 0.34 * len(bars) + 1.0) for _, bars, _ in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, sum(heights) + 0.6), squeeze=False,
                              gridspec_kw={"height_ratios": heights})
-    for ax, (group, rows) in zip(axes[:, 0], groups.items(), strict=True):
-        labels = [r[0] for r in rows]
-        values = [r[1] for r in rows]
-        colors = ["#1f77b4" if lab.startswith(("fastguard", "floor")) else "#bbbbbb" for lab in labels]
-        colors = ["#2ca02c" if "fastguard" in lab else c for lab, c in zip(labels, colors, strict=True)]
-        ax.barh(labels, values, color=colors)
-        ax.set_xscale("log")
+    for ax, (group, bars, own) in zip(axes[:, 0], panels, strict=True):
+        labels = [f"{r['contender'][:38]} ({r['algorithm']})" if r["algorithm"] != "-" else r["contender"][:48]
+                  for r in bars]
+        ratios = [r["ratio"] for r in bars]
+        colors = ["#2ca02c" if x >= 1 else "#d62728" for x in ratios]
+        ax.barh(range(len(bars)), ratios, color=colors)
+        ax.set_yticks(range(len(bars)), labels, fontsize=7)
         ax.invert_yaxis()
-        ax.set_title(f"{group} — ns per call (p50 per request for Kong), smaller is better", fontsize=9, loc="left")
-        ax.tick_params(axis="y", labelsize=7)
+        ax.set_xlim(0, max(ratios + [1.0]) * 1.18)
+        ax.axvline(1.0, color="#444444", linewidth=0.8, linestyle="--")
+        for y, x in enumerate(ratios):
+            ax.text(x, y, f" {x:,.1f}×", va="center", fontsize=7)
+        times = ", ".join(f"{alg}: {_with_unit(ns)}" for alg, ns in sorted(own.items()))
+        ax.set_title(f"{group} — fastguard per call: {times}" if times else group, fontsize=9, loc="left")
         ax.tick_params(axis="x", labelsize=7)
-        for y, v in enumerate(values):
-            ax.text(v, y, f" {v:,.0f}", va="center", fontsize=6)
-    fig.tight_layout()
+        ax.set_xlabel("their time / fastguard's (same algorithm)", fontsize=7)
+    fig.legend(handles=[Patch(color="#2ca02c", label="fastguard faster"),
+                        Patch(color="#d62728", label="fastguard slower"),
+                        Patch(facecolor="none", edgecolor="#444444", linestyle="--", label="1× (as fast)")],
+               loc="upper right", fontsize=8, ncol=3)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def _with_unit(ns: float) -> str:
+    """A time per call in the unit that reads best: ns, µs or ms."""
+    if ns < 1_000:
+        return f"{ns:,.0f} ns"
+    if ns < 1_000_000:
+        return f"{ns / 1_000:,.1f} µs"
+    return f"{ns / 1_000_000:,.2f} ms"

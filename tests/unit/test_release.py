@@ -70,3 +70,37 @@ def test_the_benchmark_report_names_the_installed_version():
     from fastguard import __version__
 
     assert f"fastguard {__version__}," in render({"benchmarks": []})
+
+
+def _bench(group, contender, algorithm, ns, ops=1000):
+    return {"group": group, "name": f"{group}-{contender}-{algorithm}",
+            "stats": {"median": ns * ops / 1e9, "mean": ns * ops / 1e9},
+            "extra_info": {"contender": contender, "algorithm": algorithm, "ops": ops}}
+
+
+def test_the_chart_and_the_report_tables_draw_the_same_numbers(tmp_path):
+    """One source (bench.report.comparisons) for the tables and the chart's ratio bars; the chart is linear from
+    zero with a legend (it had log axes, no legend, everything in ns)."""
+    import json
+    import re
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench.report import comparisons, render
+    finally:
+        sys.path.remove(str(ROOT))
+    from fastguard.benchrun import chart
+
+    data = {"benchmarks": [_bench("hot key", "fastguard", "fixed_window", 90.0),
+                           _bench("hot key", "limits", "fixed_window", 2_600.0),
+                           _bench("hot key", "fastguard", "sliding_window", 95.0),
+                           _bench("hot key", "limits", "sliding_window", 4_800.0)]}
+    report = render(data)
+    rows = dict(re.findall(r"^\| limits \| (\w+) \| [\d,]+ \| ([\d.]+)× \|$", report, re.M))
+    drawn = {r["algorithm"]: r["ratio"] for r in comparisons(data)["hot key"] if r["ratio"] is not None}
+    assert rows and {alg: float(x) for alg, x in rows.items()} == {alg: round(x, 1) for alg, x in drawn.items()}
+    raw = tmp_path / "bench.json"
+    raw.write_text(json.dumps(data))
+    png = chart(raw, tmp_path / "chart.png")
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
