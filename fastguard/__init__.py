@@ -58,7 +58,7 @@ from fastguard.errors import (  # noqa: E402
     UnknownKey,
 )
 from fastguard.jwks import KeySet, RemoteKeySet  # noqa: E402
-from fastguard.jwt import JWTVerifier, extract_token  # noqa: E402
+from fastguard.jwt import JWTVerifier, bearer_token, extract_token  # noqa: E402
 from fastguard.limits import Limit, parse_limits  # noqa: E402
 from fastguard.ratelimit import ALGORITHMS, RateLimiter  # noqa: E402
 
@@ -67,7 +67,7 @@ Decision = _impl.Decision
 __version__ = "0.1.0"
 __all__ = [
     "ALGORITHMS", "COMPILED", "BatchDecision", "Decision", "Limit", "RateLimiter", "parse_limits", "__version__",
-    "KeySet", "RemoteKeySet", "JWTVerifier", "extract_token",
+    "KeySet", "RemoteKeySet", "JWTVerifier", "extract_token", "bearer_token",
     "InvalidToken", "MalformedToken", "TokenTooLarge", "DisallowedAlgorithm", "UnknownKey", "InvalidSignature",
     "ExpiredToken", "NotYetValid", "InvalidIssuer", "InvalidAudience", "MissingClaim", "InvalidClaim", "InvalidKey",
     "FastguardError", "ConfigError", "StoreError", "CODES",

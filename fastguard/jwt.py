@@ -8,6 +8,7 @@ of one bad token costs a lookup each. Any change of the key set empties both cac
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -29,7 +30,7 @@ from fastguard.errors import (
 )
 from fastguard.jwks import ALGORITHMS, Key, KeySet, RemoteKeySet
 
-__all__ = ["JWTVerifier", "extract_token", "CACHE_TTL", "NEGATIVE_TTL", "MAX_CACHED_TOKEN_BYTES"]
+__all__ = ["JWTVerifier", "extract_token", "bearer_token", "CACHE_TTL", "NEGATIVE_TTL", "MAX_CACHED_TOKEN_BYTES"]
 
 #: A cached verdict lives at most this long (seconds), even when the token's exp is later.
 CACHE_TTL = 300.0
@@ -304,14 +305,27 @@ class JWTVerifier:
         return known
 
 
+#: Kong's jwt plugin reads a bearer header with ngx.re.gmatch(value, [[\s*[Bb]earer\s+(.+)]]) and takes the first
+#: match: "Bearer" or "bearer" (not "BEARER"), anywhere in the value, then any whitespace, then the rest as it is.
+_BEARER = re.compile(r"\s*[Bb]earer\s+(.+)", re.DOTALL)
+
+
+def bearer_token(value: str) -> str | None:
+    """The token of an `Authorization`-style header value by Kong's jwt plugin's rule (see _BEARER), or None: the
+    one bearer reader of fastguard's Python API and its Kong plugins."""
+    m = _BEARER.search(value)
+    return m.group(1) if m and m.group(1) else None
+
+
 def extract_token(headers: Mapping[str, Any] | None = None, query: Mapping[str, Any] | None = None,
                   cookies: Mapping[str, Any] | None = None, header_names: Sequence[str] = ("authorization",),
                   uri_param_names: Sequence[str] = ("jwt",), cookie_names: Sequence[str] = ()) -> str | None:
     """The bearer token of a request, or None when there is none.
 
-    Looks in the headers (`Authorization: Bearer <token>`, names matched without case; values may be lists, as
-    Kong passes them), the query parameters and the cookies, by the names given. Two different tokens are refused
-    with MalformedToken("Multiple tokens provided"), as Kong's jwt plugin does.
+    Looks in the headers (`Authorization: Bearer <token>`, names matched without case, the value read by Kong's jwt
+    plugin's rule: bearer_token; values may be lists, as Kong passes them), the query parameters and the cookies,
+    by the names given. Two different tokens are refused with MalformedToken("Multiple tokens provided"), as Kong's
+    jwt plugin does.
     """
     found: list[str] = []
 
@@ -319,14 +333,9 @@ def extract_token(headers: Mapping[str, Any] | None = None, query: Mapping[str, 
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if not isinstance(v, str):
                 continue
-            v = v.strip()
-            if bearer:
-                scheme, _, rest = v.partition(" ")
-                if scheme.lower() != "bearer" or not rest.strip():
-                    continue
-                v = rest.strip()
-            if v:
-                found.append(v)
+            token = bearer_token(v) if bearer else v
+            if token:
+                found.append(token)
 
     if headers:
         lower = {str(k).lower(): v for k, v in headers.items()}

@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import re
 import time
 from collections.abc import Generator
 from typing import Any
 
 import fastguard as fg
+from fastguard.jwt import bearer_token
 from fastguard.kong import registry
 from fastguard.kong.pdk import MAY_WAIT, PDKCall, header, json_exit
 
@@ -51,7 +51,6 @@ JWT_MESSAGES = {
 CONSUMER_CACHE_SIZE = 10_000
 CONSUMER_HEADERS = ("X-Consumer-ID", "X-Consumer-Custom-ID", "X-Consumer-Username", "X-Credential-Identifier",
                     "X-Anonymous-Consumer")
-_BEARER = re.compile(r"\s*[Bb]earer\s+(.+)", re.DOTALL)
 
 
 def cookie_value(header_value: str, name: str) -> str | None:
@@ -175,9 +174,9 @@ class Verifying:
                     found[v] = None
         for name in self.header_names:
             v = header(headers, name)
-            m = _BEARER.match(v) if v is not None else None
-            if m and m.group(1):
-                found[m.group(1)] = None
+            token = bearer_token(v) if v is not None else None
+            if token:
+                found[token] = None
         if len(found) > 1:
             raise fg.MalformedToken("Multiple tokens provided")
         return next(iter(found), None)

@@ -357,7 +357,7 @@ def test_token_cache_capacity_and_eviction(core):
 def test_extract_token():
     t = sign(GOOD)
     assert fg.extract_token({"Authorization": f"Bearer {t}"}) == t
-    assert fg.extract_token({"authorization": [f"bearer  {t} "]}) == t
+    assert fg.extract_token({"authorization": [f"bearer  {t} "]}) == f"{t} "   # Kong's rule: the rest as it is
     assert fg.extract_token({"Authorization": f"Basic {t}"}) is None
     assert fg.extract_token(query={"jwt": t}) == t
     assert fg.extract_token(cookies={"session": t}, cookie_names=["session"]) == t
