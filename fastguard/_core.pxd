@@ -2,7 +2,7 @@
 # Declarations of the compiled core: C structs and the inline helpers that hold the math.
 #   fg_window_*  fixed and sliding windows        fg_bucket_*  token bucket and GCRA
 #   fg_table_*   the sharded open-addressing key table
-# The rules are defined (and documented) by fastguard/_pure.py; every helper here mirrors one method there.
+# The rules are defined (and documented) by fastguard/_pure/; every helper here mirrors one method there.
 # All helpers run without the GIL and never touch Python objects.
 
 from cpython.ref cimport PyObject

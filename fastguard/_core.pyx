@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Compiled core of fastguard: the sharded key table and the four rate-limit algorithms.
 
-The rules are those of fastguard/_pure.py (its docstrings are the definition); this module implements them in
+The rules are those of fastguard/_pure/ (its docstrings are the definition); this module implements them in
 int64/int128 C arithmetic over a bounded table. Directives live in setup.py (cdivision is on: every division
 here has non-negative operands, and the divisors are positive counts or periods).
 

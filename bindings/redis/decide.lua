@@ -552,7 +552,7 @@ do  -- "exact"
 
   local ZERO, ONE, TWO = 0, 1, 2
 
-  -- The four algorithms, as in fastguard/_pure.py. Each takes (limit, words, now) with words rolled to now.
+  -- The four algorithms, as in fastguard/_pure/algorithms.py. Each takes (limit, words, now) with words rolled to now.
   -- limit: {C = count, P = period, and per algorithm derived constants}; words: a list of bignums.
   local ALG = {}
 

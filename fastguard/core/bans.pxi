@@ -1,5 +1,6 @@
 # fastguard/core/bans.pxi: included by fastguard/_core.pyx (one extension; names are shared across includes).
-# Bans: the verdict of a banned key and the count of denials towards a ban (twin: fastguard/_pure/bans.py).
+# Bans: the verdict of a banned key and the count of denials towards a ban
+# (twin: fastguard/_pure/table.py, whose Table decides bans).
 
 cdef inline void _banned_verdict(const fg_params *p, int64_t left, fg_verdict *v) noexcept nogil:
     """A refusal for a banned key: nothing remains, retry when the ban ends. Describes the ban's limit."""

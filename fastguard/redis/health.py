@@ -13,7 +13,8 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError, R
 
 from fastguard.errors import StoreError
 
-__all__ = ["FAULTS", "Health", "key_fault", "store_errors", "BACKOFF_FIRST", "BACKOFF_MAX"]
+__all__ = ["FAULTS", "Health", "key_fault", "store_errors", "on_error_decision", "BACKOFF_FIRST", "BACKOFF_MAX",
+           "DENY_RETRY_AFTER"]
 
 log = logging.getLogger("fastguard.redis")
 
@@ -23,6 +24,20 @@ FAULTS = (RedisError, RedisClusterException, OSError)
 #: Reconnect backoff: first retry after 20 ms, doubling to at most 0.4 s, so a recovered Redis is used within 1 s.
 BACKOFF_FIRST = 0.02
 BACKOFF_MAX = 0.4
+#: Retry-After of a refusal while Redis cannot answer (on_error="deny"): about when it is tried again.
+DENY_RETRY_AFTER = 1.0
+
+
+def on_error_decision(limits: Any, allowed: bool) -> Any:
+    """The decision on_error makes while Redis cannot decide (strict and local-first alike): admitted with every
+    limit's full count ("allow"), or refused with Retry-After DENY_RETRY_AFTER ("deny"); `fallback` says so."""
+    from fastguard import Decision
+
+    lim = limits[0]
+    wait = 0.0 if allowed else DENY_RETRY_AFTER
+    return Decision.of(allowed=allowed, limit=lim.count, remaining=lim.count if allowed else 0, reset_after=wait,
+                       retry_after=wait, period=lim.period, limits=tuple(limits),
+                       remainings=[x.count for x in limits] if allowed else [0] * len(limits), fallback=True)
 
 
 @contextmanager

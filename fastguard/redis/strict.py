@@ -18,7 +18,7 @@ from fastguard import Decision
 from fastguard.arguments import NO_BANS, ban_seconds, ban_settings, check_on_error, checked_cost, epoch_ns
 from fastguard.decision import numpy
 from fastguard.limits import Limit
-from fastguard.redis.health import FAULTS, Health, key_fault, store_errors
+from fastguard.redis.health import DENY_RETRY_AFTER, FAULTS, Health, key_fault, on_error_decision, store_errors
 from fastguard.redis.store import ALG_CODES, LIFTED, LIFTED_MS, REDIRECTIONS, RedisStore, tagged
 from fastguard.tables import StoreStats
 
@@ -36,8 +36,6 @@ __all__ = ["StrictTable", "BATCH_KEYS", "DENY_RETRY_AFTER", "LATENCY_BUCKETS", "
 BATCH_KEYS = 256
 #: Upper bounds (s) of the buckets of the Redis call latency histogram (stats()["redis_call_seconds"]).
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-#: Retry-After given by on_error="deny" while Redis is unreachable (s).
-DENY_RETRY_AFTER = 1.0
 _E9 = 1_000_000_000
 
 
@@ -193,12 +191,7 @@ class StrictTable:
         return d
 
     def _constant(self, allowed: bool) -> Decision:
-        lim = self.limits[0]
-        remaining = lim.count if allowed else 0
-        retry = 0.0 if allowed else DENY_RETRY_AFTER
-        return Decision.of(allowed=allowed, limit=lim.count, remaining=remaining, reset_after=retry, retry_after=retry,
-                           period=lim.period, limits=self.limits,
-                           remainings=self._counts if allowed else [0] * len(self.limits), fallback=True)
+        return on_error_decision(self.limits, allowed)
 
     # -- the table API (fastguard._core.Table's) -------------------------------------------------------------
     def _hit_remote(self, key: str | bytes, cost: int = 1, now: float | None = None) -> Decision:

@@ -16,9 +16,8 @@ import fastguard
 from fastguard import Decision, Limit
 from fastguard.arguments import check_on_error, key_bytes
 from fastguard.decision import numpy
-from fastguard.redis.health import FAULTS, Health, key_fault, store_errors
+from fastguard.redis.health import DENY_RETRY_AFTER, FAULTS, Health, key_fault, on_error_decision, store_errors
 from fastguard.redis.store import LIFTED, LIFTED_MS, STATE_VERSION, RedisStore, sha1, tagged
-from fastguard.redis.strict import DENY_RETRY_AFTER
 from fastguard.tables import StoreStats
 
 __all__ = ["SyncTable", "SYNC_SCRIPT"]
@@ -163,10 +162,7 @@ class SyncTable:
         if not self.health.up:
             key_bytes(key)
             self.health.fallbacks += 1
-            lim = self.limits[0]
-            return Decision.of(allowed=False, limit=lim.count, remaining=0, reset_after=DENY_RETRY_AFTER,
-                               retry_after=DENY_RETRY_AFTER, period=lim.period, limits=self.limits,
-                               remainings=[0] * len(self.limits), fallback=True)
+            return on_error_decision(self.limits, False)
         return self._local.hit(key, cost, now)
 
     def hit_many(self, keys: Any, costs: Any, now: float | None) -> tuple[Any, Any, Any, Any]:
