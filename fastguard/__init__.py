@@ -10,33 +10,10 @@
 
 from __future__ import annotations
 
-import os
-import warnings
-
-if os.environ.get("FASTGUARD_NO_EXTENSIONS", "").strip() not in ("", "0"):
-    warnings.warn("FASTGUARD_NO_EXTENSIONS is set: fastguard runs its pure-Python core (correct but slow)",
-                  RuntimeWarning, stacklevel=2)
-    from fastguard import _pure as _impl
-
-    COMPILED = False
-else:
-    try:
-        from fastguard import _core as _impl
-    except ImportError as exc:  # a broken build must be loud, never a silent slow path
-        _here = os.path.dirname(os.path.abspath(__file__))
-        if os.path.isfile(os.path.join(os.path.dirname(_here), "pyproject.toml")):
-            # a source checkout's folder found first on sys.path (Python puts the current directory there)
-            raise ImportError(
-                f"`import fastguard` found the source folder {_here}, which has no compiled core, before any "
-                "installed fastguard: run Python from another directory (the installed package is then found), "
-                "or build the core in place with `pip install -e .`. Set FASTGUARD_NO_EXTENSIONS=1 to run the "
-                f"pure-Python core from the source. Cause: {exc}") from exc
-        raise ImportError(
-            "fastguard's compiled core (fastguard._core) is not built or failed to load: reinstall with "
-            "`pip install .` (needs a C compiler and the Python headers), or set FASTGUARD_NO_EXTENSIONS=1 "
-            f"to run the pure-Python core. Cause: {exc}") from exc
-    COMPILED = True
-
+# Which core runs is decided in a leaf module (fastguard.corechoice) that every module imports it from: nothing
+# reads it back from this half-initialised package. `fastguard._impl` stays as its public-ish alias.
+from fastguard.corechoice import COMPILED  # noqa: E402
+from fastguard.corechoice import core as _impl  # noqa: E402
 from fastguard.decision import BatchDecision  # noqa: E402
 from fastguard.errors import (  # noqa: E402
     CODES,

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from fastguard import _impl
+from fastguard.corechoice import core as _impl
 from fastguard.errors import DisallowedAlgorithm, InvalidKey, UnknownKey
 from fastguard.keysafety import (
     MAX_RSA_BITS,

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from fastguard import _impl
 from fastguard.arguments import epoch_ns
+from fastguard.corechoice import core as _impl
 from fastguard.errors import (
     DisallowedAlgorithm,
     ExpiredToken,

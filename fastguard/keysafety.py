@@ -14,7 +14,7 @@ from typing import Any
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from fastguard import _impl
+from fastguard.corechoice import core as _impl
 
 __all__ = ["MIN_RSA_BITS", "MAX_RSA_BITS", "MAX_RSA_EXPONENT_BITS", "rsa_modulus_problem", "small_order",
            "looks_like_public_key"]

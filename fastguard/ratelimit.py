@@ -81,7 +81,7 @@ class RateLimiter:
                                 "the methods of fastguard.tables.SharedTable")
         else:
             if _core is None:
-                from fastguard import _impl as _core
+                from fastguard.corechoice import core as _core
             self._table = _core.Table(algorithm, tuple(self.limits), max_keys, ban_after, ban_for)
         self.hit = self._table.hit
         self.peek = self._table.peek

@@ -10,6 +10,7 @@ from collections.abc import Generator
 from typing import Any
 
 import fastguard as fg
+from fastguard.corechoice import core
 from fastguard.jwt import bearer_token
 from fastguard.kong import registry
 from fastguard.kong.pdk import MAY_WAIT, PDKCall, header, json_exit
@@ -27,7 +28,7 @@ def jws_header(token: str) -> dict[str, Any]:
     """The protected header of a token the verifier accepted (so it decodes), as a dict."""
     segment = token.split(".", 1)[0]
     try:
-        value = json.loads(fg._impl.b64url_decode(segment.encode("ascii")))
+        value = json.loads(core.b64url_decode(segment.encode("ascii")))
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
@@ -69,7 +70,7 @@ def kong_secret_jwks(jwks: str) -> str:
     doc = json.loads(jwks)
     for jwk in doc.get("keys", []) if isinstance(doc, dict) else []:
         if isinstance(jwk, dict) and jwk.get("kty") == "oct" and isinstance(jwk.get("k"), str):
-            text = fg._impl.b64url_decode(jwk["k"].encode("ascii"))
+            text = core.b64url_decode(jwk["k"].encode("ascii"))
             raw = base64.b64decode(text + b"=" * (-len(text) % 4))
             jwk["k"] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
     return json.dumps(doc)

@@ -11,6 +11,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
+from fastguard.corechoice import core
 from fastguard.errors import StoreError
 
 __all__ = ["FAULTS", "Health", "key_fault", "store_errors", "on_error_decision", "BACKOFF_FIRST", "BACKOFF_MAX",
@@ -31,13 +32,11 @@ DENY_RETRY_AFTER = 1.0
 def on_error_decision(limits: Any, allowed: bool) -> Any:
     """The decision on_error makes while Redis cannot decide (strict and local-first alike): admitted with every
     limit's full count ("allow"), or refused with Retry-After DENY_RETRY_AFTER ("deny"); `fallback` says so."""
-    from fastguard import Decision
-
     lim = limits[0]
     wait = 0.0 if allowed else DENY_RETRY_AFTER
-    return Decision.of(allowed=allowed, limit=lim.count, remaining=lim.count if allowed else 0, reset_after=wait,
-                       retry_after=wait, period=lim.period, limits=tuple(limits),
-                       remainings=[x.count for x in limits] if allowed else [0] * len(limits), fallback=True)
+    return core.Decision.of(allowed=allowed, limit=lim.count, remaining=lim.count if allowed else 0,
+                            reset_after=wait, retry_after=wait, period=lim.period, limits=tuple(limits),
+                            remainings=[x.count for x in limits] if allowed else [0] * len(limits), fallback=True)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from redis.exceptions import InvalidResponse, NoScriptError, ReadOnlyError, Resp
 import fastguard
 from fastguard import Decision
 from fastguard.arguments import NO_BANS, ban_seconds, ban_settings, check_on_error, checked_cost, epoch_ns
+from fastguard.corechoice import core
 from fastguard.decision import numpy
 from fastguard.limits import Limit
 from fastguard.redis.health import DENY_RETRY_AFTER, FAULTS, Health, key_fault, on_error_decision, store_errors
@@ -118,16 +119,16 @@ class StrictTable:
         self._packed_head = b"*%d\r\n" % (4 + len(self._hit_now) + 1) + bulk(b"EVALSHA") + bulk(
             store.sha.encode()) + bulk(b"1") if hiredis is not None else b""
         self._packed_mid = b"".join(bulk(a) for a in self._hit_now) if hiredis is not None else b""
-        self._local = fastguard._impl.Table(algorithm, self.limits, max_keys, ban_after, ban_for) \
+        self._local = core.Table(algorithm, self.limits, max_keys, ban_after, ban_for) \
             if on_error == "local" else None
         # Bans this node knows of, answered from the core without a round trip until they end: `hit` is then a
         # compiled gate that answers a banned key itself and hands any other to the remote hit.
-        self._banned = fastguard._impl.Table(algorithm, self.limits, max_keys, 0, 1.0) if self.bans else None
+        self._banned = core.Table(algorithm, self.limits, max_keys, 0, 1.0) if self.bans else None
         self.bans_started = 0
         # `hit` is the remote call itself (no extra frame), or the gate in front of it when there are bans.
         if self._banned is not None:
             store.watch_bans(self._drop_cached_bans)
-        self.hit = fastguard._impl.BanGate(self._banned, self._hit_remote) if self._banned is not None \
+        self.hit = core.BanGate(self._banned, self._hit_remote) if self._banned is not None \
             else self._hit_remote
         self.calls = 0
         self.decisions = 0

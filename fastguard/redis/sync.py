@@ -12,9 +12,9 @@ from typing import Any
 from redis.crc import key_slot
 from redis.exceptions import InvalidResponse
 
-import fastguard
 from fastguard import Decision, Limit
 from fastguard.arguments import check_on_error, key_bytes
+from fastguard.corechoice import core
 from fastguard.decision import numpy
 from fastguard.redis.health import DENY_RETRY_AFTER, FAULTS, Health, key_fault, on_error_decision, store_errors
 from fastguard.redis.store import LIFTED, LIFTED_MS, STATE_VERSION, RedisStore, sha1, tagged
@@ -123,7 +123,7 @@ class SyncTable:
         self.interval = float(sync)
         self.on_error = on_error
         self.health = Health(f"sync of {algorithm} {'; '.join(str(lim) for lim in self.limits)}")
-        self._local = fastguard._impl.Table(algorithm, self.limits, max_keys, ban_after, ban_for)
+        self._local = core.Table(algorithm, self.limits, max_keys, ban_after, ban_for)
         self.max_keys = max_keys
         self._local.record_hits(True)
         self.peek = self._local.peek
