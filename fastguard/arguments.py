@@ -59,7 +59,9 @@ def ban_settings(ban_after: Any, ban_for: Any) -> tuple[int, int]:
         raise TypeError(f"ban_for must be a number of seconds, not {type(ban_for).__name__}")
     if not 0 <= ban_for <= MAX_BAN_SECONDS:  # also refuses NaN
         raise ValueError(f"ban_for must be between 0 and 100 years of seconds, got {ban_for!r}")
-    ban_for_ns = round(ban_for * 1_000_000_000)
+    # any positive ban_for is a ban of at least 1 ns (5e-324 s rounded to 0 ns was refused although Kong's schema,
+    # ban_for > 0, accepts it: a config Kong takes must start)
+    ban_for_ns = max(1, round(ban_for * 1_000_000_000)) if ban_for > 0 else 0
     if ban_after > 0 and ban_for_ns <= 0:
         raise ValueError("ban_after needs ban_for: how many seconds a ban lasts")
     return ban_after, ban_for_ns

@@ -619,3 +619,9 @@ def test_ratelimit_reset_never_exceeds_the_window_it_describes(impl, algorithm):
         fresh.hit("k", now=start + 100)
         assert fresh.hit("k", now=start + 3700).headers()["RateLimit-Reset"] == str(3600 - 100)
         assert fresh.hit("k", now=start + 100 + 3600 * 2).headers()["RateLimit-Reset"] == str(3600 - 100)
+
+
+def test_a_positive_ban_for_below_a_nanosecond_is_still_a_ban(impl):
+    """Kong's schema accepts any ban_for > 0 with ban_after (hypothesis found 5e-324): the limiter must start."""
+    lim = fg.RateLimiter("1/s", ban_after=1, ban_for=5e-324, _core=impl)
+    assert lim.hit("k", now=100.0).allowed
