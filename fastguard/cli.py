@@ -156,7 +156,7 @@ def _bans(args: argparse.Namespace) -> int:
 
     try:
         from fastguard.redis import RedisStore
-        from fastguard.redis.bans import lift_ban, list_bans, prefixes, set_ban
+        from fastguard.redis.bans import lift_ban, limiter_namespaces, list_bans, prefixes, set_ban
     except ImportError as exc:
         sys.stderr.write(f"fastguard bans needs the Redis extra: {install_hint('redis')} ({exc})\n")
         return 2
@@ -169,11 +169,10 @@ def _bans(args: argparse.Namespace) -> int:
         raise _Usage("--limits names one limiter: give one --prefix with it, not a pattern")
     store = RedisStore.from_url(args.redis, prefix=args.prefix.replace("*", "_") if glob else args.prefix,
                                 timeout=5, connect_timeout=5)
-    stores = []
     try:
-        # a pattern (`fg-kong-*`: every Kong plugin) is the prefixes whose limiters have decided
-        stores = [RedisStore(store.client, prefix=p) for p in prefixes(store.client, args.prefix)] if glob \
-            else [store]
+        # a pattern (`fg-kong-*`: every Kong plugin) is the prefixes whose limiters have decided (one SCAN)
+        found = limiter_namespaces(store.client, args.prefix) if glob else None
+        stores = [RedisStore(store.client, prefix=p) for p in prefixes(found)] if found is not None else [store]
         if args.action == "list":
             bans = [(s.prefix, b) for s in stores for b in list_bans(s)]
             if args.json:
@@ -198,7 +197,7 @@ def _bans(args: argparse.Namespace) -> int:
                 raise _Usage(f"no limiter has decided under a prefix matching {args.prefix!r} yet, so none would "
                              "honour the ban")
             names = [n for s in stores for n in set_ban(s, args.key, seconds, args.limits, args.algorithm,
-                                                          args.local_first)]
+                                                          args.local_first, found)]
             print(json.dumps({"key": args.key, "seconds": seconds, "names": names}) if args.json
                   else f"{args.key}: banned for {seconds:g} s in {len(names)} limiter(s): {', '.join(names)}")
     except fg.StoreError as exc:

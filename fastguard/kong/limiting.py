@@ -92,7 +92,7 @@ class Limiting:
             return self.fault_answer()
         d = self.limiter.hit(key)
         if not d.allowed:
-            if not self.fault_tolerant and (d.fallback or not self.limiter.store_up):
+            if not self.fault_tolerant and d.fallback:
                 # refused because Redis could not decide (down, a wrong database, auth, TLS, a script error):
                 # Kong's answer to a Redis fault is a 500, never a rate limit that is not one
                 return json_exit(500, "An unexpected error occurred")

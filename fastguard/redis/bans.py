@@ -146,23 +146,26 @@ def limiter_namespaces(client: Any, pattern: str) -> dict[str, set[bytes]]:
     return out
 
 
-def prefixes(client: Any, pattern: str) -> list[str]:
-    """The plugin (or limiter) prefixes matching `pattern` whose limiters have decided, tiers folded into their
-    plugin's prefix (`<prefix>#tier=<value>` is listed and lifted with `<prefix>`)."""
-    return sorted({p.split(TIER_MARK, 1)[0] for p in limiter_namespaces(client, pattern)})
+def prefixes(found: dict[str, set[bytes]]) -> list[str]:
+    """The plugin (or limiter) prefixes of limiter_namespaces' answer, tiers folded into their plugin's prefix
+    (`<prefix>#tier=<value>` is listed and lifted with `<prefix>`)."""
+    return sorted({p.split(TIER_MARK, 1)[0] for p in found})
 
 
 def set_ban(store: RedisStore, key: str | bytes, seconds: float, limits: str | Sequence[Limit] | None = None,
-            algorithm: str | None = None, local_first: bool = False) -> list[str]:
+            algorithm: str | None = None, local_first: bool = False,
+            found: dict[str, set[bytes]] | None = None) -> list[str]:
     """Ban `key` for `seconds`; every node honours it (those that cached a longer one within BANS_POLL s). Without
     `limits`: in every limiter that has decided under the store's prefix (its tiers included), whatever their
     algorithm, windows or ban_after — ValueError when none has (nothing would honour the ban). With `limits`: for
     the limiters of this algorithm and these limits (strict mode, or local-first with local_first=True) only.
-    The names written."""
+    `found`: limiter_namespaces' answer for a pattern covering the prefix, when the caller has it (one SCAN for
+    many prefixes). The names written."""
     seconds = ban_seconds(seconds)
     if limits is None:
-        found = limiter_namespaces(store.client, store.prefix) | limiter_namespaces(
-            store.client, store.prefix + TIER_MARK + "*")
+        if found is None:
+            found = limiter_namespaces(store.client, store.prefix) | limiter_namespaces(
+                store.client, store.prefix + TIER_MARK + "*")
         spaces = sorted(ns for p, group in found.items() if p.split(TIER_MARK, 1)[0] == store.prefix for ns in group)
         if not spaces:
             raise ValueError(f"no limiter has decided under the prefix {store.prefix!r} yet, so none would honour "

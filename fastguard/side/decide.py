@@ -83,7 +83,8 @@ class Decider:
         self.counts = {name: Counts.of(d) for name, d in self.domains.items()}
         self.max_keys = max_keys
         self.stores = stores
-        self._limiters: dict[tuple[Any, ...], RateLimiter] = {}
+        self._limiters: dict[tuple[Any, ...], RateLimiter] = {}   # by (rule signature, counts): kept on reload
+        self._by_rule: dict[Rule, RateLimiter] = {}                # the same, by Rule object: emptied on a swap
         self._locks: dict[str, threading.Lock] = {name: threading.Lock() for name in self.domains}
         self._make_lock = threading.Lock()
         #: called with (rule, limiter) when a rule's limiter is made (the metrics export it)
@@ -95,20 +96,23 @@ class Decider:
         return self.stores is not None and self.stores.strict
 
     def limiter(self, rule: Rule, counts: Counts) -> RateLimiter:
-        key = (rule.signature, counts)     # the rule's signature is computed once per rule, not per decision
-        lim = self._limiters.get(key)
-        if lim is None:
-            with self._make_lock:
-                lim = self._limiters.get(key)
-                if lim is None:
-                    store = self.stores.store(counts.prefix) if self.stores is not None else None
-                    lim = RateLimiter(list(rule.limits), algorithm=rule.algorithm, max_keys=self.max_keys,
-                                      ban_after=rule.ban_after, ban_for=rule.ban_for, store=store,
-                                      sync=self.stores.sync if store is not None else None,
-                                      on_error=counts.on_error)
-                    self._limiters[key] = lim
-                    if self.on_new_limiter is not None:
-                        self.on_new_limiter(rule, lim)
+        """The rule's limiter. A rule belongs to one domain, whose counts change only with a swap: looked up by the
+        Rule object (hashed by identity), not by a (signature, counts) tuple hashed per decision."""
+        lim = self._by_rule.get(rule)
+        if lim is not None:
+            return lim
+        key = (rule.signature, counts)
+        with self._make_lock:
+            lim = self._limiters.get(key)
+            if lim is None:
+                store = self.stores.store(counts.prefix) if self.stores is not None else None
+                lim = RateLimiter(list(rule.limits), algorithm=rule.algorithm, max_keys=self.max_keys,
+                                  ban_after=rule.ban_after, ban_for=rule.ban_for, store=store,
+                                  sync=self.stores.sync if store is not None else None, on_error=counts.on_error)
+                self._limiters[key] = lim
+                if self.on_new_limiter is not None:
+                    self.on_new_limiter(rule, lim)
+            self._by_rule[rule] = lim
         return lim
 
     def swap(self, domains: Mapping[str, Domain]) -> int:
@@ -126,6 +130,7 @@ class Decider:
             self.counts = counts
             kept = {k: v for k, v in self._limiters.items() if k in keep}
             self._limiters = kept
+            self._by_rule = {}
         return len(kept)
 
     def decide(self, domain: str, descriptors: Sequence[Sequence[tuple[str, str]]],
@@ -214,12 +219,12 @@ class Decider:
     def _hit(self, m: Match, hits: int, now: float | None, counts: Counts) -> Status:
         if m.rule.blocked:
             return Status(OVER_LIMIT, m.rule, 0, 0, math.inf)
-        lim = self.limiter(m.rule, counts)
-        d = lim.hit(counts.key(m), hits, now=now)
+        d = self.limiter(m.rule, counts).hit(counts.key(m), hits, now=now)
         if d.allowed:
             return Status(OK, m.rule, d.remaining, math.ceil(window_reset(d)))
-        fault = d.fallback and lim.on_error == "deny"   # Redis could not decide: not a rate limit
-        return Status(OVER_LIMIT, m.rule, 0, math.ceil(window_reset(d)), d.retry_after, banned=d.banned, fault=fault)
+        # refused by on_error="deny" because Redis could not decide: not a rate limit
+        return Status(OVER_LIMIT, m.rule, 0, math.ceil(window_reset(d)), d.retry_after, banned=d.banned,
+                      fault=d.fallback)
 
     def close(self) -> None:
         """Close the shared stores (at exit)."""
