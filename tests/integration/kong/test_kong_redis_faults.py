@@ -61,3 +61,22 @@ def test_every_redis_fault_is_a_500_unless_fault_tolerant(rl, redis_server, lock
     finally:
         client.close()
     assert statuses == ([200] * 3 if fault_tolerant else [500] * 3), statuses
+
+
+def test_a_ban_known_here_is_still_a_ban_while_redis_is_down(rl, fresh_redis):
+    """fault_tolerant: false answers 500 for what Redis could not decide, not for what this node decided without
+    it: a caller already banned (the ban cached here) keeps its ban status while Redis is down."""
+    client = rl.client()
+    banned = {"kong.client.get_forwarded_ip": "203.0.113.60"}
+    other = {"kong.client.get_forwarded_ip": "203.0.113.61"}
+    try:
+        iid = client.start("fastguard-rate-limiting", {
+            "minute": 1, "limit_by": "ip", "policy": "redis", "fault_tolerant": False, "ban_after": 1,
+            "ban_for": 600, "ban_status": 403, "namespace": f"ban-{uuid.uuid4().hex[:8]}",
+            "redis": {"host": "127.0.0.1", "port": fresh_redis.port, "timeout": 300}})
+        assert [client.event(iid, banned).status for _ in range(3)] == [200, 403, 403]   # refused, then banned
+        fresh_redis.kill()
+        assert client.event(iid, other).status == 500       # Redis cannot decide: Kong's 500
+        assert client.event(iid, banned).status == 403      # the ban known here: still the ban's answer
+    finally:
+        client.close()
